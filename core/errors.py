@@ -1,0 +1,117 @@
+"""Typed errors for the two APIs, and the one place that decides what is worth retrying.
+
+Clients raise these; tasks hand `is_transient` to Prefect as their retry condition.
+"""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """An HTTP call to PeopleForce or Jira failed. `service` names the API, `status` the HTTP status."""
+
+    transient = False
+
+    def __init__(
+        self,
+        service: str,
+        message: str,
+        *,
+        status: int | None = None,
+        method: str | None = None,
+        url: str | None = None,
+        field_errors: dict[str, str] | None = None,
+        body: str | None = None,
+    ) -> None:
+        self.service = service
+        self.message = message
+        self.status = status
+        self.method = method
+        self.url = url
+        self.field_errors = field_errors or {}
+        self.body = body
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        where = f" ({self.method} {self.url})" if self.method and self.url else ""
+        status = f" {self.status}" if self.status is not None else ""
+        fields = "".join(f"; {name}: {text}" for name, text in self.field_errors.items())
+        return f"{self.service}{status}{where}: {self.message}{fields}"
+
+
+class AuthenticationError(ApiError):
+    """401: the key or token is wrong, expired or for another host."""
+
+
+class ForbiddenError(ApiError):
+    """403: the credentials are valid but not allowed (permissions, IP allow-list)."""
+
+
+class NotFoundError(ApiError):
+    """404."""
+
+
+class GoneError(ApiError):
+    """410: the endpoint was removed for good (Jira's old /rest/api/3/search)."""
+
+
+class RequestRejectedError(ApiError):
+    """400 or 422: the request itself is wrong; sending it again changes nothing."""
+
+
+class ConflictError(ApiError):
+    """409: Jira reports a concurrent edit; the same request usually succeeds a moment later."""
+
+    transient = True
+
+
+class RateLimitedError(ApiError):
+    """429 (or a 503 that carries Retry-After): wait `retry_after` seconds, then try again."""
+
+    transient = True
+
+    def __init__(
+        self,
+        service: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        reason: str | None = None,
+        **kwargs,
+    ) -> None:
+        self.retry_after = retry_after
+        self.reason = reason
+        super().__init__(service, message, **kwargs)
+
+
+class ServerError(ApiError):
+    """5xx: the other side failed; worth another try."""
+
+    transient = True
+
+    def __init__(self, service: str, message: str, *, retry_after: float | None = None, **kwargs):
+        self.retry_after = retry_after
+        super().__init__(service, message, **kwargs)
+
+
+class TransportError(ApiError):
+    """No HTTP answer at all: timeout, refused or reset connection, DNS failure."""
+
+    transient = True
+
+
+class ApiTimeoutError(TransportError):
+    """The request timed out. For a create this does not mean it failed: guard before retrying."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """True when the same call may succeed if made again later.
+
+    The single decision for the whole service: tasks use it as Prefect's retry condition,
+    the gateway's dispatcher and the CLI use it to tell operators whether to wait or to fix.
+    """
+    return isinstance(error, ApiError) and error.transient
+
+
+def retry_after_hint(error: BaseException) -> float | None:
+    """The server's own advice on how long to wait, when it gave one."""
+    return getattr(error, "retry_after", None)

@@ -1,0 +1,112 @@
+"""The one settings object: read once from the environment and `.env`, documented in `.env.example`."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"changeme", "change-me", "changethis", "secret", "xxx", "todo", "your-api-key", "..."}
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the text names the variable and what is wrong."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+    )
+
+    # PeopleForce
+    peopleforce_base_url: AnyHttpUrl = AnyHttpUrl("https://app.peopleforce.io/api/public/v3")
+    peopleforce_api_key: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
+    allow_unsigned_webhooks: bool = False
+
+    # Jira: the site URL for classic tokens, or a cloud id for scoped tokens (api.atlassian.com form)
+    jira_base_url: AnyHttpUrl | None = None
+    jira_cloud_id: str | None = Field(None, pattern=r"^[0-9a-fA-F-]{8,}$")
+    jira_email: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+$")
+    jira_api_token: SecretStr | None = None
+
+    # Storage, Prefect, rules
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    prefect_api_url: AnyHttpUrl | None = None
+    rules_file: Path = Path("rules.example.toml")
+
+    # Logging
+    log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    seq_url: AnyHttpUrl | None = None
+    seq_api_key: SecretStr | None = None
+
+    # Local simulators (`pf-jira-sync sandbox`)
+    sandbox_host: str = "127.0.0.1"
+    sandbox_peopleforce_port: int = Field(8701, ge=1, le=65535)
+    sandbox_jira_port: int = Field(8702, ge=1, le=65535)
+    sandbox_webhook_url: AnyHttpUrl | None = None
+
+    @field_validator("peopleforce_api_key", "webhook_secret", "jira_api_token", "seq_api_key")
+    @classmethod
+    def _refuse_placeholders(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        text = value.get_secret_value().strip()
+        if not text:
+            return None
+        if text.lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("is a placeholder; set the real value or leave it unset")
+        return SecretStr(text)
+
+    @property
+    def jira_api_base(self) -> str | None:
+        """Where Jira's REST paths start: the cloud-id gateway when a cloud id is set, else the site."""
+        if self.jira_cloud_id:
+            return f"https://api.atlassian.com/ex/jira/{self.jira_cloud_id}"
+        return str(self.jira_base_url).rstrip("/") if self.jira_base_url else None
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'pf-jira-sync.db').resolve()}"
+
+    def require(self, *names: str) -> None:
+        """Fail with one line per missing setting that this command needs."""
+        missing = [name for name in names if getattr(self, name) in (None, "")]
+        if missing:
+            raise SettingsError(
+                "; ".join(f"{name.upper()} is not set (see .env.example)" for name in missing)
+            )
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings for display: secrets shown only as set or unset."""
+        shown: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "**********"
+            shown[name.upper()] = "" if value is None else str(value)
+        shown["JIRA_API_BASE (derived)"] = self.jira_api_base or ""
+        shown["DATABASE_URL (effective)"] = self.effective_database_url
+        return shown
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line: each offending variable by its environment name and what is wrong with it."""
+    parts = []
+    for item in error.errors():
+        name = str(item["loc"][0]).upper() if item["loc"] else "settings"
+        parts.append(f"{name}: {item['msg'].removeprefix('Value error, ')}")
+    return "invalid settings: " + "; ".join(parts)
+
+
+@cache
+def get_settings() -> Settings:
+    """The settings, read once per process. Raises `SettingsError` with a one-line reason."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error)) from None

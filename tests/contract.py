@@ -1,0 +1,224 @@
+"""Holds our clients and simulators to the published OpenAPI descriptions in ../shared/specs.
+
+`ContractTransport` wraps the transport of a client under test: every request it sends is
+checked against the spec (operation exists and is not deprecated, declared query parameters
+only, parameters and body valid) before it goes out, and, where asked, every response is
+checked against the operation's response schema. A violation raises `ContractViolation`
+straight into the test that caused it, and is kept in `SpecContract.violations`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from openapi_core import Config, OpenAPI
+from openapi_core.datatypes import RequestParameters
+from werkzeug.datastructures import Headers, ImmutableMultiDict
+
+SPECS = Path(__file__).resolve().parents[1].parent / "shared" / "specs"
+
+
+class ContractViolation(AssertionError):
+    """A request or response that the published spec does not allow."""
+
+
+@dataclass
+class _SpecRequest:
+    """An httpx request in the shape openapi-core reads."""
+
+    host_url: str
+    path: str
+    method: str
+    body: bytes | None
+    content_type: str
+    parameters: RequestParameters
+
+
+@dataclass
+class _SpecResponse:
+    status_code: int
+    data: bytes
+    content_type: str
+    headers: Headers
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    template: str
+    definition: dict[str, Any]
+    parameters: tuple[dict[str, Any], ...]
+
+    @property
+    def declared_query(self) -> set[str]:
+        return {p["name"] for p in self.parameters if p.get("in") == "query"}
+
+
+@dataclass
+class SpecContract:
+    """One published API description and the operations seen against it."""
+
+    name: str
+    spec: dict[str, Any]
+    validate_responses: bool = False
+    seen: list[tuple[str, str]] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.server = self.spec["servers"][0]["url"].rstrip("/")
+        self.openapi = OpenAPI.from_dict(self.spec, config=Config(spec_validator_cls=None))
+        self._routes: list[tuple[re.Pattern[str], str]] = []
+        for template in self.spec["paths"]:
+            pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+            self._routes.append((re.compile(f"^{pattern}$"), template))
+        # Literal paths win over templated ones (/employees/terminated over /employees/{id}).
+        self._routes.sort(key=lambda route: route[1].count("{"))
+
+    @classmethod
+    def load(cls, file_name: str, **kwargs: Any) -> SpecContract:
+        return cls(file_name, _read_spec(file_name), **kwargs)
+
+    def operation(self, method: str, path: str) -> Operation:
+        for pattern, template in self._routes:
+            if pattern.match(path):
+                definition = self.spec["paths"][template].get(method.lower())
+                if definition is None:
+                    continue
+                declared = [
+                    *self.spec["paths"][template].get("parameters", []),
+                    *definition.get("parameters", []),
+                ]
+                parameters = tuple(self._resolve(p) for p in declared)
+                return Operation(method.upper(), template, definition, parameters)
+        raise self._violate(f"{method} {path}: no such operation in {self.name}")
+
+    def _resolve(self, node: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in node:
+            target: Any = self.spec
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            node = target
+        return node
+
+    def check_request(self, request: httpx.Request, base_url: str) -> Operation:
+        path = _relative_path(request.url, base_url)
+        operation = self.operation(request.method, path)
+        if operation.definition.get("deprecated"):
+            raise self._violate(f"{request.method} {operation.template} is deprecated in {self.name}")
+        undeclared = set(request.url.params.keys()) - operation.declared_query
+        if undeclared:
+            raise self._violate(
+                f"{request.method} {operation.template}: query parameters {sorted(undeclared)} "
+                f"are not in {self.name}"
+            )
+        spec_request = _SpecRequest(
+            host_url=self.server,
+            path=urlsplit(self.server).path + path,
+            method=request.method.lower(),
+            body=request.content or None,
+            content_type=request.headers.get("content-type", "application/json"),
+            parameters=RequestParameters(
+                query=ImmutableMultiDict(list(request.url.params.multi_items())),
+                header=Headers(list(request.headers.items())),
+                cookie=ImmutableMultiDict(),
+            ),
+        )
+        result = self.openapi.unmarshal_request(spec_request)
+        if result.errors:
+            raise self._violate(
+                f"{request.method} {operation.template} rejected by {self.name}: "
+                + "; ".join(_describe(error) for error in result.errors)
+            )
+        self.seen.append((operation.method, operation.template))
+        return operation
+
+    def check_response(
+        self, request: httpx.Request, response: httpx.Response, base_url: str
+    ) -> None:
+        path = _relative_path(request.url, base_url)
+        spec_request = _SpecRequest(
+            host_url=self.server,
+            path=urlsplit(self.server).path + path,
+            method=request.method.lower(),
+            body=request.content or None,
+            content_type=request.headers.get("content-type", "application/json"),
+            parameters=RequestParameters(
+                query=ImmutableMultiDict(list(request.url.params.multi_items())),
+                header=Headers(list(request.headers.items())),
+                cookie=ImmutableMultiDict(),
+            ),
+        )
+        spec_response = _SpecResponse(
+            status_code=response.status_code,
+            data=response.content,
+            content_type=response.headers.get("content-type", "application/json"),
+            headers=Headers(list(response.headers.items())),
+        )
+        result = self.openapi.unmarshal_response(spec_request, spec_response)
+        if result.errors:
+            raise self._violate(
+                f"response {response.status_code} to {request.method} {path} breaks {self.name}: "
+                + "; ".join(_describe(error) for error in result.errors)
+            )
+
+    def _violate(self, text: str) -> ContractViolation:
+        self.violations.append(text)
+        return ContractViolation(text)
+
+
+class ContractTransport(httpx.AsyncBaseTransport):
+    """Checks each request (and, if the contract says so, each response) against the spec."""
+
+    def __init__(
+        self,
+        contract: SpecContract,
+        base_url: str,
+        inner: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.contract = contract
+        self.base_url = base_url
+        self.inner = inner or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        self.contract.check_request(request, self.base_url)
+        response = await self.inner.handle_async_request(request)
+        if self.contract.validate_responses and response.status_code < 300:
+            await response.aread()
+            self.contract.check_response(request, response, self.base_url)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@cache
+def _read_spec(file_name: str) -> dict[str, Any]:
+    return json.loads((SPECS / file_name).read_text())
+
+
+def _relative_path(url: httpx.URL, base_url: str) -> str:
+    base_path = urlsplit(base_url).path.rstrip("/")
+    path = url.path
+    if base_path and not path.startswith(base_path):
+        raise ContractViolation(f"{url} is outside the client's base URL {base_url}")
+    return path[len(base_path) :] or "/"
+
+
+def _describe(error: Exception) -> str:
+    causes = getattr(error, "schema_errors", None) or getattr(error, "__cause__", None)
+    if isinstance(causes, (list, tuple)):
+        return f"{error} ({'; '.join(str(getattr(c, 'message', c)) for c in causes)})"
+    if causes is not None:
+        inner = getattr(causes, "schema_errors", None)
+        if inner:
+            return f"{error}: {'; '.join(str(getattr(c, 'message', c)) for c in inner)}"
+        return f"{error}: {causes}"
+    return str(error)
