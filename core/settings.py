@@ -9,7 +9,16 @@ from typing import Any, Literal
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PLACEHOLDER_SECRETS = {"changeme", "change-me", "changethis", "secret", "xxx", "todo", "your-api-key", "..."}
+PLACEHOLDER_SECRETS = {
+    "changeme",
+    "change-me",
+    "changethis",
+    "secret",
+    "xxx",
+    "todo",
+    "your-api-key",
+    "...",
+}
 
 
 class SettingsError(Exception):
@@ -18,7 +27,11 @@ class SettingsError(Exception):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        validate_default=True,
     )
 
     # PeopleForce
@@ -71,7 +84,10 @@ class Settings(BaseSettings):
 
     @property
     def effective_database_url(self) -> str:
-        return self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'pf-jira-sync.db').resolve()}"
+        return (
+            self.database_url
+            or f"sqlite+aiosqlite:///{(self.data_dir / 'pf-jira-sync.db').resolve()}"
+        )
 
     def require(self, *names: str) -> None:
         """Fail with one line per missing setting that this command needs."""

@@ -111,7 +111,9 @@ class SpecContract:
         path = _relative_path(request.url, base_url)
         operation = self.operation(request.method, path)
         if operation.definition.get("deprecated"):
-            raise self._violate(f"{request.method} {operation.template} is deprecated in {self.name}")
+            raise self._violate(
+                f"{request.method} {operation.template} is deprecated in {self.name}"
+            )
         undeclared = set(request.url.params.keys()) - operation.declared_query
         if undeclared:
             raise self._violate(

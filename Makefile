@@ -1,0 +1,29 @@
+# The two commands of the README: `make run` and `make test`.
+# Both bootstrap uv (into .tools/ when it is not on PATH) and sync the locked environment.
+
+UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+PYTHON ?= python3
+
+.PHONY: run test sync lint fix
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install --quiet --disable-pip-version-check uv
+
+sync: $(if $(filter .tools/bin/uv,$(UV)),.tools/bin/uv)
+	$(UV) sync --locked --quiet
+
+run: sync
+	$(UV) run --locked pf-jira-sync sandbox
+
+lint: sync
+	$(UV) run --locked ruff check .
+	$(UV) run --locked ruff format --check .
+	$(UV) run --locked ty check
+
+test: lint
+	$(UV) run --locked pytest
+
+fix: sync
+	$(UV) run --locked ruff check --fix .
+	$(UV) run --locked ruff format .

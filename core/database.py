@@ -1,0 +1,47 @@
+"""The database engine: SQLite (WAL, busy timeout, foreign keys) by default, PostgreSQL by URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import event, text
+from sqlalchemy.engine.url import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def create_engine(database_url: str) -> AsyncEngine:
+    """An async engine; for SQLite the file's folder is created and each connection tuned."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        return create_async_engine(url, pool_pre_ping=True)
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _tune_sqlite(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL lets the gateway write while flows read; the busy timeout turns lock
+        # contention into waiting instead of "database is locked" errors.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return engine
+
+
+async def check_writable(database_url: str) -> None:
+    """Raise unless a table can be created in the database (rolled back, so nothing stays)."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            transaction = await connection.begin()
+            await connection.execute(text("CREATE TABLE pf_jira_sync_doctor_probe (id INTEGER)"))
+            await connection.execute(text("INSERT INTO pf_jira_sync_doctor_probe VALUES (1)"))
+            await transaction.rollback()
+    finally:
+        await engine.dispose()
