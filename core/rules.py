@@ -182,6 +182,9 @@ class RecordIssue(_Strict):
 class Rules(_Strict):
     timezone: str = "UTC"
     prehire_lead_days: int = Field(14, ge=0, le=365)
+    # Employees who started longer ago than this get no onboarding when first seen: they were
+    # onboarded before this service existed.
+    onboard_started_within_days: int = Field(30, ge=0)
     default_project: str = Field(pattern=r"^[A-Z][A-Z0-9_]+$")
     onboarding: IssueRules
     offboarding: OffboardingRules

@@ -24,13 +24,15 @@ class Faults(BaseModel):
     latency_ms: float = Field(0, ge=0, description="added to every request")
     error_rate: float = Field(0, ge=0, le=1, description="share of requests answered with an error")
     error_statuses: list[Literal[429, 500, 502, 503, 504]] = Field(
-        default_factory=lambda: [429], description="picked at random for each failed request"
+        default=[429], description="picked at random for each failed request"
     )
     retry_after: str | None = Field("1", description="Retry-After sent with 429 and 503")
     rate_limit_reason: str = "jira-burst-based"
     slow_rate: float = Field(0, ge=0, le=1, description="share of requests that are slow")
     slow_ms: float = Field(0, ge=0)
-    only_methods: list[str] | None = Field(None, description="fault only these methods (upper case)")
+    only_methods: list[str] | None = Field(
+        None, description="fault only these methods (upper case)"
+    )
     seed: int | None = None
 
 

@@ -28,16 +28,22 @@ class BackgroundServer:
             app, host=host, port=self.port, log_level="warning", lifespan="on", access_log=False
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name=f"uvicorn:{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, name=f"uvicorn:{self.port}", daemon=True
+        )
 
     def start(self, timeout: float = 15.0) -> BackgroundServer:
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"server on {self.url} did not start")
+                # Usually the port is taken: uvicorn has logged why.
+                raise RuntimeError(f"server on {self.url} did not start (is the port in use?)")
             time.sleep(0.01)
         return self
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         self._server.should_exit = True

@@ -1,0 +1,329 @@
+"""Async client for the PeopleForce public API v3: auth, paging quirks and typed errors.
+
+It knows HTTP and PeopleForce's shapes, nothing of Prefect or of business rules. Every call goes
+through `core.http.send`, so a failure always surfaces as a `core.errors.ApiError` subclass and
+`core.errors.is_transient` decides whether it is worth retrying.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, date, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from core.errors import ApiError
+from core.http import DEFAULT_TIMEOUT, send
+from core.peopleforce.models import Asset, Employee, EmployeeSummary
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+SERVICE = "PeopleForce"
+
+EmployeeStatusFilter = Literal["active", "all", "employed", "terminated", "hired", "probation"]
+
+# Appended to the server's own words, because PeopleForce's 401/403 bodies say little.
+_ADVICE = {
+    401: "check PEOPLEFORCE_API_KEY: it must be a Company API key (Settings → Open API keys), "
+    "not a Career key, and not deleted; and PEOPLEFORCE_BASE_URL must be this tenant's API",
+    403: "the key is valid but not allowed here: the key may hide this data, or its IP "
+    "allow-list or disabled API access blocks this host",
+}
+
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+# Query parameters as ordered pairs: PeopleForce repeats array keys (`ids[]=1&ids[]=2`).
+QueryPairs = list[tuple[str, str]]
+
+
+def parse_error_body(response: httpx.Response) -> tuple[str, dict[str, str]]:
+    """(message, field errors) from a PeopleForce error body, whatever its shape.
+
+    Seen or documented: `{"message": ...}`, `{"success": false, "errors": [{"message": ...}]}`,
+    `{"errors": {"field": ["..."]}}`, plain text and HTML pages from proxies.
+    """
+    messages: list[str] = []
+    field_errors: dict[str, str] = {}
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+
+    if isinstance(body, dict):
+        for key in ("message", "error", "error_description"):
+            value = body.get(key)
+            if isinstance(value, str) and value.strip():
+                messages.append(value.strip())
+        errors = body.get("errors")
+        if isinstance(errors, dict):
+            for name, value in errors.items():
+                field_errors[str(name)] = _as_text(value)
+        elif isinstance(errors, list):
+            messages.extend(text for text in (_as_text(item) for item in errors) if text)
+        elif isinstance(errors, str) and errors.strip():
+            messages.append(errors.strip())
+        # The simulators' fault injector answers in Jira's words; accept them too.
+        extra = body.get("errorMessages")
+        if isinstance(extra, list):
+            messages.extend(str(item) for item in extra if item)
+    elif isinstance(body, list):
+        messages.extend(text for text in (_as_text(item) for item in body) if text)
+    elif isinstance(body, str) and body.strip():
+        messages.append(body.strip())
+    elif body is None and response.text.strip():
+        messages.append(_summarise_text(response.text))
+
+    message = "; ".join(dict.fromkeys(messages))  # de-duplicated, order kept
+    advice = _ADVICE.get(response.status_code)
+    if advice:
+        message = f"{message} ({advice})" if message else advice
+    return message, field_errors
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, dict):
+        inner = value.get("message") or value.get("detail") or value.get("error")
+        return str(inner) if inner else ", ".join(f"{k}: {v}" for k, v in value.items())
+    if isinstance(value, list):
+        return "; ".join(_as_text(item) for item in value)
+    return "" if value is None else str(value)
+
+
+def _summarise_text(text: str) -> str:
+    title = _HTML_TITLE.search(text)
+    if title:
+        return "HTML page: " + " ".join(title.group(1).split())[:200]
+    return " ".join(text.split())[:200]
+
+
+def _query_datetime(value: datetime) -> str:
+    """ISO-8601 in UTC; a naive datetime is taken as UTC. (The live format is unconfirmed.)"""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class PeopleForceClient:
+    """`async with PeopleForceClient(base_url, api_key) as pf: await pf.get_employee(42)`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            # The trailing slash makes relative paths land under /api/public/v3.
+            base_url=self.base_url + "/",
+            headers={
+                "X-API-KEY": api_key,
+                "Accept": "application/json",
+                "User-Agent": "pf-jira-sync",
+            },
+            transport=transport,
+            timeout=timeout,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> Self:
+        settings.require("peopleforce_api_key")
+        api_key = settings.peopleforce_api_key
+        assert api_key is not None  # require() raised otherwise
+        return cls(str(settings.peopleforce_base_url), api_key.get_secret_value(), **kwargs)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # --- operations -------------------------------------------------------------------------
+
+    async def get_employee(self, employee_id: int) -> Employee:
+        """`GET /employees/{id}`: the full record, the only one with custom fields."""
+        response = await self._get(f"employees/{int(employee_id)}")
+        body = self._json(response)
+        record = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(record, dict):
+            raise self._shape_error(response, "no employee object under `data`")
+        return self._parse(Employee, record, response)
+
+    async def iter_employees(
+        self,
+        *,
+        status: EmployeeStatusFilter = "all",
+        updated_since: datetime | None = None,
+        hired_from: date | None = None,
+        hired_to: date | None = None,
+        ids: Iterable[int] | None = None,
+        emails: Iterable[str] | None = None,
+    ) -> AsyncIterator[EmployeeSummary]:
+        """`GET /employees`, every page, each employee once.
+
+        `status` defaults to `all` (the API's own default is `active`). An empty `ids` or
+        `emails` collection matches nobody rather than dropping the filter.
+        """
+        params: QueryPairs = [("status", status)]
+        if updated_since is not None:
+            params.append(("updated_at[gte]", _query_datetime(updated_since)))
+        # Trust the bracket names: the spec's descriptions of these two are swapped.
+        if hired_from is not None:
+            params.append(("hired_on[gte]", hired_from.isoformat()))
+        if hired_to is not None:
+            params.append(("hired_on[lte]", hired_to.isoformat()))
+        if ids is not None:
+            id_list = [int(i) for i in ids]
+            if not id_list:
+                return
+            params.extend(("ids[]", str(i)) for i in id_list)
+        if emails is not None:
+            email_list = list(emails)
+            if not email_list:
+                return
+            params.extend(("emails[]", e) for e in email_list)
+        async for item, response in self._paginate("employees", params):
+            yield self._parse(EmployeeSummary, item, response)
+
+    async def iter_terminated(
+        self,
+        *,
+        terminated_from: date | None = None,
+        terminated_to: date | None = None,
+    ) -> AsyncIterator[Employee]:
+        """`GET /employees/terminated`: full records of people whose termination took effect."""
+        params: QueryPairs = []
+        if terminated_from is not None:
+            params.append(("terminated_on[gte]", terminated_from.isoformat()))
+        if terminated_to is not None:
+            params.append(("terminated_on[lte]", terminated_to.isoformat()))
+        async for item, response in self._paginate("employees/terminated", params):
+            yield self._parse(Employee, item, response)
+
+    async def list_assets(self, employee_id: int) -> list[Asset]:
+        """`GET /employees/{id}/assets` (one request: the spec declares no paging here)."""
+        response = await self._get(f"employees/{int(employee_id)}/assets")
+        body = self._json(response)
+        items = body.get("data") if isinstance(body, dict) else body
+        if items is None:
+            return []
+        if not isinstance(items, list):
+            raise self._shape_error(response, "`data` is not a list")
+        return [self._parse(Asset, item, response) for item in items]
+
+    async def check(self) -> int | None:
+        """A cheap authenticated call for `doctor`: the first page of active employees.
+
+        Returns the total PeopleForce reports, when it reports one; raises the typed error
+        (AuthenticationError, ForbiddenError, TransportError...) otherwise.
+        """
+        response = await self._get("employees", params=[("page", "1")])
+        body = self._json(response)
+        pagination = _pagination(body.get("metadata") if isinstance(body, dict) else None)
+        count = pagination.get("count")
+        return count if isinstance(count, int) else None
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    async def _get(self, path: str, params: QueryPairs | None = None) -> httpx.Response:
+        # A tuple, not the list: httpx types its list form invariantly.
+        request = self._http.build_request("GET", path, params=tuple(params or ()))
+        return await send(self._http, SERVICE, request, parse_error_body)
+
+    async def _paginate(
+        self, path: str, params: QueryPairs
+    ) -> AsyncIterator[tuple[dict[str, Any], httpx.Response]]:
+        """Raw items of every page, de-duplicated by id.
+
+        Stops at the last page per `metadata` (nested `pagination` or flat), at an empty or null
+        `data`, or at a page that brings no new id: some tenants answer page 1 for any page.
+        """
+        seen: set[Any] = set()
+        page = 1
+        while True:
+            response = await self._get(path, params=[*params, ("page", str(page))])
+            body = self._json(response)
+            if not isinstance(body, dict):
+                raise self._shape_error(response, "expected an object with `data`")
+            items = body.get("data")
+            if not items:
+                return
+            if not isinstance(items, list):
+                raise self._shape_error(response, "`data` is not a list")
+            fresh = 0
+            for item in items:
+                if not isinstance(item, dict) or "id" not in item:
+                    raise self._shape_error(response, "a list item has no `id`")
+                if item["id"] in seen:
+                    continue
+                seen.add(item["id"])
+                fresh += 1
+                yield item, response
+            if fresh == 0:
+                return
+            pages = _pagination(body.get("metadata")).get("pages")
+            if isinstance(pages, int) and page >= pages:
+                return
+            page += 1
+
+    def _json(self, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise self._shape_error(
+                response,
+                "the answer is not JSON (is PEOPLEFORCE_BASE_URL the API, e.g. "
+                "https://app.peopleforce.io/api/public/v3?)",
+            ) from None
+
+    def _parse(self, model: type[ModelT], item: Any, response: httpx.Response) -> ModelT:
+        try:
+            return model.model_validate(item)
+        except ValidationError as error:
+            raise self._shape_error(
+                response, f"unexpected {model.__name__} shape: {error}"
+            ) from error
+
+    @staticmethod
+    def _shape_error(response: httpx.Response, detail: str) -> ApiError:
+        # Not transient: a body we cannot read will not read better on a retry.
+        return ApiError(
+            SERVICE,
+            detail,
+            status=response.status_code,
+            method=response.request.method,
+            url=str(response.request.url.copy_with(query=None)),
+            body=response.text[:2000],
+        )
+
+
+def _pagination(metadata: Any) -> dict[str, Any]:
+    """`metadata.pagination` (spec example, clients) or flat `metadata` (spec schema)."""
+    if not isinstance(metadata, dict):
+        return {}
+    nested = metadata.get("pagination")
+    return nested if isinstance(nested, dict) else metadata
+
+
+__all__ = [
+    "SERVICE",
+    "EmployeeStatusFilter",
+    "PeopleForceClient",
+    "parse_error_body",
+]

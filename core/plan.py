@@ -1,0 +1,497 @@
+"""The plan: what Jira work one employee needs now. Pure: no I/O, no clock, no Prefect.
+
+`plan(facts, rules, today)` compares the employee's current PeopleForce record with what this
+service already did (the mapping link) and returns ordered actions. Every path (webhook,
+reconciliation, a retry from the UI) runs the same plan, so they converge; rendering the plan
+instead of applying it is the dry run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.peopleforce.models import Asset, Employee
+from core.rules import ChecklistItem, FieldType, IssueRules, Route, Rules
+from core.store.models import EmployeeLink, Lifecycle
+
+EMPLOYEE_LABEL = "pf-employee-{id}"
+
+
+def employee_label(employee_id: int) -> str:
+    """On every issue this service creates: the guard searched when the mapping row is missing."""
+    return EMPLOYEE_LABEL.format(id=employee_id)
+
+
+def work_label(kind: str, employee_id: int, on: date) -> str:
+    """Names one piece of work (a hire or a leave on a date), so a rehire is new work."""
+    return f"pf-{kind}-{employee_id}-{on:%Y%m%d}"
+
+
+def today_in(zone: ZoneInfo, now: datetime) -> date:
+    return now.astimezone(zone).date()
+
+
+# --- What the plan reads ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything the plan needs about one employee, gathered by the caller beforehand."""
+
+    employee_id: int
+    employee: Employee | None  # None: PeopleForce does not return this id
+    link: EmployeeLink | None = None
+    previous: EmployeeLink | None = None  # an earlier record with the same email (rehire)
+    assets: Sequence[Asset] = ()
+
+
+# --- What the plan says -------------------------------------------------------------------
+
+
+class _Action(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    why: str
+
+
+class Assignee(BaseModel):
+    """Who gets an issue. The plan names people by email; the apply step finds their accountId."""
+
+    model_config = ConfigDict(frozen=True)
+    account_id: str | None = None
+    email: str | None = None
+
+    @property
+    def is_nobody(self) -> bool:
+        return not (self.account_id or self.email)
+
+
+class FieldValue(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    source: str  # the PeopleForce field, e.g. "position" or "fields.github"
+    jira_field: str
+    type: FieldType
+    value: str | None
+
+
+class Subtask(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    summary: str
+    assignee: Assignee = Assignee()
+
+
+class CreateIssue(_Action):
+    """Create a parent issue with its subtasks (onboarding, offboarding or the record issue)."""
+
+    kind: Literal["onboarding", "offboarding", "record"]
+    action: Literal["create_issue"] = "create_issue"
+    project: str
+    issue_type: str
+    subtask_type: str
+    summary: str
+    description: str | None
+    assignee: Assignee
+    due_date: date | None
+    labels: tuple[str, ...]
+    guard_label: str  # searched before creating when the link does not know the issue yet
+    fields: tuple[FieldValue, ...] = ()
+    subtasks: tuple[Subtask, ...] = ()
+    related_issue_key: str | None = None  # rehire: the former record's issue
+    snapshot: dict[str, str | None] = Field(default_factory=dict)  # mapped fields, as synced
+
+
+class UpdateFields(_Action):
+    action: Literal["update_fields"] = "update_fields"
+    issue_key: str
+    fields: tuple[FieldValue, ...]
+    changes: tuple[tuple[str, str | None, str | None], ...]  # (source, old, new)
+    snapshot: dict[str, str | None]
+
+
+class AddComment(_Action):
+    action: Literal["add_comment"] = "add_comment"
+    issue_key: str
+    text: str
+
+
+class MoveDueDate(_Action):
+    """The termination date moved: the offboarding issue follows it."""
+
+    action: Literal["move_due_date"] = "move_due_date"
+    issue_key: str
+    old: date | None
+    new: date
+
+
+class CancelOffboarding(_Action):
+    """Termination reverted: move the offboarding issue to Cancelled and say why."""
+
+    action: Literal["cancel_offboarding"] = "cancel_offboarding"
+    issue_key: str
+    comment: str
+
+
+class Report(_Action):
+    """Nothing to do in Jira, but an operator should know (unknown employee, missing data)."""
+
+    action: Literal["report"] = "report"
+
+
+Action = Annotated[
+    CreateIssue | UpdateFields | AddComment | MoveDueDate | CancelOffboarding | Report,
+    Field(discriminator="action"),
+]
+
+
+class Plan(BaseModel):
+    employee_id: int
+    employee_name: str | None
+    actions: tuple[Action, ...] = ()
+    notes: tuple[str, ...] = ()  # why nothing (more) is needed
+
+    @property
+    def is_empty(self) -> bool:
+        return not any(not isinstance(action, Report) for action in self.actions)
+
+    def summary(self) -> str:
+        if not self.actions:
+            return "; ".join(self.notes) or "nothing to do"
+        return "; ".join(
+            f"{a.action}{'(' + a.kind + ')' if isinstance(a, CreateIssue) else ''}"
+            for a in self.actions
+        )
+
+
+# --- Reading an employee ------------------------------------------------------------------
+
+
+def template_values(employee: Employee) -> dict[str, str]:
+    """The values templates may use; a missing value reads as an empty string."""
+    manager = employee.reporting_to
+    values = {
+        "id": str(employee.id),
+        "full_name": employee.display_name,
+        "first_name": employee.first_name or "",
+        "last_name": employee.last_name or "",
+        "email": employee.email or "",
+        "employee_number": employee.employee_number or "",
+        "position": _name(employee.position) or "",
+        "department": _name(employee.department) or "",
+        "division": _name(employee.division) or "",
+        "location": _name(employee.location) or "",
+        "manager_name": (manager.full_name if manager else None) or "",
+        "manager_email": (manager.email if manager else None) or "",
+        "hired_on": employee.hired_on.isoformat() if employee.hired_on else "",
+        "termination_effective_on": (
+            employee.termination_effective_on.isoformat()
+            if employee.termination_effective_on
+            else ""
+        ),
+    }
+    return values
+
+
+def source_value(employee: Employee, source: str) -> str | None:
+    """A mapped PeopleForce field as text (None when unset), compared across runs."""
+    if source.startswith("fields."):
+        value = employee.custom_field(source.removeprefix("fields."))
+        return None if value in (None, "") else str(value)
+    if source == "manager":
+        return (employee.reporting_to.email or None) if employee.reporting_to else None
+    if source == "full_name":
+        return employee.display_name
+    value = getattr(employee, source, None)
+    if value is None:
+        return None
+    if isinstance(value, date):
+        return value.isoformat()
+    if hasattr(value, "name"):
+        return value.name or None
+    return str(value) or None
+
+
+def mapped_fields(
+    employee: Employee, rules: Rules
+) -> tuple[tuple[FieldValue, ...], dict[str, str | None]]:
+    values = tuple(
+        FieldValue(
+            source=source,
+            jira_field=mapping.jira_field,
+            type=mapping.type,
+            value=source_value(employee, source),
+        )
+        for source, mapping in sorted(rules.field_map.items())
+    )
+    return values, {value.source: value.value for value in values}
+
+
+def _name(ref: object) -> str | None:
+    return getattr(ref, "name", None) if ref is not None else None
+
+
+# --- The plan -----------------------------------------------------------------------------
+
+
+def plan(facts: Facts, rules: Rules, today: date) -> Plan:
+    """Ordered actions that bring Jira in step with this employee's current record."""
+    employee, link = facts.employee, facts.link
+    if employee is None:
+        reason = (
+            "mapped, but PeopleForce no longer returns this employee; nothing changed in Jira"
+            if link
+            else "PeopleForce does not know this employee"
+        )
+        return Plan(
+            employee_id=facts.employee_id,
+            employee_name=link.display_name if link else None,
+            actions=(Report(why=reason),),
+        )
+    name = employee.display_name
+    leaving_on = employee.termination_effective_on
+    if leaving_on is None and employee.status == "terminated":
+        # Terminated without a date: treat today as the last day rather than miss the work.
+        leaving_on = today
+
+    if leaving_on is not None:
+        actions, notes = _leaving(facts, employee, rules, leaving_on)
+    else:
+        actions, notes = _staying(facts, employee, rules, today)
+    return Plan(
+        employee_id=employee.id, employee_name=name, actions=tuple(actions), notes=tuple(notes)
+    )
+
+
+def _staying(facts: Facts, employee: Employee, rules: Rules, today: date) -> tuple[list, list[str]]:
+    link = facts.link
+    # The offboarding issue of a termination that PeopleForce no longer shows, if any.
+    offboarding_key = (
+        link.offboarding_issue_key
+        if link and link.lifecycle in (Lifecycle.offboarding, Lifecycle.offboarded)
+        else None
+    )
+    rehired = bool(
+        offboarding_key
+        and link
+        and employee.hired_on
+        and link.termination_on is not None
+        and employee.hired_on > link.termination_on
+    )
+    if offboarding_key and not rehired:
+        return [
+            CancelOffboarding(
+                why="the termination was reverted in PeopleForce",
+                issue_key=offboarding_key,
+                comment=f"The termination of {employee.display_name} was reverted in PeopleForce: "
+                "offboarding cancelled.",
+            ),
+            *_field_sync(facts, employee, rules),
+        ], []
+    if link and link.onboarding_issue_key and not rehired:
+        return _field_sync(facts, employee, rules), []
+
+    hired_on = employee.hired_on
+    if hired_on is None:
+        return [], ["no hire date in PeopleForce: onboarding waits for one"]
+    starts_in = (hired_on - today).days
+    if starts_in > rules.prehire_lead_days:
+        due = hired_on - timedelta(days=rules.prehire_lead_days)
+        return [], [
+            f"starts {hired_on}, beyond the {rules.prehire_lead_days}-day lead time: onboarding from {due}"
+        ]
+    if -starts_in > rules.onboard_started_within_days and not rehired:
+        return [], [
+            f"started {hired_on}, more than {rules.onboard_started_within_days} days ago "
+            "(before this service knew them): no onboarding created"
+        ]
+    previous = link if rehired else facts.previous
+    related = (
+        (previous.offboarding_issue_key or previous.onboarding_issue_key) if previous else None
+    )
+    why = (
+        "within the pre-hire lead time"
+        if starts_in >= 0
+        else "has started and has no onboarding yet"
+    )
+    if previous is not None:
+        why = f"rehire (former record {previous.employee_id}); {why}"
+    actions: list = [
+        _create(facts, employee, rules, "onboarding", rules.onboarding, hired_on, why, related)
+    ]
+    if rules.record.issue == "separate" and not (link and link.record_issue_key):
+        actions.append(_create_record(employee, rules))
+    return actions, []
+
+
+def _leaving(
+    facts: Facts, employee: Employee, rules: Rules, leaving_on: date
+) -> tuple[list, list[str]]:
+    link = facts.link
+    if (
+        link
+        and link.offboarding_issue_key
+        and link.lifecycle in (Lifecycle.offboarding, Lifecycle.offboarded)
+    ):
+        if link.termination_on != leaving_on:
+            return [
+                MoveDueDate(
+                    why=f"the last day moved from {link.termination_on} to {leaving_on}",
+                    issue_key=link.offboarding_issue_key,
+                    old=link.termination_on,
+                    new=leaving_on,
+                )
+            ], []
+        return [], [
+            f"offboarding {link.offboarding_issue_key} already covers the last day {leaving_on}"
+        ]
+    why = f"termination effective {leaving_on}"
+    related = link.onboarding_issue_key if link else None
+    return [
+        _create(facts, employee, rules, "offboarding", rules.offboarding, leaving_on, why, related)
+    ], []
+
+
+def _field_sync(facts: Facts, employee: Employee, rules: Rules) -> list:
+    link = facts.link
+    assert link is not None
+    issue_key = (
+        link.record_issue_key if rules.record.issue == "separate" else link.onboarding_issue_key
+    )
+    if not rules.field_map or not issue_key:
+        return []
+    values, snapshot = mapped_fields(employee, rules)
+    before = link.synced_fields or {}
+    changes = tuple(
+        (source, before.get(source), new)
+        for source, new in snapshot.items()
+        if before.get(source) != new
+    )
+    if not changes:
+        return []
+    changed = {source for source, _, _ in changes}
+    lines = "\n".join(
+        f"- {source}: {old or '(none)'} -> {new or '(none)'}" for source, old, new in changes
+    )
+    return [
+        UpdateFields(
+            why=f"changed in PeopleForce: {', '.join(sorted(changed))}",
+            issue_key=issue_key,
+            fields=tuple(value for value in values if value.source in changed),
+            changes=changes,
+            snapshot=snapshot,
+        ),
+        AddComment(
+            why="tell the people working the issue what changed",
+            issue_key=issue_key,
+            text=f"{employee.display_name} changed in PeopleForce:\n{lines}",
+        ),
+    ]
+
+
+def _assignee(spec: str, employee: Employee) -> Assignee:
+    if spec == "manager":
+        email = employee.reporting_to.email if employee.reporting_to else None
+        return Assignee(email=email or None)
+    if spec.startswith("account:"):
+        return Assignee(account_id=spec.removeprefix("account:"))
+    return Assignee()
+
+
+def _render(template: str | None, values: dict[str, str]) -> str | None:
+    return template.format_map(values).strip() if template else None
+
+
+def _create(
+    facts: Facts,
+    employee: Employee,
+    rules: Rules,
+    kind: Literal["onboarding", "offboarding"],
+    issue_rules: IssueRules,
+    on: date,
+    why: str,
+    related: str | None,
+) -> CreateIssue:
+    route: Route | None = rules.route_for(
+        department=_name(employee.department),
+        division=_name(employee.division),
+        location=_name(employee.location),
+    )
+    values = template_values(employee)
+    checklist: tuple[ChecklistItem, ...] = issue_rules.checklist
+    assignee_spec = issue_rules.assignee
+    if route is not None:
+        checklist += (
+            route.onboarding_checklist if kind == "onboarding" else route.offboarding_checklist
+        )
+        routed = route.onboarding_assignee if kind == "onboarding" else route.offboarding_assignee
+        assignee_spec = routed or assignee_spec
+    subtasks = [
+        Subtask(
+            summary=_render(item.summary, values) or item.summary,
+            assignee=_assignee(item.assignee, employee),
+        )
+        for item in checklist
+    ]
+    asset_template = getattr(issue_rules, "asset_subtask", None)
+    if kind == "offboarding" and asset_template:
+        for asset in facts.assets:
+            asset_values = {
+                **values,
+                "asset_name": asset.name or f"asset {asset.id}",
+                "asset_serial": asset.serial_number or asset.code or "no serial",
+                "asset_category": str(asset.asset_category_id or ""),
+            }
+            subtasks.append(Subtask(summary=asset_template.format_map(asset_values).strip()))
+    fields, snapshot = mapped_fields(employee, rules) if kind == "onboarding" else ((), {})
+    if rules.record.issue == "separate":
+        fields, snapshot = (), {}
+    project = (route.project if route else None) or issue_rules.project or rules.default_project
+    guard = work_label(kind, employee.id, on)
+    return CreateIssue(
+        why=why,
+        kind=kind,
+        project=project,
+        issue_type=issue_rules.issue_type,
+        subtask_type=issue_rules.subtask_type,
+        summary=_render(issue_rules.summary, values) or issue_rules.summary,
+        description=_render(issue_rules.description, values),
+        assignee=_assignee(assignee_spec, employee),
+        due_date=on,
+        labels=(employee_label(employee.id), f"pf-{kind}", guard),
+        guard_label=guard,
+        fields=fields,
+        subtasks=tuple(subtasks),
+        related_issue_key=related,
+        snapshot=snapshot,
+    )
+
+
+def _create_record(employee: Employee, rules: Rules) -> CreateIssue:
+    values = template_values(employee)
+    fields, snapshot = mapped_fields(employee, rules)
+    route = rules.route_for(
+        department=_name(employee.department),
+        division=_name(employee.division),
+        location=_name(employee.location),
+    )
+    project = rules.record.project or (route.project if route else None) or rules.default_project
+    guard = f"pf-record-{employee.id}"
+    return CreateIssue(
+        why="the rules keep a separate record issue per employee",
+        kind="record",
+        project=project,
+        issue_type=rules.record.issue_type,
+        subtask_type=rules.onboarding.subtask_type,
+        summary=_render(rules.record.summary, values) or rules.record.summary,
+        description=None,
+        assignee=Assignee(),
+        due_date=None,
+        labels=(employee_label(employee.id), "pf-record", guard),
+        guard_label=guard,
+        fields=fields,
+        snapshot=snapshot,
+    )

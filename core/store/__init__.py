@@ -1,0 +1,33 @@
+"""The mapping store: per employee, the Jira work this service created, and an audit of every Jira effect.
+
+SQLite by default, PostgreSQL through the same database URL setting; the schema is versioned
+with Alembic and upgraded in place when the store is opened.
+"""
+
+from core.store.migrate import current_revision, downgrade, head_revision, migrate
+from core.store.models import (
+    ALLOWED_TRANSITIONS,
+    EffectAction,
+    EmployeeLink,
+    JiraEffect,
+    Lifecycle,
+    snapshot_hash,
+)
+from core.store.repository import LinkUpdate, MappingStore, UnsupportedDatabase, normalize_email
+
+__all__ = [
+    "ALLOWED_TRANSITIONS",
+    "EffectAction",
+    "EmployeeLink",
+    "JiraEffect",
+    "Lifecycle",
+    "LinkUpdate",
+    "MappingStore",
+    "UnsupportedDatabase",
+    "current_revision",
+    "downgrade",
+    "head_revision",
+    "migrate",
+    "normalize_email",
+    "snapshot_hash",
+]

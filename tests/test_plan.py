@@ -1,0 +1,383 @@
+"""The plan, case by case: (employee, mapping, rules, today) -> actions. Pure, so no fixtures."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.peopleforce.models import Asset, Employee
+from core.plan import (
+    AddComment,
+    CancelOffboarding,
+    CreateIssue,
+    Facts,
+    MoveDueDate,
+    Report,
+    UpdateFields,
+    mapped_fields,
+    plan,
+)
+from core.rules import Rules, load_rules
+from core.store.models import EmployeeLink, Lifecycle
+
+RULES = load_rules(Path(__file__).resolve().parents[1] / "rules.example.toml")
+TODAY = date(2026, 11, 26)
+
+
+def employee(**changes: Any) -> Employee:
+    record: dict[str, Any] = {
+        "id": 501,
+        "status": "employed",
+        "full_name": "Zoë Łukasiewicz",
+        "first_name": "Zoë",
+        "last_name": "Łukasiewicz",
+        "email": "zoe@example.com",
+        "hired_on": TODAY.isoformat(),
+        "position": {"id": 1, "name": "Accountant"},
+        "department": {"id": 2, "name": "Finance"},
+        "location": {"id": 3, "name": "Kyiv"},
+        "reporting_to": {
+            "id": 9,
+            "first_name": "Ada",
+            "last_name": "Boss",
+            "email": "ada@example.com",
+        },
+    }
+    record.update(changes)
+    return Employee.model_validate(record)
+
+
+def onboarded(emp: Employee, **changes: Any) -> EmployeeLink:
+    _, snapshot = mapped_fields(emp, RULES)
+    link = EmployeeLink(
+        employee_id=emp.id,
+        email=emp.email,
+        display_name=emp.display_name,
+        lifecycle=Lifecycle.onboarding,
+        onboarding_issue_key="HR-1",
+    )
+    link.set_synced(snapshot)
+    for name, value in changes.items():
+        setattr(link, name, value)
+    return link
+
+
+def kinds(result) -> list[str]:
+    return [
+        f"{a.action}:{a.kind}" if isinstance(a, CreateIssue) else a.action for a in result.actions
+    ]
+
+
+def days(n: int) -> str:
+    return (TODAY + timedelta(days=n)).isoformat()
+
+
+CASES = [
+    # (name, employee changes, link factory, expected action kinds, note fragment)
+    ("hire beyond the lead time", {"hired_on": days(15)}, None, [], "beyond the 14-day lead time"),
+    (
+        "hire exactly at the lead time",
+        {"hired_on": days(14)},
+        None,
+        ["create_issue:onboarding"],
+        None,
+    ),
+    ("hire tomorrow", {"hired_on": days(1)}, None, ["create_issue:onboarding"], None),
+    (
+        "started last week, never onboarded",
+        {"hired_on": days(-7)},
+        None,
+        ["create_issue:onboarding"],
+        None,
+    ),
+    (
+        "started years ago, first seen now",
+        {"hired_on": "2020-01-06"},
+        None,
+        [],
+        "before this service knew them",
+    ),
+    ("no hire date", {"hired_on": None}, None, [], "no hire date"),
+    ("onboarded, nothing changed", {}, "onboarded", [], None),
+    (
+        "mover: department",
+        {"department": {"id": 7, "name": "Sales"}},
+        "onboarded",
+        ["update_fields", "add_comment"],
+        None,
+    ),
+    (
+        "mover: manager",
+        {
+            "reporting_to": {
+                "id": 8,
+                "first_name": "Bo",
+                "last_name": "New",
+                "email": "bo@example.com",
+            }
+        },
+        "onboarded",
+        ["update_fields", "add_comment"],
+        None,
+    ),
+    (
+        "mover: position",
+        {"position": {"id": 4, "name": "Controller"}},
+        "onboarded",
+        ["update_fields", "add_comment"],
+        None,
+    ),
+    (
+        "mover: location",
+        {"location": {"id": 5, "name": "Lviv"}},
+        "onboarded",
+        ["update_fields", "add_comment"],
+        None,
+    ),
+    ("unmapped change only", {"first_name": "Zoe"}, "onboarded", [], None),
+    (
+        "termination scheduled",
+        {"termination_effective_on": days(20)},
+        "onboarded",
+        ["create_issue:offboarding"],
+        None,
+    ),
+    (
+        "termination effective",
+        {"status": "terminated", "termination_effective_on": days(-1)},
+        "onboarded",
+        ["create_issue:offboarding"],
+        None,
+    ),
+    (
+        "terminated, no date",
+        {"status": "terminated"},
+        "onboarded",
+        ["create_issue:offboarding"],
+        None,
+    ),
+    (
+        "leaver never onboarded here",
+        {"hired_on": "2019-03-04", "termination_effective_on": days(3)},
+        None,
+        ["create_issue:offboarding"],
+        None,
+    ),
+    (
+        "offboarding exists, same date",
+        {"termination_effective_on": days(20)},
+        "offboarding",
+        [],
+        "already covers",
+    ),
+    (
+        "offboarding exists, date moved",
+        {"termination_effective_on": days(30)},
+        "offboarding",
+        ["move_due_date"],
+        None,
+    ),
+    ("termination reverted", {}, "offboarding", ["cancel_offboarding"], None),
+    (
+        "reactivated after leaving, same hire date",
+        {"hired_on": "2024-03-01"},
+        "offboarded",
+        ["cancel_offboarding"],
+        None,
+    ),
+    (
+        "rehire: same id, new hire date",
+        {"hired_on": days(5)},
+        "offboarded",
+        ["create_issue:onboarding"],
+        None,
+    ),
+]
+
+
+def make_link(kind: str | None, emp: Employee) -> EmployeeLink | None:
+    if kind is None:
+        return None
+    if kind == "onboarded":
+        return onboarded(employee())
+    termination = (
+        date.fromisoformat(days(20)) if kind == "offboarding" else date.fromisoformat(days(-30))
+    )
+    # Same hire date as the case's employee: only the termination differs.
+    return onboarded(
+        employee(hired_on=emp.hired_on.isoformat() if emp.hired_on else None),
+        lifecycle=Lifecycle(kind),
+        offboarding_issue_key="HR-9",
+        termination_on=termination,
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "link_kind", "expected", "note"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_plan_cases(
+    changes: dict, link_kind: str | None, expected: list[str], note: str | None
+) -> None:
+    emp = employee(**changes)
+    result = plan(
+        Facts(employee_id=emp.id, employee=emp, link=make_link(link_kind, emp)), RULES, TODAY
+    )
+    assert kinds(result) == expected
+    if note:
+        assert note in " ".join(result.notes)
+
+
+def test_plan_is_repeatable() -> None:
+    emp = employee(hired_on=days(3))
+    facts = Facts(employee_id=emp.id, employee=emp)
+    assert plan(facts, RULES, TODAY) == plan(facts, RULES, TODAY)
+
+
+def test_onboarding_is_routed_and_rendered() -> None:
+    emp = employee(hired_on=days(3), department={"id": 1, "name": "Engineering"})
+    (create,) = plan(Facts(employee_id=emp.id, employee=emp), RULES, TODAY).actions
+    assert isinstance(create, CreateIssue)
+    assert create.project == "IT"  # the engineering route
+    assert create.summary == f"Onboarding: Zoë Łukasiewicz ({days(3)})"
+    assert create.assignee.email == "ada@example.com"  # route: manager
+    assert create.due_date == date.fromisoformat(days(3))
+    assert create.labels == ("pf-employee-501", "pf-onboarding", create.guard_label)
+    assert create.guard_label == f"pf-onboarding-501-{days(3).replace('-', '')}"
+    summaries = [subtask.summary for subtask in create.subtasks]
+    assert summaries == [
+        "Create accounts for Zoë Łukasiewicz",
+        "Prepare a laptop for Zoë Łukasiewicz",
+        "Welcome meeting with Zoë Łukasiewicz",
+        "Grant source code access to Zoë Łukasiewicz",
+    ]
+    assert create.subtasks[2].assignee.email == "ada@example.com"
+    fields = {value.source: (value.jira_field, value.value) for value in create.fields}
+    assert fields["manager"] == ("customfield_10052", "ada@example.com")
+    assert fields["department"] == ("customfield_10051", "Engineering")
+    assert create.snapshot["position"] == "Accountant"
+
+
+def test_default_route_uses_default_project() -> None:
+    emp = employee(hired_on=days(1))
+    (create,) = plan(Facts(employee_id=emp.id, employee=emp), RULES, TODAY).actions
+    assert isinstance(create, CreateIssue)
+    assert create.project == "HR"
+    assert create.assignee.is_nobody
+    assert len(create.subtasks) == 3
+
+
+def test_no_manager_no_email_still_plans() -> None:
+    emp = employee(hired_on=days(1), reporting_to=None, email=None, full_name=None, department=None)
+    (create,) = plan(Facts(employee_id=emp.id, employee=emp), RULES, TODAY).actions
+    assert isinstance(create, CreateIssue)
+    assert create.subtasks[2].assignee.is_nobody  # "manager" with no manager: unassigned
+    assert create.summary.startswith("Onboarding: Zoë Łukasiewicz")
+    assert "Manager:  <>" in (create.description or "")
+    assert {v.source: v.value for v in create.fields}["manager"] is None
+
+
+def test_offboarding_has_a_subtask_per_asset_and_is_due_on_the_last_day() -> None:
+    emp = employee(termination_effective_on=days(10))
+    assets = [
+        Asset(id=1, name="MacBook Pro 14", serial_number="C02XK1"),
+        Asset(id=2, name="Badge", code="B-17"),
+        Asset(id=3),
+    ]
+    result = plan(
+        Facts(employee_id=emp.id, employee=emp, link=onboarded(emp), assets=assets), RULES, TODAY
+    )
+    (create,) = result.actions
+    assert isinstance(create, CreateIssue)
+    assert create.kind == "offboarding"
+    assert create.due_date == date.fromisoformat(days(10))
+    assert create.related_issue_key == "HR-1"
+    assert [s.summary for s in create.subtasks][-3:] == [
+        "Collect MacBook Pro 14 (C02XK1) from Zoë Łukasiewicz",
+        "Collect Badge (B-17) from Zoë Łukasiewicz",
+        "Collect asset 3 (no serial) from Zoë Łukasiewicz",
+    ]
+
+
+def test_mover_comment_lists_old_and_new() -> None:
+    before = employee()
+    after = employee(
+        department={"id": 7, "name": "Sales"}, position={"id": 4, "name": "Controller"}
+    )
+    update, comment = plan(
+        Facts(employee_id=501, employee=after, link=onboarded(before)), RULES, TODAY
+    ).actions
+    assert isinstance(update, UpdateFields)
+    assert isinstance(comment, AddComment)
+    assert update.issue_key == comment.issue_key == "HR-1"
+    assert {v.source for v in update.fields} == {"department", "position"}
+    assert "- department: Finance -> Sales" in comment.text
+    assert "- position: Accountant -> Controller" in comment.text
+    assert update.snapshot["department"] == "Sales"
+
+
+def test_date_moved_and_revert_details() -> None:
+    emp = employee(termination_effective_on=days(30))
+    (move,) = plan(
+        Facts(employee_id=501, employee=emp, link=make_link("offboarding", emp)), RULES, TODAY
+    ).actions
+    assert isinstance(move, MoveDueDate)
+    assert (move.old, move.new) == (date.fromisoformat(days(20)), date.fromisoformat(days(30)))
+    (cancel,) = plan(
+        Facts(employee_id=501, employee=employee(), link=make_link("offboarding", emp)),
+        RULES,
+        TODAY,
+    ).actions
+    assert isinstance(cancel, CancelOffboarding)
+    assert cancel.issue_key == "HR-9"
+    assert "reverted" in cancel.comment
+
+
+def test_rehire_under_a_new_id_links_the_former_record() -> None:
+    former = onboarded(employee(), lifecycle=Lifecycle.offboarded, offboarding_issue_key="HR-9")
+    emp = employee(id=777, hired_on=days(2))
+    (create,) = plan(Facts(employee_id=777, employee=emp, previous=former), RULES, TODAY).actions
+    assert isinstance(create, CreateIssue)
+    assert create.related_issue_key == "HR-9"
+    assert "rehire (former record 501)" in create.why
+    assert "pf-employee-777" in create.labels
+
+
+def test_unknown_employee_is_reported_not_acted_on() -> None:
+    result = plan(Facts(employee_id=404, employee=None), RULES, TODAY)
+    assert [type(a) for a in result.actions] == [Report]
+    assert result.is_empty
+    mapped = plan(Facts(employee_id=501, employee=None, link=onboarded(employee())), RULES, TODAY)
+    assert "no longer returns" in mapped.actions[0].why
+
+
+def test_separate_record_issue_gets_the_fields() -> None:
+    rules = Rules.model_validate(
+        {**RULES.model_dump(), "record": {"issue": "separate", "project": "HR"}}
+    )
+    emp = employee(hired_on=days(1))
+    onboarding, record = plan(Facts(employee_id=emp.id, employee=emp), rules, TODAY).actions
+    assert isinstance(onboarding, CreateIssue)
+    assert isinstance(record, CreateIssue)
+    assert (onboarding.kind, record.kind) == ("onboarding", "record")
+    assert onboarding.fields == ()
+    assert {v.source for v in record.fields} == set(rules.field_map)
+    link = onboarded(emp, record_issue_key="HR-5")
+    moved = employee(hired_on=days(1), location={"id": 5, "name": "Lviv"})
+    update, _ = plan(Facts(employee_id=emp.id, employee=moved, link=link), rules, TODAY).actions
+    assert isinstance(update, UpdateFields)
+    assert update.issue_key == "HR-5"
+
+
+def test_custom_field_mapping() -> None:
+    rules = Rules.model_validate(
+        {**RULES.model_dump(), "field_map": {"fields.github": {"jira_field": "customfield_10055"}}}
+    )
+    emp = employee(hired_on=days(1), fields={"github": {"value": "octocat"}})
+    (create,) = plan(Facts(employee_id=emp.id, employee=emp), rules, TODAY).actions
+    assert isinstance(create, CreateIssue)
+    assert [(v.jira_field, v.value) for v in create.fields] == [("customfield_10055", "octocat")]
