@@ -115,3 +115,11 @@ def is_transient(error: BaseException) -> bool:
 def retry_after_hint(error: BaseException) -> float | None:
     """The server's own advice on how long to wait, when it gave one."""
     return getattr(error, "retry_after", None)
+
+
+class ConfigurationError(Exception):
+    """Jira or PeopleForce refused what the rules or settings asked for; retrying cannot help.
+
+    The message says what to fix, e.g. "Jira rejected customfield_10050 (...): check
+    field_map.position in rules.toml".
+    """

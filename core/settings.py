@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     prefect_api_url: AnyHttpUrl | None = None
     rules_file: Path = Path("rules.example.toml")
+    # How many employees one flow run works on at once (bounded by Jira's rate limits).
+    employee_concurrency: int = Field(10, ge=1, le=100)
 
     # Logging
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"

@@ -365,7 +365,12 @@ class PeopleForceState:
             )
             self._check_manager(None, manager_id)
             person_id = max(self.people, default=1000) + 1
-            email = new.email or self._free_email(email_local_part(new.first_name, new.last_name))
+            if "email" in new.model_fields_set and not new.email:
+                email = None  # hired without a work email (it comes later, or never)
+            else:
+                email = new.email or self._free_email(
+                    email_local_part(new.first_name, new.last_name) or f"employee{person_id}"
+                )
             now = self._now()
             person = SeedPerson(
                 id=person_id,
@@ -546,7 +551,7 @@ class PeopleForceState:
             raise SandboxError(422, f"manager {manager_id} does not exist")
 
     def _free_email(self, local: str) -> str:
-        taken = {p.email.lower() for p in self.people.values()}
+        taken = {p.email.lower() for p in self.people.values() if p.email}
         email, suffix = f"{local}@example.com", 2
         while email in taken:
             email, suffix = f"{local}{suffix}@example.com", suffix + 1
@@ -908,7 +913,7 @@ def _api_router(state: PeopleForceState) -> APIRouter:
                 return False
             if ids and person.id not in ids:
                 return False
-            if emails and person.email.lower() not in emails:
+            if emails and (person.email or "").lower() not in emails:
                 return False
             if numbers and person.employee_number not in numbers:
                 return False

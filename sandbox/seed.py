@@ -102,7 +102,7 @@ class SeedPerson:
     id: int
     first_name: str
     last_name: str
-    email: str
+    email: str | None  # None: hired without a work email (yet)
     hired_on: date
     department: str
     division: str

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
+# Before anything imports prefect: a private Prefect home, no telemetry, no silent
+# ephemeral server (flows run against the session's test harness).
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="pf-jira-sync-prefect-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 from tests.contract import SpecContract
 
-pytest_plugins = ["tests.fixtures_jira", "tests.fixtures_peopleforce"]
+pytest_plugins = ["tests.fixtures_jira", "tests.fixtures_peopleforce", "tests.fixtures_flows"]
 
 
 @pytest.fixture(scope="session")

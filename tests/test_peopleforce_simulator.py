@@ -486,7 +486,7 @@ def test_seed_is_deterministic_and_covers_the_cases() -> None:
     assert len(people) == 40
     assert len({p.id for p in people}) == 40
     assert len({p.email for p in people}) == 40
-    assert all(p.email.endswith("@example.com") and p.email.isascii() for p in people)
+    assert all(p.email and p.email.endswith("@example.com") and p.email.isascii() for p in people)
 
     by_id = {p.id: p for p in people}
     ceo = [p for p in people if p.manager_id is None]

@@ -42,7 +42,7 @@ from core.store.models import StoreModel
 POSTGRES_ADMIN_URL = os.environ.get(
     "PF_JIRA_SYNC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-STORE_TABLES = {"employee_link", "jira_effect"}
+STORE_TABLES = {"employee_link", "jira_effect", "webhook_event"}
 
 
 # Fixtures: one fresh, empty database per test, on each backend
@@ -135,7 +135,7 @@ async def test_migrate_from_empty_database_to_head(database_url: str) -> None:
     await migrate(database_url)
     await migrate(database_url)  # a second run finds nothing to do
 
-    assert await current_revision(database_url) == head_revision() == "0002"
+    assert await current_revision(database_url) == head_revision() == "0003"
     assert await table_names(database_url) == STORE_TABLES | {VERSION_TABLE}
 
 
@@ -211,6 +211,9 @@ async def test_migrated_schema_matches_the_models(database_url: str) -> None:
         ("add_table", "jira_effect"),
         ("add_index", "ix_jira_effect_employee_id"),
         ("add_index", "ix_jira_effect_issue_key"),
+        ("add_table", "webhook_event"),
+        ("add_index", "ix_webhook_event_employee_id"),
+        ("add_index", "ix_webhook_event_status_employee_id"),
     }
 
     await migrate(database_url)

@@ -1,9 +1,12 @@
 """The mapping store: per employee, the Jira work this service created, and an audit of every Jira effect.
 
+The same database holds the gateway's webhook inbox (`WebhookEvent`, `InboxRepository`).
+
 SQLite by default, PostgreSQL through the same database URL setting; the schema is versioned
 with Alembic and upgraded in place when the store is opened.
 """
 
+from core.store.inbox import EventStatus, InboxRepository, WebhookEvent
 from core.store.migrate import current_revision, downgrade, head_revision, migrate
 from core.store.models import (
     ALLOWED_TRANSITIONS,
@@ -19,11 +22,14 @@ __all__ = [
     "ALLOWED_TRANSITIONS",
     "EffectAction",
     "EmployeeLink",
+    "EventStatus",
+    "InboxRepository",
     "JiraEffect",
     "Lifecycle",
     "LinkUpdate",
     "MappingStore",
     "UnsupportedDatabase",
+    "WebhookEvent",
     "current_revision",
     "downgrade",
     "head_revision",

@@ -1,0 +1,14 @@
+"""Field sync: when a mapped field changes in PeopleForce, the employee's Jira record follows."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.employee_work import EmployeeOutcome, run_name, run_process
+
+
+@flow(name="field-sync", flow_run_name=run_name("field-sync"))
+async def field_sync(employee_ids: list[int]) -> list[EmployeeOutcome]:
+    """For each onboarded employee whose mapped fields (position, department, manager ...)
+    changed: update the record issue and comment what changed, old -> new."""
+    return await run_process("field_sync", employee_ids)

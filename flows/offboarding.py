@@ -1,0 +1,15 @@
+"""Offboarding: a termination gets its offboarding issue, due on the last day; a revert cancels it."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.employee_work import EmployeeOutcome, run_name, run_process
+
+
+@flow(name="offboarding", flow_run_name=run_name("offboarding"))
+async def offboarding(employee_ids: list[int]) -> list[EmployeeOutcome]:
+    """For each employee with a termination (scheduled or effective): the offboarding issue with
+    its checklist and one subtask per assigned asset, due on the termination date. A moved
+    date moves the due date; a reverted termination cancels the offboarding work."""
+    return await run_process("offboarding", employee_ids)

@@ -1,0 +1,14 @@
+"""Onboarding: new hires get their onboarding issue and checklist before their first day."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.employee_work import EmployeeOutcome, run_name, run_process
+
+
+@flow(name="onboarding", flow_run_name=run_name("onboarding"))
+async def onboarding(employee_ids: list[int]) -> list[EmployeeOutcome]:
+    """For each employee hired within the lead time (or already started) and not yet onboarded:
+    the onboarding issue, routed by department, with one subtask per checklist item."""
+    return await run_process("onboarding", employee_ids)

@@ -1,0 +1,80 @@
+"""What the gateway accepts as a PeopleForce webhook, and which deliveries it acts on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loguru import logger
+from pydantic import ValidationError
+
+from core.peopleforce.models import WebhookAttributes, WebhookData, WebhookEnvelope
+from core.store import EventStatus
+
+# PeopleForce topics are short snake_case names; a longer one is not from PeopleForce.
+MAX_ACTION_LENGTH = 100
+# Ids go into 32-bit integer columns (PostgreSQL `integer`).
+MAX_RECORD_ID = 2**31 - 1
+
+
+class NotAnEnvelope(ValueError):
+    """Valid JSON, but not a PeopleForce webhook envelope; the text says what is wrong."""
+
+
+def parse_envelope(payload: Any) -> WebhookEnvelope:
+    """The envelope of a delivery, or `NotAnEnvelope` saying what is missing.
+
+    Only the envelope is required: an object with a non-empty `action` string and a `data`
+    object whose `id`, if any, is a positive integer. The record inside is read with the
+    models; a record field in an unexpected shape does not refuse the delivery (the webhook is
+    only a hint, the flows re-read the employee): the event is then keyed by its body hash.
+    """
+    if not isinstance(payload, dict):
+        raise NotAnEnvelope("the body is not a JSON object")
+    action = payload.get("action")
+    if not isinstance(action, str) or not action.strip():
+        raise NotAnEnvelope("`action` must be a non-empty string")
+    if len(action) > MAX_ACTION_LENGTH:
+        raise NotAnEnvelope(f"`action` is longer than {MAX_ACTION_LENGTH} characters")
+    data = payload.get("data")
+    if not isinstance(data, dict):
+        raise NotAnEnvelope("`data` must be an object")
+    record_id = data.get("id")
+    if record_id is not None and not _is_record_id(record_id):
+        raise NotAnEnvelope("`data.id` must be a positive integer")
+    try:
+        envelope = WebhookEnvelope.model_validate(payload)
+    except ValidationError as error:
+        fields = sorted({".".join(map(str, item["loc"])) for item in error.errors()})
+        logger.warning(
+            "webhook {} for record {}: unexpected shape of {}; keeping only the envelope",
+            action,
+            record_id,
+            ", ".join(fields),
+        )
+        attributes = data.get("attributes")
+        employee_ref = attributes.get("employee_id") if isinstance(attributes, dict) else None
+        envelope = WebhookEnvelope(
+            action=action,
+            data=WebhookData(
+                id=record_id,
+                attributes=WebhookAttributes.model_validate(
+                    {"employee_id": employee_ref} if _is_record_id(employee_ref) else {}
+                ),
+            ),
+        )
+    employee_id = envelope.employee_id
+    if employee_id is not None and not _is_record_id(employee_id):
+        raise NotAnEnvelope("the employee id must be a positive integer")
+    return envelope
+
+
+def classify(envelope: WebhookEnvelope) -> EventStatus:
+    """`pending` for an event about one employee (`employee_*` with an employee id), else `ignored`."""
+    if envelope.is_employee_event and envelope.employee_id is not None:
+        return EventStatus.pending
+    return EventStatus.ignored
+
+
+def _is_record_id(value: object) -> bool:
+    # bool is an int in Python, and `true` is no id.
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_RECORD_ID

@@ -1,0 +1,56 @@
+"""Run the gateway with uvicorn: `serve(...)` blocks; `create_server(...)` for an existing event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import uvicorn
+
+from core.logging import configure_logging
+from core.settings import Settings, get_settings
+from webhook_gateway.app import create_app
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8700
+
+
+def create_server(
+    settings: Settings | None = None,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    **app_options: Any,
+) -> uvicorn.Server:
+    """A uvicorn server for the gateway; `await server.serve()` runs it until it is told to exit.
+
+    `app_options` go to `create_app` (`store_url`, `on_stored`, `readiness_checks`,
+    `extra_lifespan`). Raises `GatewayConfigError` before anything starts when the settings
+    cannot run a gateway.
+    """
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    app = create_app(settings, **app_options)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        # Logging goes through loguru (configure_logging routes uvicorn's loggers there); the
+        # gateway logs each delivery itself, so the access log would only repeat it.
+        log_config=None,
+        access_log=False,
+    )
+    return uvicorn.Server(config)
+
+
+def serve(
+    settings: Settings | None = None,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    **app_options: Any,
+) -> None:
+    """Run the gateway until interrupted (Ctrl-C or SIGTERM stop it cleanly)."""
+    server = create_server(settings, host=host, port=port, **app_options)
+    asyncio.run(server.serve())
