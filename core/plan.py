@@ -257,10 +257,16 @@ def plan(facts: Facts, rules: Rules, today: date) -> Plan:
         # Terminated without a date: treat today as the last day rather than miss the work.
         leaving_on = today
 
-    if leaving_on is not None:
-        actions, notes = _leaving(facts, employee, rules, leaving_on)
-    else:
+    if leaving_on is None:
         actions, notes = _staying(facts, employee, rules, today)
+    else:
+        actions, notes = [], []
+        if leaving_on > today and not (link and link.onboarding_issue_key):
+            # Leaving later but not onboarded yet (a fixed-term hire, or a termination entered
+            # before the first day): the onboarding is still due.
+            actions, notes = _onboarding(facts, employee, rules, today, rehired=False)
+        leaving, leaving_notes = _leaving(facts, employee, rules, leaving_on)
+        actions, notes = actions + leaving, notes + leaving_notes
     return Plan(
         employee_id=employee.id, employee_name=name, actions=tuple(actions), notes=tuple(notes)
     )
@@ -293,7 +299,14 @@ def _staying(facts: Facts, employee: Employee, rules: Rules, today: date) -> tup
         ], []
     if link and link.onboarding_issue_key and not rehired:
         return _field_sync(facts, employee, rules), []
+    return _onboarding(facts, employee, rules, today, rehired=rehired)
 
+
+def _onboarding(
+    facts: Facts, employee: Employee, rules: Rules, today: date, *, rehired: bool
+) -> tuple[list, list[str]]:
+    """The onboarding work, when the hire date is within the lead time (or has passed)."""
+    link = facts.link
     hired_on = employee.hired_on
     if hired_on is None:
         return [], ["no hire date in PeopleForce: onboarding waits for one"]

@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     # How many employees one flow run works on at once (bounded by Jira's rate limits).
     employee_concurrency: int = Field(10, ge=1, le=100)
 
+    # Gateway and the one-host stack (`pf-jira-sync up`)
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(8700, ge=1, le=65535)
+    prefect_server_port: int = Field(4200, ge=1, le=65535)
+    # Flow runs the served deployments run at once (each is a process of its own).
+    serve_limit: int = Field(4, ge=1, le=64)
+    # Most employees one dispatched flow run carries; a burst beyond it is split across runs.
+    dispatch_batch_max: int = Field(200, ge=1, le=5000)
+
     # Logging
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     seq_url: AnyHttpUrl | None = None

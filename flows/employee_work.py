@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Literal
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from loguru import logger
 from prefect import get_client, tags
@@ -38,7 +38,7 @@ from core.plan import (
 )
 from core.rules import FieldType
 from core.settings import get_settings
-from core.store import EffectAction, EmployeeLink, Lifecycle, snapshot_hash
+from core.store import EffectAction, EmployeeLink, Leases, Lifecycle, snapshot_hash
 from tasks import jira, peopleforce, store
 from tasks.services import current, open_services
 
@@ -349,12 +349,17 @@ async def sync_employees(
 ) -> list[EmployeeOutcome]:
     """Work many employees at once, at most `concurrency` at a time; one failure stops no other."""
     bound = asyncio.Semaphore(concurrency)
+    leases = Leases(current().store.engine)
+    holder = f"{flow_run.get_id() or 'local'}:{uuid4().hex[:8]}"
 
     async def one(employee_id: int) -> EmployeeOutcome:
         async with bound:
             with tags(f"employee:{employee_id}"):
                 try:
-                    return await sync_employee(employee_id, processes)
+                    # Never two runs on one employee: a webhook run, the reconciliation and a
+                    # retry from the UI take turns.
+                    async with leases.hold(employee_id, holder):
+                        return await sync_employee(employee_id, processes)
                 except Exception as error:  # reported per employee; the run fails at the end
                     logger.error("employee {}: {}", employee_id, error)
                     return EmployeeOutcome(employee_id, error=f"{type(error).__name__}: {error}")
@@ -371,6 +376,9 @@ def run_name(process: str):
     """A flow-run name from the parameters: the employee for one, the count for many."""
 
     def name() -> str:
+        given = flow_run.get_name()
+        if given and given.startswith(f"{process} · "):
+            return given  # named at creation (the dispatcher knows the name from the webhook)
         ids = list(flow_run.parameters.get("employee_ids") or [])
         return (
             f"{process} · employee {ids[0]}"

@@ -15,7 +15,12 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 from tests.contract import SpecContract
 
-pytest_plugins = ["tests.fixtures_jira", "tests.fixtures_peopleforce", "tests.fixtures_flows"]
+pytest_plugins = [
+    "tests.fixtures_database",
+    "tests.fixtures_jira",
+    "tests.fixtures_peopleforce",
+    "tests.fixtures_flows",
+]
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,7 @@ class World:
     peopleforce: PeopleForceSandbox
     jira: JiraSandbox
     today: date
+    database_url: str
 
     def days(self, n: int) -> date:
         return self.today + timedelta(days=n)
@@ -88,7 +89,8 @@ async def world(
     rules = load_rules(RULES_FILE)
     today = today_in(rules.zone, datetime.now(UTC))
     peopleforce_sim.state.set_today(today)
-    store = await MappingStore.open(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    store = await MappingStore.open(database_url)
     try:
         async with (
             jira_sim.client(jira_contract) as jira,
@@ -96,6 +98,6 @@ async def world(
         ):
             services = Services(peopleforce, jira, store, rules, RULES_FILE)
             async with use(services):
-                yield World(services, peopleforce_sim, jira_sim, today)
+                yield World(services, peopleforce_sim, jira_sim, today, database_url)
     finally:
         await store.close()

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI, Request, Response
 
+from core.peopleforce.signature import SIGNATURE_HEADER, verify
 from core.settings import Settings
-from sandbox.server import free_port
-from sandbox.stack import Simulators
+from core.store import EventStatus, InboxRepository, MappingStore, WebhookEvent
+from sandbox.server import BackgroundServer, free_port
+from sandbox.stack import WEBHOOK_SECRET, Simulators
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}
@@ -146,3 +155,299 @@ def test_sandbox_command_serves_both_simulators_until_interrupted(tmp_path: Path
         process.send_signal(signal.SIGINT)
         returncode = process.wait(timeout=20)
     assert returncode == 0
+
+
+# --- `sandbox hire|update|terminate|revert|start`: the simulator's control API over HTTP ------
+
+
+@dataclass
+class Delivery:
+    action: str
+    employee_id: int
+    signed: bool  # the signature verifies under the sandbox's webhook secret
+
+
+@dataclass
+class WebhookReceiver:
+    """Stands in for the gateway: records each delivery and answers `status_code`."""
+
+    url: str
+    deliveries: list[Delivery] = field(default_factory=list)
+    status_code: int = 202
+
+    def since(self, count: int) -> list[tuple[str, int]]:
+        """(action, employee id) of the deliveries after the first `count`; all must be signed."""
+        new = self.deliveries[count:]
+        assert all(delivery.signed for delivery in new), new
+        return [(delivery.action, delivery.employee_id) for delivery in new]
+
+
+@pytest.fixture(scope="module")
+def receiver(simulators: Simulators) -> Iterator[WebhookReceiver]:
+    app = FastAPI()
+    with BackgroundServer(app) as server:
+        hooks = WebhookReceiver(url=server.url + "/hook")
+
+        @app.post("/hook")
+        async def hook(request: Request) -> Response:
+            raw = await request.body()
+            payload = json.loads(raw)
+            hooks.deliveries.append(
+                Delivery(
+                    action=payload["action"],
+                    employee_id=payload["data"]["id"],
+                    signed=verify(WEBHOOK_SECRET, raw, request.headers.get(SIGNATURE_HEADER)),
+                )
+            )
+            return Response(status_code=hooks.status_code)
+
+        simulators.peopleforce_state.set_webhook_target(hooks.url, WEBHOOK_SECRET)
+        yield hooks
+        simulators.peopleforce_state.set_webhook_target(None, None)
+
+
+def sandbox_cli(
+    simulators: Simulators, tmp_path: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    port = httpx.URL(simulators.peopleforce_url).port
+    assert port is not None
+    return run_cli("sandbox", *args, cwd=tmp_path, SANDBOX_PEOPLEFORCE_PORT=str(port))
+
+
+def employee_id_in(output: str) -> int:
+    found = re.search(r"^employee (\d+) ", output, re.MULTILINE)
+    assert found, output
+    return int(found.group(1))
+
+
+def test_sandbox_hire_creates_the_employee_and_the_signed_webhooks_arrive(
+    simulators: Simulators, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    before = len(receiver.deliveries)
+    result = sandbox_cli(
+        simulators, tmp_path,
+        "hire", "Grace Brewster Hopper",
+        "--department", "Engineering", "--position", "Staff Engineer", "--location", "Berlin",
+        "--manager-id", "1001", "--email", "grace.hopper@example.com",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    employee_id = employee_id_in(result.stdout)
+    assert f"employee {employee_id} Grace Brewster Hopper" in result.stdout
+    # Hired today: PeopleForce creates and starts them at once.
+    assert receiver.since(before) == [
+        ("employee_create", employee_id),
+        ("employee_start", employee_id),
+    ]
+    assert f"webhook employee_create -> {receiver.url}: 202 in" in result.stdout
+    assert f"webhook employee_start -> {receiver.url}: 202 in" in result.stdout
+    person = simulators.peopleforce_state.get(employee_id)
+    assert (person.first_name, person.middle_name, person.last_name) == (
+        "Grace",
+        "Brewster",
+        "Hopper",
+    )
+    assert (person.department, person.position, person.location) == ("Engineering", "Staff Engineer", "Berlin")  # fmt: skip
+    assert (person.manager_id, person.email) == (1001, "grace.hopper@example.com")
+    assert person.hired_on == simulators.peopleforce_state.today
+
+
+def test_sandbox_hire_in_days_sends_only_the_creation(
+    simulators: Simulators, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    before = len(receiver.deliveries)
+    result = sandbox_cli(simulators, tmp_path, "hire", "Alan Turing", "--in-days", "14")
+    assert result.returncode == 0, result.stdout + result.stderr
+    employee_id = employee_id_in(result.stdout)
+    assert receiver.since(before) == [("employee_create", employee_id)]
+    expected = simulators.peopleforce_state.today + timedelta(days=14)
+    assert simulators.peopleforce_state.get(employee_id).hired_on == expected
+    assert f"hired on {expected.isoformat()}" in result.stdout
+
+    fixed = sandbox_cli(simulators, tmp_path, "hire", "Edsger Dijkstra", "--hired-on", "2031-03-02")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert simulators.peopleforce_state.get(employee_id_in(fixed.stdout)).hired_on == date(
+        2031, 3, 2
+    )
+
+
+def test_sandbox_update_terminate_revert_and_start_send_their_webhooks(
+    simulators: Simulators, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    hired = sandbox_cli(simulators, tmp_path, "hire", "Barbara Liskov", "--in-days", "3")
+    employee_id = employee_id_in(hired.stdout)
+    steps: list[tuple[list[str], list[str]]] = [
+        (["update", str(employee_id), "--position", "Principal Engineer", "--location", "Boston"], ["employee_update"]),
+        (["start", str(employee_id)], ["employee_start"]),
+        (["terminate", str(employee_id), "--on", "2099-12-31"], ["employee_update"]),  # scheduled
+        (["revert", str(employee_id)], ["employee_termination_revert"]),
+        (["terminate", str(employee_id)], ["employee_terminate"]),  # today
+    ]  # fmt: skip
+    for args, actions in steps:
+        before = len(receiver.deliveries)
+        result = sandbox_cli(simulators, tmp_path, *args)
+        assert result.returncode == 0, (args, result.stdout + result.stderr)
+        assert f"employee {employee_id} Barbara Liskov" in result.stdout
+        assert receiver.since(before) == [(action, employee_id) for action in actions], args
+    person = simulators.peopleforce_state.get(employee_id)
+    assert (person.position, person.location) == ("Principal Engineer", "Boston")
+    assert simulators.peopleforce_state.status_of(person) == "terminated"
+    assert f"leaves on {simulators.peopleforce_state.today.isoformat()}" in result.stdout
+
+
+def test_sandbox_command_reports_a_refused_webhook_and_exits_non_zero(
+    simulators: Simulators, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    receiver.status_code = 401
+    try:
+        result = sandbox_cli(simulators, tmp_path, "update", "1002", "--location", "Lisbon")
+    finally:
+        receiver.status_code = 202
+    assert result.returncode == 1
+    assert f"webhook employee_update -> {receiver.url}: FAILED 401" in result.stdout
+    assert "the webhook was not accepted" in result.stderr
+
+
+def test_sandbox_commands_explain_refusals_and_bad_arguments(
+    simulators: Simulators, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    unknown = sandbox_cli(simulators, tmp_path, "terminate", "99999")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == "error: the sandbox refused: no employee 99999"
+    nothing_to_revert = sandbox_cli(simulators, tmp_path, "revert", "1003")
+    assert nothing_to_revert.returncode == 1
+    assert "has no termination to revert" in nothing_to_revert.stderr
+    for args, message in [
+        (["hire", "Plato"], "give a first and a last name"),
+        (["hire", "Ada Lovelace", "--in-days", "2", "--hired-on", "2030-01-01"], "not both"),
+        (["update", "1002"], "nothing to change"),
+    ]:
+        result = sandbox_cli(simulators, tmp_path, *args)
+        assert result.returncode == 2, args
+        assert message in result.stderr, (args, result.stderr)
+
+
+def test_sandbox_hire_without_a_running_sandbox_says_how_to_start_one(tmp_path: Path) -> None:
+    port = free_port()
+    result = run_cli(
+        "sandbox", "hire", "Ada Lovelace", cwd=tmp_path, SANDBOX_PEOPLEFORCE_PORT=str(port)
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: no sandbox at http://127.0.0.1:{port}: start it with `pf-jira-sync up --sandbox`"
+    )
+    assert "Traceback" not in result.stderr
+
+
+# --- `events` and `replay`: the inbox in the store ---------------------------------------------
+
+RUN_ID = "7c0ffee0-1111-4222-8333-944445555666"
+
+
+async def fill_inbox(database_url: str) -> None:
+    """Four events, a minute apart: done, failed (no flow run), ignored (no employee), pending."""
+    start = datetime(2031, 5, 4, 9, 0, tzinfo=UTC)
+    events: list[dict[str, Any]] = [
+        {"event_key": "employee_create:1041:2031-05-04T09:00:00Z", "action": "employee_create",
+         "employee_id": 1041, "status": EventStatus.done, "flow_run_id": RUN_ID,
+         "outcome": "onboarding ENG-12 created"},
+        {"event_key": "employee_update:1042:2031-05-04T09:01:00Z", "action": "employee_update",
+         "employee_id": 1042, "status": EventStatus.failed, "outcome": "Jira said 400:\n bad field"},
+        {"event_key": "sha256:abc123", "action": "leave_request_create", "employee_id": None,
+         "status": EventStatus.ignored},
+        {"event_key": "employee_terminate:1043:2031-05-04T09:03:00Z", "action": "employee_terminate",
+         "employee_id": 1043, "status": EventStatus.pending},
+    ]  # fmt: skip
+    async with await MappingStore.open(database_url) as store:
+        inbox = InboxRepository(store.engine)
+        for minute, fields in enumerate(events):
+            received = start + timedelta(minutes=minute)
+            await inbox.add(
+                WebhookEvent(**fields, body="{}", received_at=received, updated_at=received)
+            )
+
+
+@pytest.fixture
+def inbox_dir(tmp_path: Path) -> Path:
+    data_dir = tmp_path / "data"
+    url = f"sqlite+aiosqlite:///{data_dir / 'pf-jira-sync.db'}"
+    asyncio.run(fill_inbox(url))  # its own loop: the session loop is not running here
+    return data_dir
+
+
+def table_rows(output: str) -> dict[str, list[str]]:
+    """The `events` table by event key: each row's cells (split on runs of 2+ spaces)."""
+    rows = {}
+    for line in output.splitlines()[1:]:
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) >= 5:
+            rows[cells[1]] = cells
+    return rows
+
+
+def test_events_lists_the_inbox_newest_first(inbox_dir: Path, tmp_path: Path) -> None:
+    result = run_cli("events", cwd=tmp_path, DATA_DIR=str(inbox_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    header = result.stdout.splitlines()[0].split()
+    assert header == ["received", "key", "action", "employee", "status", "flow", "run", "outcome"]
+    rows = table_rows(result.stdout)
+    assert list(rows) == [
+        "employee_terminate:1043:2031-05-04T09:03:00Z",
+        "sha256:abc123",
+        "employee_update:1042:2031-05-04T09:01:00Z",
+        "employee_create:1041:2031-05-04T09:00:00Z",
+    ]
+    done = rows["employee_create:1041:2031-05-04T09:00:00Z"]
+    assert done[2:] == ["employee_create", "1041", "done", RUN_ID, "onboarding ENG-12 created"]
+    assert rows["sha256:abc123"][3:5] == ["-", "ignored"]
+    # A multi-line outcome stays on its row.
+    assert rows["employee_update:1042:2031-05-04T09:01:00Z"][-1] == "Jira said 400: bad field"
+    assert "4 events, newest first" in result.stdout
+
+
+def test_events_filters_by_status_and_limits(inbox_dir: Path, tmp_path: Path) -> None:
+    failed = run_cli("events", "--status", "failed", cwd=tmp_path, DATA_DIR=str(inbox_dir))
+    assert failed.returncode == 0, failed.stderr
+    assert list(table_rows(failed.stdout)) == ["employee_update:1042:2031-05-04T09:01:00Z"]
+    newest = run_cli("events", "--limit", "1", cwd=tmp_path, DATA_DIR=str(inbox_dir))
+    assert list(table_rows(newest.stdout)) == ["employee_terminate:1043:2031-05-04T09:03:00Z"]
+    bogus = run_cli("events", "--status", "lost", cwd=tmp_path, DATA_DIR=str(inbox_dir))
+    assert bogus.returncode == 2
+    assert "'lost' is not an event status" in bogus.stderr
+
+
+def test_events_without_a_store_says_where_it_looked(tmp_path: Path) -> None:
+    result = run_cli("events", cwd=tmp_path, DATA_DIR=str(tmp_path / "nowhere"))
+    assert result.returncode == 1
+    assert f"no store at {tmp_path / 'nowhere' / 'pf-jira-sync.db'}" in result.stderr
+    assert not (tmp_path / "nowhere").exists()  # looking created nothing
+
+
+def test_replay_requeues_a_stored_event(inbox_dir: Path, tmp_path: Path) -> None:
+    key = "employee_create:1041:2031-05-04T09:00:00Z"
+    result = run_cli("replay", key, cwd=tmp_path, DATA_DIR=str(inbox_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"requeued {key} (employee_create, employee 1041; was done, flow run {RUN_ID})" in (
+        result.stdout
+    )
+
+    async def stored() -> WebhookEvent | None:
+        url = f"sqlite+aiosqlite:///{inbox_dir / 'pf-jira-sync.db'}"
+        async with await MappingStore.open(url) as store:
+            return await InboxRepository(store.engine).get(key)
+
+    event = asyncio.run(stored())
+    assert event is not None
+    assert (event.status, event.flow_run_id) == (EventStatus.pending, None)
+
+
+def test_replay_refuses_unknown_keys_and_events_about_no_employee(
+    inbox_dir: Path, tmp_path: Path
+) -> None:
+    unknown = run_cli("replay", "employee_create:9:nope", cwd=tmp_path, DATA_DIR=str(inbox_dir))
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == (
+        "error: no event with key 'employee_create:9:nope' (see `pf-jira-sync events`)"
+    )
+    no_employee = run_cli("replay", "sha256:abc123", cwd=tmp_path, DATA_DIR=str(inbox_dir))
+    assert no_employee.returncode == 1
+    assert "concerns no employee" in no_employee.stderr

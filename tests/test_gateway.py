@@ -39,23 +39,16 @@ from core.store import (
     WebhookEvent,
     current_revision,
     downgrade,
+    head_revision,
     migrate,
 )
 from core.store.models import StoreModel
 from sandbox.peopleforce import create_app as create_peopleforce_app
 from sandbox.server import BackgroundServer, free_port
-from tests import test_store
+from tests.fixtures_database import table_names
 from tests.fixtures_peopleforce import PEOPLEFORCE_API_KEY, PEOPLEFORCE_TODAY
 from webhook_gateway import GatewayConfigError, create_app
 from webhook_gateway.app import MAX_BODY_BYTES, WEBHOOK_PATH
-
-# The store's fixtures (a fresh SQLite or PostgreSQL database per test), found by these names.
-postgres_admin = test_store.postgres_admin
-postgresql_database = test_store.postgresql_database
-postgresql_database_url = test_store.postgresql_database_url
-sqlite_database_url = test_store.sqlite_database_url
-database_url = test_store.database_url
-table_names = test_store.table_names
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "peopleforce"
 SECRET = "gateway-test-secret"
@@ -374,7 +367,7 @@ async def test_upgrade_from_0002_adds_an_empty_inbox_and_keeps_links(database_ur
         await engine.dispose()
 
     async with await MappingStore.open(database_url) as store:
-        assert await current_revision(database_url) == "0003"
+        assert await current_revision(database_url) == head_revision()
         inbox = InboxRepository(store.engine)
         assert await inbox.recent() == []
         _, created = await inbox.add(new_event("after-upgrade", employee_id=5))

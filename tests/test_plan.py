@@ -146,6 +146,20 @@ CASES = [
         None,
     ),
     (
+        "fixed-term hire: starts soon, leaves later",
+        {"hired_on": days(3), "termination_effective_on": days(90)},
+        None,
+        ["create_issue:onboarding", "create_issue:offboarding"],
+        None,
+    ),
+    (
+        "hire far ahead with a termination already entered",
+        {"hired_on": days(40), "termination_effective_on": days(90)},
+        None,
+        ["create_issue:offboarding"],
+        "beyond the 14-day lead time",
+    ),
+    (
         "termination effective",
         {"status": "terminated", "termination_effective_on": days(-1)},
         "onboarded",

@@ -9,17 +9,12 @@ They are skipped when no server answers, unless PF_JIRA_SYNC_TEST_REQUIRE_POSTGR
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta, timezone
 
-import asyncpg
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,92 +33,9 @@ from core.store import (
 )
 from core.store.migrate import VERSION_TABLE, migration_connection
 from core.store.models import StoreModel
+from tests.fixtures_database import table_names
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "PF_JIRA_SYNC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-STORE_TABLES = {"employee_link", "jira_effect", "webhook_event"}
-
-
-# Fixtures: one fresh, empty database per test, on each backend
-
-
-@pytest.fixture(scope="session")
-async def postgres_admin() -> AsyncIterator[asyncpg.Connection]:
-    admin_url = make_url(POSTGRES_ADMIN_URL).set(drivername="postgresql")
-    try:
-        connection = await asyncpg.connect(
-            admin_url.render_as_string(hide_password=False), timeout=3
-        )
-    except (TimeoutError, OSError, asyncpg.CannotConnectNowError) as error:
-        reason = f"no PostgreSQL server answers at {admin_url} ({error}); set PF_JIRA_SYNC_TEST_POSTGRES_URL"
-        if os.environ.get("PF_JIRA_SYNC_TEST_REQUIRE_POSTGRES"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
-        yield connection
-    finally:
-        await connection.close()
-
-
-@pytest.fixture(scope="session")
-async def postgresql_database(
-    postgres_admin: asyncpg.Connection,
-) -> AsyncIterator[tuple[str, asyncpg.Connection]]:
-    """A database of this test run's own (so parallel runs never meet), dropped at the end."""
-    name = f"pfjs_test_{os.getpid()}_{secrets.token_hex(4)}"
-    url = make_url(POSTGRES_ADMIN_URL).set(database=name)
-    await postgres_admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        connection = await asyncpg.connect(
-            url.set(drivername="postgresql").render_as_string(hide_password=False)
-        )
-        try:
-            yield (
-                url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False),
-                connection,
-            )
-        finally:
-            await connection.close()
-    finally:
-        await postgres_admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-async def postgresql_database_url(postgresql_database: tuple[str, asyncpg.Connection]) -> str:
-    url, connection = postgresql_database
-    # Empty for every test, and much cheaper than a new database each time.
-    await connection.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-    return url
-
-
-@pytest.fixture
-def sqlite_database_url(tmp_path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
-
-
-# Synchronous on purpose: pytest-asyncio cannot resolve an async fixture by name from inside
-# another async fixture, and only the PostgreSQL runs should need (and maybe skip on) a server.
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> str:
-    return request.getfixturevalue(f"{request.param}_database_url")
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[MappingStore]:
-    async with await MappingStore.open(database_url) as opened:
-        yield opened
-
-
-async def table_names(database_url: str) -> set[str]:
-    engine = create_engine(database_url)
-    try:
-        async with engine.connect() as connection:
-            return await connection.run_sync(
-                lambda sync_connection: set(sa.inspect(sync_connection).get_table_names())
-            )
-    finally:
-        await engine.dispose()
+STORE_TABLES = {"employee_link", "jira_effect", "webhook_event", "employee_lease"}
 
 
 # Migrations and schema
@@ -135,7 +47,7 @@ async def test_migrate_from_empty_database_to_head(database_url: str) -> None:
     await migrate(database_url)
     await migrate(database_url)  # a second run finds nothing to do
 
-    assert await current_revision(database_url) == head_revision() == "0003"
+    assert await current_revision(database_url) == head_revision() == "0004"
     assert await table_names(database_url) == STORE_TABLES | {VERSION_TABLE}
 
 
@@ -214,6 +126,7 @@ async def test_migrated_schema_matches_the_models(database_url: str) -> None:
         ("add_table", "webhook_event"),
         ("add_index", "ix_webhook_event_employee_id"),
         ("add_index", "ix_webhook_event_status_employee_id"),
+        ("add_table", "employee_lease"),
     }
 
     await migrate(database_url)

@@ -10,6 +10,7 @@ import uvicorn
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
 from webhook_gateway.app import create_app
+from webhook_gateway.dispatch import Dispatching
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8700
@@ -20,16 +21,25 @@ def create_server(
     *,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
+    dispatch: bool = True,
     **app_options: Any,
 ) -> uvicorn.Server:
     """A uvicorn server for the gateway; `await server.serve()` runs it until it is told to exit.
 
-    `app_options` go to `create_app` (`store_url`, `on_stored`, `readiness_checks`,
-    `extra_lifespan`). Raises `GatewayConfigError` before anything starts when the settings
+    With `dispatch`, the gateway also turns stored events into Prefect flow runs (and its
+    `/readyz` checks the Prefect API). `app_options` go to `create_app`. Raises `GatewayConfigError` before anything starts when the settings
     cannot run a gateway.
     """
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    if dispatch:
+        dispatching = Dispatching(settings)
+        app_options = {
+            "on_stored": dispatching.wake,
+            "extra_lifespan": dispatching.lifespan,
+            "readiness_checks": [dispatching.prefect_ready],
+            **app_options,
+        }
     app = create_app(settings, **app_options)
     config = uvicorn.Config(
         app,

@@ -7,6 +7,7 @@ with Alembic and upgraded in place when the store is opened.
 """
 
 from core.store.inbox import EventStatus, InboxRepository, WebhookEvent
+from core.store.lease import EmployeeLease, Leases, LeaseTimeout
 from core.store.migrate import current_revision, downgrade, head_revision, migrate
 from core.store.models import (
     ALLOWED_TRANSITIONS,
@@ -21,10 +22,13 @@ from core.store.repository import LinkUpdate, MappingStore, UnsupportedDatabase,
 __all__ = [
     "ALLOWED_TRANSITIONS",
     "EffectAction",
+    "EmployeeLease",
     "EmployeeLink",
     "EventStatus",
     "InboxRepository",
     "JiraEffect",
+    "LeaseTimeout",
+    "Leases",
     "Lifecycle",
     "LinkUpdate",
     "MappingStore",

@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import Field, col
 
-from core.store.models import StoreModel, UTCDateTime, utc_now
+from core.store.models import StoreModel, UTCDateTime, dialect_insert, utc_now
 from core.store.repository import UnsupportedDatabase
 
 # Derived keys are `action:id:UTC timestamp` or `sha256:<hex>`: far below this.
@@ -267,10 +267,7 @@ class InboxRepository:
         return changed
 
     def _insert(self) -> sqlite.Insert | postgresql.Insert:
-        """The dialect's INSERT, which knows ON CONFLICT (SQLite and PostgreSQL spell it alike)."""
-        if self.engine.dialect.name == "sqlite":
-            return sqlite.insert(_EVENTS)
-        return postgresql.insert(_EVENTS)
+        return dialect_insert(self.engine, _EVENTS)
 
 
 def _by_key(event_key: str) -> sa.Select[WebhookEvent]:

@@ -14,7 +14,9 @@ from enum import Enum, StrEnum
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -32,6 +34,13 @@ class StoreModel(
     SQLModel, registry=registry(metadata=sa.MetaData(naming_convention=NAMING_CONVENTION))
 ):
     """Base of the store's tables; `StoreModel.metadata` is what the migrations must produce."""
+
+
+def dialect_insert(engine: AsyncEngine, table: sa.Table) -> sqlite.Insert | postgresql.Insert:
+    """The dialect's INSERT, which knows ON CONFLICT (SQLite and PostgreSQL spell it alike)."""
+    if engine.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    return postgresql.insert(table)
 
 
 def utc_now() -> datetime:

@@ -22,6 +22,7 @@ from core.store.models import (
     JiraEffect,
     Lifecycle,
     StoreModel,
+    dialect_insert,
     to_json_value,
     utc_now,
 )
@@ -226,10 +227,7 @@ class MappingStore:
         return link
 
     def _insert(self) -> sqlite.Insert | postgresql.Insert:
-        """The dialect's INSERT, which knows ON CONFLICT (SQLite and PostgreSQL spell it alike)."""
-        if self.engine.dialect.name == "sqlite":
-            return sqlite.insert(_LINKS)
-        return postgresql.insert(_LINKS)
+        return dialect_insert(self.engine, _LINKS)
 
 
 def _normalize(link: EmployeeLink) -> None:

@@ -1,0 +1,537 @@
+"""The one-host stack behind `pf-jira-sync up`: no Docker, one command, Ctrl-C stops it all.
+
+In order: (with `--sandbox`) both simulators in this process, pointed at the gateway; the
+Prefect server as a child process with its own PREFECT_HOME (its SQLite database lives there,
+apart from the mapping store); once its API answers, the deployments server
+(`python -m deployments.serve`) and the webhook gateway (`python -m webhook_gateway`), both
+told where the Prefect API is. Then it supervises: a child that exits is reported with the
+end of its log, the others are stopped and `run_stack` returns non-zero; SIGINT or SIGTERM
+stops everything in reverse order and returns 0.
+
+Children run in sessions of their own, so a Ctrl-C in the terminal reaches only this process,
+which stops them in order, and a whole process group can be signalled. On Linux each child also
+gets SIGTERM from the kernel if this process dies without cleaning up (SIGKILL, a crash).
+
+Child output goes to `{DATA_DIR}/logs/<child>.log` (the previous run's log is kept as
+`<child>.log.1`). This module imports no Prefect: it talks to the server over HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from core.rules import RulesError, load_rules
+from core.settings import Settings
+
+if TYPE_CHECKING:
+    from sandbox.stack import Simulators
+
+PREFECT_HOST = "127.0.0.1"
+# The gateway's `WEBHOOK_PATH` (core imports nothing of the gateway; tests check they agree).
+WEBHOOK_PATH = "/webhooks/peopleforce"
+TRY_COMMAND = 'uv run pf-jira-sync sandbox hire "Ada Lovelace" --department Engineering'
+
+# Measured on the 2-core box: the Prefect server needs 20-30 s on a fresh home, a child that
+# imports Prefect 5-10 s; these leave room for a slower or busier machine.
+PREFECT_START_TIMEOUT = 120.0
+GATEWAY_START_TIMEOUT = 90.0
+DEPLOYMENTS_READY_TIMEOUT = 120.0
+STOP_TIMEOUT = 15.0
+POLL_SECONDS = 0.25
+LOG_TAIL_LINES = 25
+
+# A tiny program that arms the kernel's parent-death signal, then becomes the real command
+# (the setting survives exec). Arming it from `preexec_fn` instead is unsafe in a process that
+# runs threads, as this one does with the simulators.
+_PARENT_DEATH_LAUNCHER = """\
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the supervisor exited before this process started")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+class StackFailure(Exception):
+    """Why the stack cannot start or stopped: one line, and the log lines that show it."""
+
+    def __init__(self, message: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+
+class StopRequested(Exception):
+    """SIGINT or SIGTERM arrived: stop everything, successfully."""
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def warn(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def url_host(host: str) -> str:
+    """The host to connect to for a server bound to `host`: a wildcard address means loopback."""
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 (read, not bound)
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def child_command(command: list[str]) -> list[str]:
+    """`command`, started so that it gets SIGTERM when this process dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return command
+    return [sys.executable, "-I", "-S", "-c", _PARENT_DEATH_LAUNCHER, str(os.getpid()), *command]
+
+
+@dataclass
+class ChildProcess:
+    """One supervised child, in a session (and process group) of its own, logging to a file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @classmethod
+    def start(
+        cls, name: str, command: list[str], *, env: dict[str, str], log_path: Path
+    ) -> ChildProcess:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        if log_path.exists():
+            log_path.replace(log_path.with_name(log_path.name + ".1"))
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(  # noqa: S603 (our own interpreter and modules)
+                child_command(command),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return cls(name, process, log_path)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def exit_code(self) -> int | None:
+        return self.process.poll()
+
+    def describe_exit(self) -> str:
+        code = self.process.returncode
+        if code is not None and code < 0:
+            return f"the {self.name} was killed by {signal.Signals(-code).name}"
+        return f"the {self.name} exited with code {code}"
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
+        """The last lines of the child's log (read from the end: logs of a long run are big)."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(0, log.tell() - 64 * 1024))
+                text = log.read().decode("utf-8", errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if line.strip()][-lines:]
+
+    def failure(self, what: str) -> StackFailure:
+        tail = self.log_tail()
+        details = [f"last lines of {self.log_path}:", *(f"  | {line}" for line in tail)]
+        return StackFailure(what, details if tail else [f"{self.log_path} is empty"])
+
+    def signal_group(self, signum: signal.Signals) -> None:
+        # The child leads its own group: its helpers (uvicorn, flow runs) get the signal too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signum)
+
+    def stop(self, timeout: float, hurry: Callable[[], bool]) -> str | None:
+        """SIGTERM, then SIGKILL after `timeout` (or at once when `hurry()`); how it went, or
+        None when the child had already exited (its death was reported)."""
+        started = time.monotonic()
+        already_exited = self.exit_code() is not None
+        if not already_exited:
+            self.signal_group(signal.SIGTERM)
+            deadline = started + timeout
+            while self.exit_code() is None and time.monotonic() < deadline and not hurry():
+                time.sleep(0.05)
+        killed = self.exit_code() is None
+        # Also reaps what the child left behind in its group.
+        self.signal_group(signal.SIGKILL)
+        self.process.wait()
+        elapsed = time.monotonic() - started
+        if already_exited:
+            return None
+        if killed:
+            return f"killed the {self.name} (it did not stop within {elapsed:.0f} s)"
+        return f"stopped the {self.name} ({elapsed:.1f} s)"
+
+
+class Stack:
+    """One run of the stack; `run()` returns the process exit code."""
+
+    def __init__(self, settings: Settings, *, sandbox: bool) -> None:
+        self.settings = settings
+        self.sandbox = sandbox
+        self.data_dir = settings.data_dir.resolve()
+        self.log_dir = self.data_dir / "logs"
+        self.prefect_home = self.data_dir / "prefect"
+        self.prefect_url = f"http://{PREFECT_HOST}:{settings.prefect_server_port}"
+        self.gateway_url = f"http://{url_host(settings.gateway_host)}:{settings.gateway_port}"
+        self.webhook_url = self.gateway_url + WEBHOOK_PATH
+        self.simulators: Simulators | None = None
+        self.children: list[ChildProcess] = []
+        self.deployment_names: list[str] = []
+        self._stop_signal: int | None = None
+        self._hurry = False
+        self._http = httpx.Client(timeout=5.0, trust_env=False)  # no proxy for loopback calls
+
+    # The run
+
+    def run(self) -> int:
+        with self._signals_handled():
+            try:
+                self._preflight()
+                self._start()
+                self._announce()
+                self._supervise()
+            except StopRequested:
+                return 0
+            except StackFailure as failure:
+                warn(f"error: {failure.message}")
+                for line in failure.details:
+                    warn(line)
+                return 1
+            finally:
+                self._stop_all()
+                self._http.close()
+        return 0
+
+    def _preflight(self) -> None:
+        """Refuse at once what would fail later, after a long wait for the Prefect server."""
+        settings = self.settings
+        if (
+            not self.sandbox
+            and not settings.webhook_secret
+            and not settings.allow_unsigned_webhooks
+        ):
+            raise StackFailure(
+                "WEBHOOK_SECRET is not set, so the gateway would refuse to start: set it to the "
+                "secret configured in PeopleForce (or try `pf-jira-sync up --sandbox`)"
+            )
+        ports = [
+            ("PREFECT_SERVER_PORT", PREFECT_HOST, settings.prefect_server_port),
+            ("GATEWAY_PORT", settings.gateway_host, settings.gateway_port),
+        ]
+        if self.sandbox:
+            ports += [
+                (
+                    "SANDBOX_PEOPLEFORCE_PORT",
+                    settings.sandbox_host,
+                    settings.sandbox_peopleforce_port,
+                ),
+                ("SANDBOX_JIRA_PORT", settings.sandbox_host, settings.sandbox_jira_port),
+            ]
+        seen: dict[int, str] = {}
+        for name, host, port in ports:
+            if port in seen:
+                raise StackFailure(
+                    f"{seen[port]} and {name} are both {port}: give each its own port"
+                )
+            seen[port] = name
+            if not port_is_free(host, port):
+                raise StackFailure(
+                    f"port {port} on {host} ({name}) is already in use: stop what listens there "
+                    f"(another `pf-jira-sync up`?) or set {name} to a free port"
+                )
+        try:
+            # Every flow run reads the rules: a bad file would fail each of them, much later.
+            load_rules(settings.rules_file)
+        except RulesError as error:
+            raise StackFailure(str(error)) from None
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self.prefect_home.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StackFailure(f"cannot use DATA_DIR {self.data_dir}: {error}") from None
+        if settings.prefect_api_url and str(settings.prefect_api_url).rstrip("/") != self.api_url:
+            warn(
+                f"note: PREFECT_API_URL={settings.prefect_api_url} is ignored: `up` runs its own server"
+            )
+
+    def _start(self) -> None:
+        if self.sandbox:
+            say("starting the PeopleForce and Jira simulators")
+            self._start_simulators()
+        prefect = self._start_child(
+            "Prefect server",
+            "prefect-server",
+            [
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                PREFECT_HOST,
+                "--port",
+                str(self.settings.prefect_server_port),
+            ],
+        )
+        self._wait_until_healthy(prefect, f"{self.api_url}/health", PREFECT_START_TIMEOUT)
+        serve_started_at = datetime.now(UTC)
+        self._start_child("deployments server", "deployments", ["-m", "deployments.serve"])
+        gateway = self._start_child(
+            "webhook gateway",
+            "gateway",
+            [
+                "-m",
+                "webhook_gateway",
+                "--host",
+                self.settings.gateway_host,
+                "--port",
+                str(self.settings.gateway_port),
+            ],
+        )
+        self._wait_until_healthy(gateway, f"{self.gateway_url}/healthz", GATEWAY_START_TIMEOUT)
+        self._wait_for_deployments(serve_started_at)
+
+    def _announce(self) -> None:
+        say()
+        say(f"pf-jira-sync is up{' with the sandbox' if self.sandbox else ''}:")
+        say(f"  Prefect UI:          {self.prefect_url}")
+        say(f"  Prefect API:         {self.api_url}  (health: {self.api_url}/health)")
+        say(f"  Webhook gateway:     {self.webhook_url}  (health: {self.gateway_url}/healthz)")
+        if self.simulators is not None:
+            peopleforce = self.peopleforce_control_url
+            say(
+                f"  PeopleForce sandbox: {self.simulators.peopleforce_url}  (control: {peopleforce}/_sandbox/employees)"
+            )
+            say(
+                f"  Jira sandbox:        {self.simulators.jira_url}  (issues: {self.simulators.jira_url}/_sandbox/issues)"
+            )
+        if self.deployment_names:
+            say(
+                f"  Deployments:         {', '.join(self.deployment_names)} (served, at most {self.settings.serve_limit} runs at once)"
+            )
+        say(f"  Logs:                {self.log_dir}")
+        say()
+        if self.sandbox:
+            say(f"Try: {TRY_COMMAND}")
+            say(
+                f"     then watch the run in {self.prefect_url}/runs and the issue in the Jira sandbox."
+            )
+        else:
+            say(
+                f"Point PeopleForce's webhook (Settings -> Webhooks) at the public address of {self.webhook_url}."
+            )
+            say("Check the credentials with: uv run pf-jira-sync doctor")
+        say("Ctrl-C stops everything.")
+
+    def _supervise(self) -> None:
+        """Until a signal (returns via StopRequested) or a death (StackFailure)."""
+        while True:
+            self._check()
+            time.sleep(POLL_SECONDS * 2)
+
+    # Children and simulators
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.prefect_url}/api"
+
+    @property
+    def peopleforce_control_url(self) -> str:
+        from sandbox.peopleforce import API_PREFIX
+
+        assert self.simulators is not None
+        return self.simulators.peopleforce_url.removesuffix(API_PREFIX)
+
+    def _start_simulators(self) -> None:
+        from sandbox.stack import Simulators
+
+        settings = self.settings
+        simulators = Simulators(
+            host=settings.sandbox_host,
+            peopleforce_port=settings.sandbox_peopleforce_port,
+            jira_port=settings.sandbox_jira_port,
+            webhook_url=self.webhook_url,
+        )
+        try:
+            self.simulators = simulators.start()
+        except RuntimeError as error:
+            raise StackFailure(f"the simulators did not start: {error}") from None
+
+    def child_environment(self) -> dict[str, str]:
+        """This process's environment, pointed at the stack's Prefect server and data."""
+        env = dict(os.environ)
+        # The Prefect server keeps its SQLite database under its own PREFECT_HOME, never in the
+        # mapping store's database (both names are read by Prefect 3).
+        for name in (
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+            "PREFECT_API_DATABASE_CONNECTION_URL",
+        ):
+            env.pop(name, None)
+        env.update(
+            {
+                "PREFECT_HOME": str(self.prefect_home),
+                "PREFECT_API_URL": self.api_url,
+                # Fail fast instead of a silent temporary server when the API is unreachable.
+                "PREFECT_SERVER_EPHEMERAL_ENABLED": "false",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "DATA_DIR": str(self.data_dir),
+                "DATABASE_URL": self.settings.effective_database_url,
+                "RULES_FILE": str(self.settings.rules_file.resolve()),
+                "PYTHONUNBUFFERED": "1",  # the log tail shown on a failure must be complete
+            }
+        )
+        if self.simulators is not None:
+            env.update(self.simulators.environment())
+        return env
+
+    def _start_child(self, name: str, log_name: str, python_args: list[str]) -> ChildProcess:
+        self._check()
+        log_path = self.log_dir / f"{log_name}.log"
+        child = ChildProcess.start(
+            name, [sys.executable, *python_args], env=self.child_environment(), log_path=log_path
+        )
+        self.children.append(child)
+        say(f"started the {name} (pid {child.pid}, log {log_path})")
+        return child
+
+    def _check(self) -> None:
+        """Raise StopRequested after a signal, StackFailure when anything died."""
+        if self._stop_signal is not None:
+            raise StopRequested
+        for child in self.children:
+            if child.exit_code() is not None:
+                raise child.failure(f"{child.describe_exit()}; stopping the rest")
+        if self.simulators is not None and not self.simulators.alive():
+            raise StackFailure("a sandbox simulator stopped; stopping the rest")
+
+    def _wait_until_healthy(self, child: ChildProcess, url: str, timeout: float) -> None:
+        started = time.monotonic()
+        while True:
+            self._check()
+            try:
+                if self._http.get(url).status_code == 200:
+                    say(f"the {child.name} answers at {url} ({time.monotonic() - started:.1f} s)")
+                    return
+            except httpx.TransportError:
+                pass  # not listening yet
+            if time.monotonic() - started > timeout:
+                raise child.failure(f"the {child.name} did not answer {url} within {timeout:.0f} s")
+            time.sleep(POLL_SECONDS)
+
+    def _wait_for_deployments(self, since: datetime) -> None:
+        """Until the deployments server has registered its deployments and polled for runs.
+
+        The server marks a deployment READY when a runner polls it; `last_polled` after this
+        run's start tells this run's deployments from ones an earlier run left in the database.
+        """
+        started = time.monotonic()
+        while time.monotonic() - started < DEPLOYMENTS_READY_TIMEOUT:
+            self._check()
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                polled = [
+                    deployment
+                    for deployment in self._post_json("/deployments/filter", {"limit": 200})
+                    if deployment.get("last_polled")
+                    and datetime.fromisoformat(deployment["last_polled"]) >= since
+                ]
+                if polled:
+                    self.deployment_names = self._full_names(polled)
+                    say(
+                        f"the deployments server serves {len(polled)} deployments ({time.monotonic() - started:.1f} s)"
+                    )
+                    return
+            time.sleep(POLL_SECONDS * 2)
+        warn(
+            f"warning: the deployments server has not polled the Prefect server within "
+            f"{DEPLOYMENTS_READY_TIMEOUT:.0f} s; runs wait until it does (see {self.log_dir / 'deployments.log'})"
+        )
+
+    def _full_names(self, deployments: list[dict[str, Any]]) -> list[str]:
+        """`flow/deployment`, as the UI and `run_deployment` name them."""
+        flow_ids = sorted({deployment["flow_id"] for deployment in deployments})
+        flows = self._post_json("/flows/filter", {"flows": {"id": {"any_": flow_ids}}})
+        flow_names = {flow["id"]: flow["name"] for flow in flows}
+        return sorted(f"{flow_names.get(d['flow_id'], '?')}/{d['name']}" for d in deployments)
+
+    def _post_json(self, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        response = self._http.post(self.api_url + path, json=body)
+        response.raise_for_status()
+        return response.json()
+
+    def _stop_all(self) -> None:
+        """Newest first: the gateway stops taking work before the server it hands work to."""
+        if self._stop_signal is not None:
+            say(f"{signal.Signals(self._stop_signal).name} received: stopping (again to hurry)")
+        for child in reversed(self.children):
+            if outcome := child.stop(STOP_TIMEOUT, hurry=lambda: self._hurry):
+                say(outcome)
+        if self.simulators is not None:
+            self.simulators.stop()
+            say("stopped the simulators")
+
+    # Signals
+
+    @contextlib.contextmanager
+    def _signals_handled(self) -> Generator[None]:
+        """SIGINT and SIGTERM ask for a clean stop; a second one hurries it (SIGKILL)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # only the main thread may set handlers (tests may call `run` elsewhere)
+            return
+
+        def request_stop(signum: int, _frame: FrameType | None) -> None:
+            if self._stop_signal is None:
+                self._stop_signal = signum
+            else:
+                self._hurry = True
+
+        previous = {
+            signum: signal.signal(signum, request_stop)
+            for signum in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on `host:port` now (SO_REUSEADDR, as uvicorn binds)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror:
+        raise StackFailure(f"{host!r} is not a host name or address this machine knows") from None
+    try:
+        with socket.create_server((host, port), family=family):
+            return True
+    except OSError:
+        return False
+
+
+def run_stack(settings: Settings, *, sandbox: bool) -> int:
+    """Run the one-host stack until a signal (exit code 0) or a failure (non-zero)."""
+    return Stack(settings, sandbox=sandbox).run()

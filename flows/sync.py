@@ -1,0 +1,58 @@
+"""Sync: the entry for webhooks. Triage each employee with the plan, then run the process
+flows (onboarding, offboarding, field sync) the plans call for, each for its employees."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from prefect import flow
+
+from core.plan import Facts, plan, today_in
+from core.settings import get_settings
+from flows.employee_work import EmployeeOutcome, Process, process_of, run_name
+from flows.field_sync import field_sync
+from flows.offboarding import offboarding
+from flows.onboarding import onboarding
+from tasks import peopleforce, store
+from tasks.services import current, open_services
+
+PROCESS_FLOWS = {"onboarding": onboarding, "offboarding": offboarding, "field_sync": field_sync}
+
+
+async def triage(employee_id: int) -> set[Process]:
+    """Which processes this employee's plan needs now (reads only: nothing changes here)."""
+    services = current()
+    employee = await peopleforce.read_employee(employee_id)
+    who = f"{employee_id} {employee.display_name}" if employee else str(employee_id)
+    link, previous = await store.read_mapping(
+        employee_id, employee.email if employee else None, who
+    )
+    today = today_in(services.rules.zone, datetime.now(UTC))
+    result = plan(Facts(employee_id, employee, link, previous), services.rules, today)
+    return {process for action in result.actions if (process := process_of(action)) is not None}
+
+
+@flow(name="sync-employees", flow_run_name=run_name("sync"))
+async def sync_employees(employee_ids: list[int]) -> dict[str, list[int]]:
+    """Bring Jira in step for these employees: each goes to the process flows its plan needs,
+    as subflow runs (one per process, carrying all its employees). Returns who went where."""
+    settings = get_settings()
+    async with open_services(settings):
+        bound = asyncio.Semaphore(settings.employee_concurrency)
+
+        async def one(employee_id: int) -> set[Process]:
+            async with bound:
+                return await triage(employee_id)
+
+        unique = list(dict.fromkeys(employee_ids))
+        needs = dict(zip(unique, await asyncio.gather(*(one(e) for e in unique)), strict=True))
+        routed = {
+            process: [employee for employee, wanted in needs.items() if process in wanted]
+            for process in PROCESS_FLOWS
+        }
+        runs: list[list[EmployeeOutcome]] = await asyncio.gather(
+            *(PROCESS_FLOWS[process](employee_ids=ids) for process, ids in routed.items() if ids)
+        )
+    del runs  # the subflows report (and fail) on their own
+    return {process: ids for process, ids in routed.items() if ids}

@@ -1,0 +1,225 @@
+"""Dispatch: pending inbox events become Prefect flow runs, and finished runs close their events.
+
+Runs inside the gateway process (one Prefect client for its lifetime). Events are grouped by
+employee, so a burst for one person is one piece of work, and one flow run carries many
+employees (a flow run is a process of its own: see DESIGN, "Throughput"). A dispatch that
+Prefect does not accept is retried with backoff, so an acknowledged event is never lost, even
+while the Prefect server is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager, suppress
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from fastapi import FastAPI
+from loguru import logger
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import StateType
+
+from core.settings import Settings
+from core.store import EventStatus, InboxRepository, WebhookEvent
+from core.store.models import utc_now
+from deployments.definitions import WEBHOOK
+from webhook_gateway.app import GatewayConfigError
+
+MAX_BACKOFF_SECONDS = 60.0
+FINAL_RUN_STATES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
+
+
+class Dispatcher:
+    """Wakes on each stored event (and every `poll` seconds), then dispatches what is pending."""
+
+    def __init__(
+        self,
+        inbox: InboxRepository,
+        client: PrefectClient,
+        *,
+        deployment: str = WEBHOOK.full_name,
+        batch_max: int = 200,
+        settle: float = 0.3,
+        poll: float = 5.0,
+    ) -> None:
+        self.inbox = inbox
+        self.client = client
+        self.deployment = deployment
+        self.batch_max = batch_max
+        self.settle = settle  # let a burst arrive before dispatching it as one batch
+        self.poll = poll
+        self._wake = asyncio.Event()
+        self._deployment_id: UUID | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll)
+            self._wake.clear()
+            await asyncio.sleep(self.settle)
+            try:
+                while await self.dispatch_pending():
+                    pass
+                await self.close_finished()
+            except Exception as error:  # the loop must outlive any one failure
+                logger.exception("dispatcher: {}", error)
+
+    async def dispatch_pending(self) -> int:
+        """Turn due pending events into flow runs; returns how many events were handed over."""
+        events = await self.inbox.pending(limit=self.batch_max * 5)
+        by_employee: dict[int, list[WebhookEvent]] = {}
+        for event in events:
+            if event.employee_id is not None:
+                by_employee.setdefault(event.employee_id, []).append(event)
+        handed = 0
+        ordered = sorted(by_employee)
+        for start in range(0, len(ordered), self.batch_max):
+            employees = ordered[start : start + self.batch_max]
+            batch = [event for employee in employees for event in by_employee[employee]]
+            if await self._dispatch(employees, batch):
+                handed += len(batch)
+        return handed
+
+    async def _dispatch(self, employee_ids: list[int], events: list[WebhookEvent]) -> bool:
+        keys = [event.event_key for event in events]
+        try:
+            run = await self.client.create_flow_run_from_deployment(
+                await self._webhook_deployment_id(),
+                parameters={"employee_ids": employee_ids},
+                idempotency_key=self._idempotency_key(events),
+                name=_run_name(employee_ids, events),
+                tags=["pf-jira-sync", "webhook", *(f"employee:{e}" for e in employee_ids[:20])],
+            )
+        except Exception as error:
+            attempts = max(event.dispatch_attempts for event in events) + 1
+            delay = min(2.0**attempts, MAX_BACKOFF_SECONDS)
+            await self.inbox.mark_attempt_failed(
+                keys,
+                f"dispatch failed ({type(error).__name__}: {error})",
+                utc_now() + timedelta(seconds=delay),
+            )
+            logger.warning(
+                "dispatch of {} event(s) failed, retrying in {:.0f}s: {}", len(keys), delay, error
+            )
+            return False
+        await self.inbox.mark_dispatched(keys, str(run.id))
+        logger.info(
+            "dispatched {} event(s) for {} employee(s) as flow run {}",
+            len(keys),
+            len(employee_ids),
+            run.id,
+        )
+        return True
+
+    def _idempotency_key(self, events: list[WebhookEvent]) -> str:
+        """Names this set of events in this state: a dispatcher that crashed after Prefect took
+        the run gets the same run back; a replayed event (state changed) gets a new run. Keys are
+        scoped per flow and never expire, hence the deployment prefix."""
+        parts = sorted(f"{e.event_key}@{e.updated_at.isoformat()}" for e in events)
+        digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
+        return f"{self.deployment}:{digest}"
+
+    async def _webhook_deployment_id(self) -> UUID:
+        if self._deployment_id is None:
+            deployment = await self.client.read_deployment_by_name(self.deployment)
+            self._deployment_id = deployment.id
+        return self._deployment_id
+
+    async def close_finished(self) -> None:
+        """Record the outcome of dispatched events whose flow run has finished."""
+        dispatched = await self.inbox.recent(limit=1000, status=EventStatus.dispatched)
+        by_run: dict[str, list[str]] = {}
+        for event in dispatched:
+            if event.flow_run_id:
+                by_run.setdefault(event.flow_run_id, []).append(event.event_key)
+        for run_id, keys in by_run.items():
+            run = await self.client.read_flow_run(UUID(run_id))
+            state = run.state
+            if state is None or state.type not in FINAL_RUN_STATES:
+                continue
+            if state.type == StateType.COMPLETED:
+                await self.inbox.mark_outcome(
+                    keys, EventStatus.done, f"completed in flow run {run.name}"
+                )
+            else:
+                await self.inbox.mark_outcome(
+                    keys,
+                    EventStatus.failed,
+                    f"{state.name} in flow run {run.name}: {state.message or ''}".strip(),
+                )
+
+
+def _run_name(employee_ids: list[int], events: list[WebhookEvent]) -> str:
+    if len(employee_ids) == 1:
+        name = _name_in(events[-1].body)
+        return (
+            f"sync · {name} ({employee_ids[0]})" if name else f"sync · employee {employee_ids[0]}"
+        )
+    return f"sync · {len(employee_ids)} employees"
+
+
+def _name_in(body: str) -> str | None:
+    """The employee's name as the webhook gave it (the run is renamed from PeopleForce later)."""
+    try:
+        attributes: dict[str, Any] = json.loads(body)["data"]["attributes"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    parts = [attributes.get("first_name"), attributes.get("last_name")]
+    return " ".join(str(part) for part in parts if part) or None
+
+
+def prefect_client(settings: Settings) -> PrefectClient:
+    """The gateway's one Prefect client: the configured API, never a silent temporary server."""
+    if not settings.prefect_api_url:
+        raise GatewayConfigError(
+            "PREFECT_API_URL is not set: the gateway hands events to Prefect at that URL "
+            "(e.g. http://127.0.0.1:4200/api)"
+        )
+    return PrefectClient(api=str(settings.prefect_api_url).rstrip("/"))
+
+
+class Dispatching:
+    """The dispatcher as the gateway runs it: `on_stored=dispatching.wake`,
+    `extra_lifespan=dispatching.lifespan` (started once the inbox is open)."""
+
+    def __init__(self, settings: Settings, *, poll: float = 5.0) -> None:
+        prefect_client(settings)  # refuses to go on without a Prefect API URL, before serving
+        self.settings = settings
+        self.poll = poll
+        self.dispatcher: Dispatcher | None = None
+
+    def wake(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+
+    async def prefect_ready(self) -> bool:
+        """Readiness: the Prefect API answers (`/readyz`)."""
+        if self.dispatcher is None:
+            return False
+        error = await self.dispatcher.client.api_healthcheck()
+        if error is not None:
+            raise error
+        return True
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncGenerator[None, None]:
+        async with prefect_client(self.settings) as client:
+            self.dispatcher = Dispatcher(
+                app.state.inbox, client, batch_max=self.settings.dispatch_batch_max, poll=self.poll
+            )
+            task = asyncio.create_task(self.dispatcher.run(), name="dispatcher")
+            self.dispatcher.wake()  # events stored while the gateway was down
+            try:
+                yield
+            finally:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+                self.dispatcher = None
