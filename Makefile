@@ -14,7 +14,7 @@ sync: $(if $(filter .tools/bin/uv,$(UV)),.tools/bin/uv)
 	$(UV) sync --locked --quiet
 
 run: sync
-	$(UV) run --locked pf-jira-sync sandbox
+	$(UV) run --locked pf-jira-sync up --sandbox
 
 lint: sync
 	$(UV) run --locked ruff check .

@@ -245,6 +245,36 @@ def test_up_writes_each_child_log_under_the_data_dir(stack: RunningStack) -> Non
 
 
 # Keep this test the last one that uses `stack`: it stops it.
+def test_a_hire_goes_end_to_end_through_the_real_stack(stack: RunningStack) -> None:
+    """`sandbox hire` -> signed webhook -> gateway -> dispatcher -> served flow run (its own
+    process) -> Jira simulator issue -> mapping row, all in the processes `up` started."""
+    stack.require_running()
+    hired = stack.cli(
+        "sandbox", "hire", "Ada Lovelace", "--department", "Engineering", "--in-days", "3"
+    )
+    assert hired.returncode == 0, hired.stdout + hired.stderr
+    found = re.search(r"employee (\d+)", hired.stdout)
+    assert found, hired.stdout
+    employee_id = int(found.group(1))
+    label = f"pf-employee-{employee_id}"
+    deadline = time.monotonic() + 240
+    parents: list[dict] = []
+    while time.monotonic() < deadline and not parents:
+        issues = httpx.get(f"{stack.jira_url}/_sandbox/issues", timeout=10).json()
+        parents = [
+            issue
+            for issue in issues
+            if label in issue["fields"]["labels"]
+            and issue["fields"]["summary"].startswith("Onboarding: Ada Lovelace")
+        ]
+        time.sleep(2)
+    assert parents, f"no onboarding issue for {employee_id}:\n{stack.output[-3000:]}"
+    events = stack.cli("events")
+    assert "employee_create" in events.stdout, events.stdout
+    (parent,) = parents
+    assert parent["fields"]["project"]["key"] == "IT"  # routed: Engineering
+
+
 def test_ctrl_c_stops_everything(stack: RunningStack) -> None:
     stack.require_running()
     children = descendants(stack.process.pid)
