@@ -23,10 +23,14 @@ def create_engine(database_url: str) -> AsyncEngine:
     @event.listens_for(engine.sync_engine, "connect")
     def _tune_sqlite(dbapi_connection, _record) -> None:
         cursor = dbapi_connection.cursor()
-        # WAL lets the gateway write while flows read; the busy timeout turns lock
-        # contention into waiting instead of "database is locked" errors.
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # The busy timeout turns lock contention into waiting instead of "database is locked"
+        # errors; set it first, so that switching a new file to WAL also waits for the lock.
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # WAL lets the gateway write while flows read. Only switch when needed: the switch
+        # takes an exclusive lock, which many connections opening at once would fight over.
+        cursor.execute("PRAGMA journal_mode")
+        if str(cursor.fetchone()[0]).lower() != "wal":
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()

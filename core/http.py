@@ -5,6 +5,8 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Callable
 from datetime import UTC, datetime
+from types import TracebackType
+from typing import Self
 
 import httpx
 
@@ -105,3 +107,41 @@ async def send(
         await response.aread()
         raise error_from_response(service, response, parse_body)
     return response
+
+
+class ApiClient:
+    """What each API client shares: one `httpx.AsyncClient` under a base URL (any path prefix
+    kept), and closing it (`async with Client(...) as client`)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        headers: dict[str, str],
+        auth: httpx.Auth | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            # The trailing slash makes relative paths land under the base path (/api/public/v3).
+            base_url=self.base_url + "/",
+            headers={"Accept": "application/json", "User-Agent": "pf-jira-sync", **headers},
+            auth=auth,
+            transport=transport,
+            timeout=timeout,
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

@@ -10,14 +10,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from core.errors import ApiError, RequestRejectedError
-from core.http import DEFAULT_TIMEOUT, ErrorBodyParser, send
+from core.http import DEFAULT_TIMEOUT, ApiClient, ErrorBodyParser, send
 from core.jira.adf import AdfNode, adf_to_text, text_to_adf
 from core.settings import Settings, SettingsError
 
@@ -253,7 +252,7 @@ def _json_or_none(response: httpx.Response) -> Any:
 # --------------------------------------------------------------------------- client
 
 
-class JiraClient:
+class JiraClient(ApiClient):
     """`async with JiraClient(base_url, email, api_token) as jira: await jira.myself()`.
 
     `base_url` is the site (`https://acme.atlassian.net`) or the gateway form
@@ -269,13 +268,12 @@ class JiraClient:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url + "/",
+        super().__init__(
+            base_url,
+            headers={},
             auth=httpx.BasicAuth(email, api_token),
             transport=transport,
             timeout=timeout,
-            headers={"Accept": "application/json", "User-Agent": "pf-jira-sync"},
         )
 
     @classmethod
@@ -298,20 +296,6 @@ class JiraClient:
         if email is None or token is None:  # already refused by require(); narrows the types
             raise SettingsError("JIRA_EMAIL and JIRA_API_TOKEN are required")
         return cls(base_url, email, token.get_secret_value(), transport=transport, timeout=timeout)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     # ----------------------------------------------------------------- plumbing
 

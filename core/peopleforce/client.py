@@ -10,14 +10,13 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, date, datetime
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from core.errors import ApiError
-from core.http import DEFAULT_TIMEOUT, send
+from core.http import DEFAULT_TIMEOUT, ApiClient, send
 from core.peopleforce.models import Asset, Employee, EmployeeSummary
 
 if TYPE_CHECKING:
@@ -109,7 +108,7 @@ def _query_datetime(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class PeopleForceClient:
+class PeopleForceClient(ApiClient):
     """`async with PeopleForceClient(base_url, api_key) as pf: await pf.get_employee(42)`."""
 
     def __init__(
@@ -120,17 +119,8 @@ class PeopleForceClient:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(
-            # The trailing slash makes relative paths land under /api/public/v3.
-            base_url=self.base_url + "/",
-            headers={
-                "X-API-KEY": api_key,
-                "Accept": "application/json",
-                "User-Agent": "pf-jira-sync",
-            },
-            transport=transport,
-            timeout=timeout,
+        super().__init__(
+            base_url, headers={"X-API-KEY": api_key}, transport=transport, timeout=timeout
         )
 
     @classmethod
@@ -139,20 +129,6 @@ class PeopleForceClient:
         api_key = settings.peopleforce_api_key
         assert api_key is not None  # require() raised otherwise
         return cls(str(settings.peopleforce_base_url), api_key.get_secret_value(), **kwargs)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     # --- operations -------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ SQLite: `BEGIN IMMEDIATE`), so several workers starting at once upgrade the sche
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 import zlib
 from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
@@ -70,8 +72,26 @@ async def migration_connection(database_url: str) -> AsyncGenerator[AsyncConnect
         await engine.dispose()
 
 
+# Alembic keeps its running context in module globals, so two migrations in one process must
+# not overlap even on different databases: one lock per event loop serializes them.
+_in_process_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _in_process_lock() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _in_process_locks.get(loop)
+    if lock is None:
+        lock = _in_process_locks[loop] = asyncio.Lock()
+    return lock
+
+
 async def _run_command(database_url: str, run: Callable[[Config], None]) -> None:
-    async with migration_connection(database_url) as connection:
+    async with (
+        _in_process_lock(),
+        migration_connection(database_url) as connection,
+    ):
         await connection.run_sync(lambda sync_connection: run(alembic_config(sync_connection)))
 
 
