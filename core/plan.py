@@ -158,14 +158,6 @@ class Plan(BaseModel):
     def is_empty(self) -> bool:
         return not any(not isinstance(action, Report) for action in self.actions)
 
-    def summary(self) -> str:
-        if not self.actions:
-            return "; ".join(self.notes) or "nothing to do"
-        return "; ".join(
-            f"{a.action}{'(' + a.kind + ')' if isinstance(a, CreateIssue) else ''}"
-            for a in self.actions
-        )
-
 
 # --- Reading an employee ------------------------------------------------------------------
 

@@ -152,7 +152,7 @@ def _user_emails(values: Iterable[FieldValue]) -> list[str | None]:
     return [value.value for value in values if value.type == FieldType.user]
 
 
-async def _assignee_id(assignee: Assignee, accounts: dict[str, str | None]) -> str | None:
+def _assignee_id(assignee: Assignee, accounts: dict[str, str | None]) -> str | None:
     if assignee.account_id:
         return assignee.account_id
     return accounts.get(assignee.email.casefold()) if assignee.email else None
@@ -172,7 +172,7 @@ async def _create_issue(
     effect = EffectAction.adopt_existing
     if key is None:
         key = await jira.create_issue(
-            action, who, await _assignee_id(action.assignee, accounts), accounts
+            action, who, _assignee_id(action.assignee, accounts), accounts
         )
         effect = EffectAction(f"create_{action.kind}")
     await store.record_effect(
@@ -238,7 +238,7 @@ async def _create_subtasks(
     who: str,
 ) -> None:
     subtasks = list(action.subtasks)
-    assignees = [await _assignee_id(subtask.assignee, accounts) for subtask in subtasks]
+    assignees = [_assignee_id(subtask.assignee, accounts) for subtask in subtasks]
     keys_field = f"{action.kind}_subtask_keys" if action.kind != "record" else None
     labels = [label for label in action.labels if label != action.guard_label]
     for _ in range(SUBTASK_ROUNDS):

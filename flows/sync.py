@@ -10,7 +10,7 @@ from prefect import flow
 
 from core.plan import Facts, plan, today_in
 from core.settings import get_settings
-from flows.employee_work import EmployeeOutcome, Process, process_of, run_name
+from flows.employee_work import Process, process_of, run_name
 from flows.field_sync import field_sync
 from flows.offboarding import offboarding
 from flows.onboarding import onboarding
@@ -51,8 +51,8 @@ async def sync_employees(employee_ids: list[int]) -> dict[str, list[int]]:
             process: [employee for employee, wanted in needs.items() if process in wanted]
             for process in PROCESS_FLOWS
         }
-        runs: list[list[EmployeeOutcome]] = await asyncio.gather(
+        # Each process flow reports its employees, and fails the run, on its own.
+        await asyncio.gather(
             *(PROCESS_FLOWS[process](employee_ids=ids) for process, ids in routed.items() if ids)
         )
-    del runs  # the subflows report (and fail) on their own
     return {process: ids for process, ids in routed.items() if ids}
