@@ -16,7 +16,7 @@ from typing import Literal
 from uuid import UUID, uuid4
 
 from loguru import logger
-from prefect import get_client, tags
+from prefect import get_client
 from prefect.runtime import flow_run
 
 from core.errors import ConfigurationError
@@ -352,17 +352,19 @@ async def sync_employees(
     leases = Leases(current().store.engine)
     holder = f"{flow_run.get_id() or 'local'}:{uuid4().hex[:8]}"
 
+    # No per-employee tags on task runs: Prefect treats every task-run tag as a concurrency
+    # limit and asks its server for a slot per tag and task run (an extra round trip, and 503s
+    # under load). Task runs carry the employee in their names instead.
     async def one(employee_id: int) -> EmployeeOutcome:
         async with bound:
-            with tags(f"employee:{employee_id}"):
-                try:
-                    # Never two runs on one employee: a webhook run, the reconciliation and a
-                    # retry from the UI take turns.
-                    async with leases.hold(employee_id, holder):
-                        return await sync_employee(employee_id, processes)
-                except Exception as error:  # reported per employee; the run fails at the end
-                    logger.error("employee {}: {}", employee_id, error)
-                    return EmployeeOutcome(employee_id, error=f"{type(error).__name__}: {error}")
+            try:
+                # Never two runs on one employee: a webhook run, the reconciliation and a
+                # retry from the UI take turns.
+                async with leases.hold(employee_id, holder):
+                    return await sync_employee(employee_id, processes)
+            except Exception as error:  # reported per employee; the run fails at the end
+                logger.error("employee {}: {}", employee_id, error)
+                return EmployeeOutcome(employee_id, error=f"{type(error).__name__}: {error}")
 
     unique = list(dict.fromkeys(employee_ids))
     return list(await asyncio.gather(*(one(employee_id) for employee_id in unique)))
