@@ -967,22 +967,25 @@ def _api_router(state: PeopleForceState) -> APIRouter:
             )
             return JSONResponse(state.page(selected, page, state.render_employee))
 
+    def known_person(employee_id: int) -> SeedPerson:
+        """The person, or PeopleForce's 404 (call with the state lock held)."""
+        person = state.people.get(employee_id)
+        if person is None:
+            raise _ApiFailure(404, {"message": "Not found"})
+        return person
+
     @router.get("/employees/{employee_id}")
     def get_employee(employee_id: int, request: Request) -> JSONResponse:
         authenticate(request)
         with state.lock:
-            person = state.people.get(employee_id)
-            if person is None:
-                raise _ApiFailure(404, {"message": "Not found"})
+            person = known_person(employee_id)
             return JSONResponse({"data": state.render_employee(person)})
 
     @router.get("/employees/{employee_id}/assets")
     def list_assets(employee_id: int, request: Request) -> JSONResponse:
         authenticate(request)
         with state.lock:
-            person = state.people.get(employee_id)
-            if person is None:
-                raise _ApiFailure(404, {"message": "Not found"})
+            person = known_person(employee_id)
             return JSONResponse({"data": [state.render_asset(person, a) for a in person.assets]})
 
     return router

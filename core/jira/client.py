@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import quote
 
 import httpx
@@ -157,24 +157,35 @@ class TransitionNotAvailableError(RequestRejectedError):
 # --------------------------------------------------------------------------- payloads
 
 
+class IssueOptions(TypedDict, total=False):
+    """The optional parts of an issue, shared by `issue_payload` and `JiraClient.create_issue`.
+
+    `fields` carries custom fields (`customfield_NNNNN`) as Jira expects their values;
+    `properties` become entity properties set in the same request.
+    """
+
+    labels: Sequence[str]
+    fields: Mapping[str, Any] | None
+    assignee_account_id: str | None
+    parent_key: str | None
+    due_date: date | str | None
+    properties: Mapping[str, Any] | None
+
+
 def issue_payload(
     project_key: str,
     issue_type: str,
     summary: str,
     description: str | AdfNode | None = None,
-    *,
-    labels: Sequence[str] = (),
-    fields: Mapping[str, Any] | None = None,
-    assignee_account_id: str | None = None,
-    parent_key: str | None = None,
-    due_date: date | str | None = None,
-    properties: Mapping[str, Any] | None = None,
+    **options: Unpack[IssueOptions],
 ) -> IssuePayload:
-    """The body of one create (`POST /issue`, or one element of a bulk create).
-
-    `fields` carries custom fields (`customfield_NNNNN`) as Jira expects their values;
-    `properties` become entity properties set in the same request.
-    """
+    """The body of one create (`POST /issue`, or one element of a bulk create)."""
+    labels = options.get("labels", ())
+    fields = options.get("fields")
+    assignee_account_id = options.get("assignee_account_id")
+    parent_key = options.get("parent_key")
+    due_date = options.get("due_date")
+    properties = options.get("properties")
     system: dict[str, Any] = {
         "project": {"key": project_key},
         "issuetype": {"name": issue_type},
@@ -344,27 +355,10 @@ class JiraClient(ApiClient):
         issue_type: str,
         summary: str,
         description: str | AdfNode | None = None,
-        *,
-        labels: Sequence[str] = (),
-        fields: Mapping[str, Any] | None = None,
-        assignee_account_id: str | None = None,
-        parent_key: str | None = None,
-        due_date: date | str | None = None,
-        properties: Mapping[str, Any] | None = None,
+        **options: Unpack[IssueOptions],
     ) -> CreatedIssue:
         """Create one issue. A timeout does not mean it was not created: check before retrying."""
-        payload = issue_payload(
-            project_key,
-            issue_type,
-            summary,
-            description,
-            labels=labels,
-            fields=fields,
-            assignee_account_id=assignee_account_id,
-            parent_key=parent_key,
-            due_date=due_date,
-            properties=properties,
-        )
+        payload = issue_payload(project_key, issue_type, summary, description, **options)
         body = (await self._request("POST", "issue", json=payload)).json()
         return CreatedIssue(id=str(body["id"]), key=body["key"])
 
