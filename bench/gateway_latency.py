@@ -33,7 +33,7 @@ def serve(port: int, data_dir: str) -> None:
     from core.settings import Settings
     from webhook_gateway import create_app
 
-    configure_logging("WARNING")
+    configure_logging(level="WARNING")
     settings = Settings(
         _env_file=None,
         webhook_secret=SecretStr(SECRET),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -47,7 +49,7 @@ def load_settings() -> Settings:
     except SettingsError as error:
         errors.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    configure_logging(settings.log_level)
+    configure_logging(settings, component="cli")
     return settings
 
 
@@ -145,7 +147,7 @@ def doctor() -> None:
     except SettingsError as error:
         console.print(f"[red]FAIL[/] settings     {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    configure_logging("WARNING")
+    configure_logging(settings, level="WARNING", component="cli")
     results = [CheckResult("settings", True, "valid"), *asyncio.run(run_checks(settings))]
     for result in results:
         mark = "[green]ok  [/]" if result.ok else "[red]FAIL[/]"
@@ -297,6 +299,601 @@ def replay(
     console.print(
         f"requeued {event.event_key} ({event.action}, employee {event.employee_id}; was {was}): "
         "the gateway's dispatcher hands it to Prefect again as soon as it runs",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+# --- scale-out on a Prefect work pool: `deploy` and `worker` ------------------------------------
+
+
+def prefect_api_url(settings: Settings) -> str:
+    """PREFECT_API_URL, required: scale-out talks to a Prefect server that runs elsewhere."""
+    if not settings.prefect_api_url:
+        fail(
+            "PREFECT_API_URL is not set: give the Prefect server's API, "
+            "e.g. http://prefect-server:4200/api",
+            code=2,
+        )
+    return str(settings.prefect_api_url).rstrip("/")
+
+
+def describe_prefect_error(error: Exception, api_url: str) -> str:
+    """One line for what went wrong talking to the Prefect server."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    if isinstance(error, httpx.TransportError):
+        return f"no Prefect server answers at {api_url} ({type(error).__name__}: {error})"
+    if isinstance(error, PrefectHTTPStatusError) and error.response.status_code == 401:
+        return (
+            f"the Prefect server at {api_url} refused the credentials: set PREFECT_API_AUTH_STRING "
+            "to the server's PREFECT_SERVER_API_AUTH_STRING"
+        )
+    return f"{type(error).__name__}: {error}"
+
+
+def deploy_to_work_pool(settings: Settings, work_pool: str, concurrency_limit: int | None) -> None:
+    """Register every deployment on the work pool and print them; exit 1 when Prefect refuses."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.work_pool import WorkPoolError, deploy_all
+
+    api_url = prefect_api_url(settings)
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            deployed = asyncio.run(
+                deploy_all(work_pool, settings, concurrency_limit=concurrency_limit)
+            )
+    except WorkPoolError as error:
+        fail(str(error))
+    except Exception as error:
+        fail(describe_prefect_error(error, api_url))
+    for deployment in deployed:
+        console.print(
+            f"deployed {deployment.full_name} to work pool {work_pool} ({deployment.id})",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+WorkPoolOption = Annotated[
+    str | None,
+    typer.Option("--work-pool", "-p", help="The work pool; default WORK_POOL (pf-jira-sync)."),
+]
+
+
+@app.command()
+def deploy(
+    work_pool: WorkPoolOption = None,
+    concurrency_limit: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency-limit",
+            min=1,
+            help="Flow runs at once over all the pool's workers (default: no pool-wide limit).",
+        ),
+    ] = None,
+) -> None:
+    """Register every deployment on a Prefect process work pool (created when missing).
+
+    Same names as the served deployments, so the gateway needs no change. Then start
+    `pf-jira-sync worker` on each host that should run flows. Safe to run again (an upgrade).
+    """
+    settings = load_settings()
+    pool = work_pool or settings.work_pool
+    deploy_to_work_pool(settings, pool, concurrency_limit)
+    console.print(
+        f"start workers on each host: pf-jira-sync worker --work-pool {pool}", highlight=False
+    )
+
+
+def worker_environment(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a worker hands to its flow runs: this process's, plus `.env` (flow runs
+    start in a temporary directory, where no `.env` is read), with paths made absolute and this
+    interpreter's folder first on PATH (the worker starts `python -m prefect.engine`)."""
+    from dotenv import dotenv_values
+
+    environ = dict(os.environ if environ is None else environ)
+    from_file = {name: value for name, value in dotenv_values(".env").items() if value and name}
+    env = {**from_file, **environ}
+    interpreter_dir = str(Path(sys.executable).parent)
+    env.update(
+        {
+            "DATA_DIR": str(settings.data_dir.resolve()),
+            "RULES_FILE": str(settings.rules_file.resolve()),
+            "DATABASE_URL": settings.effective_database_url,
+            "PREFECT_API_URL": prefect_api_url(settings),
+            # Fail fast instead of a silent temporary server when the API is unreachable.
+            "PREFECT_SERVER_EPHEMERAL_ENABLED": "false",
+            "PATH": os.pathsep.join([interpreter_dir, env.get("PATH", "")]).rstrip(os.pathsep),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+@app.command()
+def worker(
+    work_pool: WorkPoolOption = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit", min=1, max=64, help="Flow runs at once on this host; default WORKER_LIMIT."
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="The worker's name in the Prefect UI.")
+    ] = None,
+    deploy_first: Annotated[
+        bool,
+        typer.Option(
+            "--deploy", help="Register the work pool and the deployments first (as `deploy`)."
+        ),
+    ] = False,
+    with_healthcheck: Annotated[
+        bool,
+        typer.Option(
+            "--with-healthcheck",
+            help="Serve GET /health on PREFECT_WORKER_WEBSERVER_PORT (default 8080).",
+        ),
+    ] = False,
+) -> None:
+    """Run a Prefect process worker for this service's deployments, until Ctrl-C.
+
+    Start one on each host that should run flows; all of them share one Prefect server and the
+    mapping store (DATABASE_URL on PostgreSQL). Flow runs get this service's settings.
+    """
+    from sqlalchemy.engine import make_url
+
+    from core.rules import RulesError, load_rules
+
+    settings = load_settings()
+    pool = work_pool or settings.work_pool
+    env = worker_environment(settings)
+    try:
+        load_rules(settings.rules_file)  # every flow run reads them: refuse a bad file now
+    except RulesError as error:
+        fail(str(error), code=2)
+    if make_url(settings.effective_database_url).get_backend_name() == "sqlite":
+        errors.print(
+            f"[yellow]note:[/] the mapping store is a SQLite file on this host "
+            f"({settings.effective_database_url}): workers on other hosts need the same "
+            "DATABASE_URL, a PostgreSQL database",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if deploy_first:
+        deploy_to_work_pool(settings, pool, None)
+    command = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "worker",
+        "start",
+        "--pool",
+        pool,
+        "--type",
+        "process",
+        "--limit",
+        str(limit or settings.worker_limit),
+    ]
+    if name:
+        command += ["--name", name]
+    if with_healthcheck:
+        command.append("--with-healthcheck")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The worker becomes this process: signals (Ctrl-C, `docker stop`) reach it directly.
+    os.execve(sys.executable, command, env)  # noqa: S606 (our own interpreter, no shell)
+
+
+# --- alerts on failed runs: `alerts install|remove|test` -----------------------------------------
+
+alerts_app = typer.Typer(
+    help="Alerts on failed runs: a Prefect automation posts each failed or crashed run of the "
+    "deployments to ALERT_WEBHOOK_URL (a Slack or Teams incoming webhook, or any URL).",
+    no_args_is_help=True,
+)
+app.add_typer(alerts_app, name="alerts")
+
+
+def alert_settings() -> tuple[Settings, str]:
+    """The settings and the Prefect API URL, or exit 2 naming what is missing."""
+    settings = load_settings()
+    if not settings.prefect_api_url:
+        fail(
+            "PREFECT_API_URL is not set: the alerts are an automation in that Prefect server "
+            "(e.g. http://127.0.0.1:4200/api; `up` installs them itself when ALERT_WEBHOOK_URL is set)",
+            code=2,
+        )
+    return settings, str(settings.prefect_api_url).rstrip("/")
+
+
+def run_on_prefect(api_url: str, work: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """Run `work` against the Prefect server at `api_url`; exit 1 with one line if it fails."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            return asyncio.run(work())
+    except httpx.TransportError as error:
+        fail(f"no Prefect server answers at {api_url} ({type(error).__name__}: {error})")
+    except Exception as error:
+        fail(f"the Prefect server at {api_url} refused: {type(error).__name__}: {error}")
+
+
+@alerts_app.command("install")
+def alerts_install() -> None:
+    """Create or update the automation and the webhook block (run again after changing the URL)."""
+    from deployments.alerts import AUTOMATION_NAME, BLOCK_NAME, install_alerts
+
+    settings, api_url = alert_settings()
+    if settings.alert_webhook_url is None:
+        fail("ALERT_WEBHOOK_URL is not set: the URL failed runs are posted to", code=2)
+    url = settings.alert_webhook_url.get_secret_value()
+    installed = run_on_prefect(api_url, lambda: install_alerts(url))
+    console.print(
+        f"{'installed' if installed.created else 'updated'} the automation {AUTOMATION_NAME!r} "
+        f"({installed.automation_id}) in {api_url}: failed, crashed and timed-out runs of the "
+        f"pf-jira-sync deployments are posted to the URL in the webhook block {BLOCK_NAME!r}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@alerts_app.command("remove")
+def alerts_remove() -> None:
+    """Delete the automation: failed runs are no longer posted anywhere."""
+    from deployments.alerts import AUTOMATION_NAME, uninstall_alerts
+
+    _, api_url = alert_settings()
+    removed = run_on_prefect(api_url, uninstall_alerts)
+    console.print(
+        f"removed {removed} automation(s) named {AUTOMATION_NAME!r} from {api_url}", highlight=False
+    )
+
+
+@alerts_app.command("test")
+def alerts_test() -> None:
+    """Post a test message to ALERT_WEBHOOK_URL directly (checks the URL, not Prefect)."""
+    settings = load_settings()
+    if settings.alert_webhook_url is None:
+        fail("ALERT_WEBHOOK_URL is not set: the URL failed runs are posted to", code=2)
+    body = {
+        "text": "pf-jira-sync: test alert (`pf-jira-sync alerts test`); failed runs look like this"
+    }
+    try:
+        response = httpx.post(settings.alert_webhook_url.get_secret_value(), json=body, timeout=15)
+    except httpx.HTTPError as error:
+        # The error text may hold the URL: it is a secret.
+        fail(f"the alert webhook did not answer ({type(error).__name__})")
+    if response.is_error:
+        fail(f"the alert webhook refused the message: HTTP {response.status_code}")
+    console.print(f"posted a test alert: HTTP {response.status_code}", highlight=False)
+
+
+# --- reconciliation: `plan EMPLOYEE_ID` and `reconcile [--dry-run] [--force] [--full]` -----------
+
+RECONCILE_DEPLOYMENT = "reconcile/scheduled"
+
+
+def existing_store_url(settings: Settings) -> str | None:
+    """The mapping store's URL; None for a SQLite file that does not exist yet (nothing was
+    done yet), so that a read-only command does not create it."""
+    from sqlalchemy.engine import make_url
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    url = settings.effective_database_url
+    parsed = make_url(url)
+    is_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (
+        None,
+        "",
+        ":memory:",
+    )
+    if is_file and not Path(parsed.database or "").exists():
+        return None
+    return url
+
+
+def load_reconcile_rules(settings: Settings) -> Any:
+    from core.rules import RulesError, load_rules
+
+    try:
+        return load_rules(settings.rules_file)
+    except RulesError as error:
+        fail(str(error), code=2)
+
+
+def run_reading(work: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """Run a read against PeopleForce, Jira and the store; one line and exit 1 if it fails."""
+    from core.reconcile import ListingError
+
+    try:
+        return asyncio.run(work())
+    except SettingsError as error:
+        fail(str(error), code=2)
+    except ApiError as error:
+        fail(explain(error.service, error))
+    except ListingError as error:
+        fail(str(error))
+
+
+@app.command("plan")
+def plan_employee(
+    employee_id: Annotated[int, typer.Argument(metavar="EMPLOYEE_ID", help="PeopleForce id.")],
+) -> None:
+    """Show what would be done in Jira for one employee now, and why. Changes nothing.
+
+    Reads the employee from PeopleForce, what this service already did (the mapping store)
+    and whether those Jira issues still answer, then prints the inputs, the actions with their
+    reasons, and the notes for what is not (yet) due.
+    """
+    from core.jira.client import JiraClient
+    from core.peopleforce.client import PeopleForceClient
+    from core.plan import CreateIssue, Facts, Plan, plan, today_in
+    from core.reconcile import (
+        ClientSources,
+        ReadCounts,
+        check_jira,
+        describe_action,
+        describe_inputs,
+        previous_link,
+    )
+    from core.store import MappingStore
+
+    settings = load_settings()
+    rules = load_reconcile_rules(settings)
+    today = today_in(rules.zone, datetime.now().astimezone())
+    url = existing_store_url(settings)
+
+    async def read() -> tuple[Facts, Plan]:
+        async with (
+            PeopleForceClient.from_settings(settings) as peopleforce,
+            JiraClient.from_settings(settings) as jira,
+        ):
+            sources = ClientSources(peopleforce, jira)
+            employee = await sources.employee(employee_id)
+            link = previous = None
+            if url is not None:
+                async with await MappingStore.open(url) as store:
+                    link = await store.get(employee_id)
+                    if link is None and employee is not None and employee.email:
+                        same = await store.find_by_email(employee.email)
+                        previous = previous_link(employee_id, employee.email, same)
+            checks = await check_jira(
+                sources, [link] if link else [], rules, asyncio.Semaphore(4), ReadCounts()
+            )
+            checked = checks.get(employee_id) if employee is not None else None
+            facts = Facts(employee_id, employee, link, previous, jira=checked)
+            result = plan(facts, rules, today)
+            if any(isinstance(a, CreateIssue) and a.kind == "offboarding" for a in result.actions):
+                assets = await peopleforce.list_assets(employee_id)
+                facts = Facts(employee_id, employee, link, previous, assets, jira=checked)
+                result = plan(facts, rules, today)
+            return facts, result
+
+    facts, result = run_reading(read)
+    name = result.employee_name or "(unknown)"
+    console.print(f"[bold]Employee {employee_id} {escape(name)}[/]", highlight=False)
+    console.print("[bold]Inputs[/]")
+    width = max(len(label) for label, _ in describe_inputs(facts, rules, today))
+    for label, value in describe_inputs(facts, rules, today):
+        console.print(f"  {label:<{width}}  {escape(value)}", highlight=False, soft_wrap=True)
+    console.print("[bold]Actions[/]")
+    if not result.actions:
+        console.print("  none: Jira is in step for this employee", highlight=False)
+    for number, action in enumerate(result.actions, 1):
+        label = (
+            f"{action.action} ({action.kind})" if isinstance(action, CreateIssue) else action.action
+        )
+        console.print(
+            f"  {number}. {label}: {escape(describe_action(action))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        console.print(f"     why: {escape(action.why)}", highlight=False, soft_wrap=True)
+        if isinstance(action, CreateIssue):
+            for subtask in action.subtasks:
+                console.print(f"     - {escape(subtask.summary)}", highlight=False, soft_wrap=True)
+    if result.notes:
+        console.print("[bold]Notes[/]")
+        for note in result.notes:
+            console.print(f"  - {escape(note)}", highlight=False, soft_wrap=True)
+    if url is None:
+        console.print(
+            f"(no mapping store at {settings.effective_database_url} yet: planned as if this "
+            "service had done nothing)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def print_company_plan(company: Any, verdict: Any) -> None:
+    from core.reconcile import action_counts, counts_line, plan_rows
+
+    rows = plan_rows(company)
+    if rows:
+        table = Table("employee", "name", "action", "what", "why", header_style="bold")
+        for row in rows:
+            table.add_row(*(escape(value) for value in row.values()))
+        console.print(table)
+    reads = company.reads
+    console.print(
+        f"{company.today}: {len(company.needs_work)} of {company.returned} employees need work "
+        f"({counts_line(action_counts(company))}). Read {reads.peopleforce_requests} "
+        f"PeopleForce requests ({reads.full_records} full records), {reads.jira_searches} Jira "
+        f"searches and {reads.jira_lookups} lookups.",
+        highlight=False,
+        soft_wrap=True,
+    )
+    mark = "[red]safeguard:[/]" if verdict.stop else "[green]safeguard:[/]"
+    console.print(f"{mark} {escape(verdict.explain())}", highlight=False, soft_wrap=True)
+
+
+def dry_run_reconcile(settings: Settings, full: bool) -> None:
+    """Plan the whole company in this process (no Prefect) and print it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+    from core.jira.client import JiraClient
+    from core.peopleforce.client import PeopleForceClient
+    from core.plan import today_in
+    from core.reconcile import ClientSources, plan_reconciliation, safeguard
+    from core.store import EmployeeLink, MappingStore
+
+    rules = load_reconcile_rules(settings)
+    url = existing_store_url(settings)
+    now = datetime.now().astimezone()
+    today = today_in(rules.zone, now)
+
+    async def read(progress: Progress) -> Any:
+        bars: dict[str, TaskID] = {}
+
+        def advance(what: str, done: int, total: int | None) -> None:
+            if what not in bars:
+                bars[what] = progress.add_task(what, total=total)
+            progress.update(bars[what], completed=done, total=total)
+
+        links: list[EmployeeLink] = []
+        if url is not None:
+            async with await MappingStore.open(url) as store:
+                links = [link async for link in store.all_links()]
+        async with (
+            PeopleForceClient.from_settings(settings) as peopleforce,
+            JiraClient.from_settings(settings) as jira,
+        ):
+            return await plan_reconciliation(
+                ClientSources(peopleforce, jira),
+                links,
+                rules,
+                today,
+                now=now,
+                concurrency=settings.reconcile_read_concurrency,
+                lookback_days=settings.reconcile_lookback_days,
+                full=full,
+                progress=advance,
+            )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=errors, transient=True) as progress:
+        company = run_reading(lambda: read(progress))
+    verdict = safeguard(
+        company,
+        max_share=settings.safeguard_max_share,
+        max_offboard=settings.safeguard_max_offboard,
+    )
+    print_company_plan(company, verdict)
+    if url is None:
+        console.print(
+            f"(no mapping store at {settings.effective_database_url} yet: planned as if this "
+            "service had done nothing)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def reconcile_api_url(settings: Settings) -> str:
+    """PREFECT_API_URL, or the Prefect server `pf-jira-sync up` starts on this host."""
+    if settings.prefect_api_url:
+        return str(settings.prefect_api_url).rstrip("/")
+    return f"http://127.0.0.1:{settings.prefect_server_port}/api"
+
+
+async def run_reconcile_deployment(force: bool, full: bool) -> Any:
+    """Start a run of the reconcile deployment and follow it to its end, printing its states."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            deployment = await client.read_deployment_by_name(RECONCILE_DEPLOYMENT)
+        except ObjectNotFound:
+            fail(
+                f"the Prefect server has no deployment {RECONCILE_DEPLOYMENT}: start the service "
+                "(`pf-jira-sync up`) or register it on a work pool (`pf-jira-sync deploy`)"
+            )
+        run = await client.create_flow_run_from_deployment(
+            deployment.id,
+            parameters={"dry_run": False, "force": force, "full": full},
+            tags=["manual"],
+        )
+        console.print(f"started flow run {run.name} ({run.id})", highlight=False)
+        seen, waited = "", 0.0
+        while True:
+            run = await client.read_flow_run(run.id)
+            state = run.state
+            if state is not None and state.name != seen:
+                seen = state.name
+                console.print(f"  {seen}", highlight=False)
+            if state is not None and state.is_final():
+                return run
+            if waited >= 30 and state is not None and state.is_scheduled():
+                errors.print(
+                    "still waiting to start: another reconciliation may be running (they go one "
+                    "at a time), or nothing serves the deployments (`pf-jira-sync up`)",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                waited = -600.0  # say it again in ten minutes
+            await asyncio.sleep(2)
+            waited += 2
+
+
+@app.command("reconcile")
+def reconcile_command(
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Plan the whole company and print it as a table; change nothing."
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Apply even when the safeguard would stop the run (look at --dry-run first).",
+        ),
+    ] = False,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full",
+            help="Read every employee's full record, not only those changed in the last "
+            "RECONCILE_LOOKBACK_DAYS days (slower; catches future terminations entered earlier).",
+        ),
+    ] = False,
+) -> None:
+    """Bring Jira in step with every PeopleForce employee, as the nightly schedule does.
+
+    With --dry-run the plan is computed here (no Prefect needed). Without it, a run of the
+    reconcile deployment is started on the Prefect server (PREFECT_API_URL, default the one
+    `up` starts) and followed to its end; runs go one at a time.
+    """
+    settings = load_settings()
+    if dry_run:
+        if force:
+            fail("--force has no meaning with --dry-run, which changes nothing", code=2)
+        dry_run_reconcile(settings, full)
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api_url = reconcile_api_url(settings)
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            run = asyncio.run(run_reconcile_deployment(force, full))
+    except KeyboardInterrupt:
+        errors.print("stopped following; the run goes on (see the Prefect UI)")
+        raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
+    except Exception as error:
+        fail(describe_prefect_error(error, api_url))
+    state = run.state
+    message = f": {state.message}" if state and state.message else ""
+    if state is None or not state.is_completed():
+        fail(f"reconciliation {state.name if state else 'unknown'}{message} (flow run {run.id})")
+    console.print(
+        f"reconciliation completed{message}; its summary is the `reconcile-summary` artifact "
+        f"of flow run {run.name} in the Prefect UI",
         highlight=False,
         soft_wrap=True,
     )

@@ -1,14 +1,234 @@
-"""Loguru, configured once per process, with the standard library's logging routed into it."""
+"""Loguru, configured once per process: the console, Seq, and the Prefect run log.
+
+- The console gets human-readable lines.
+- Seq (when `SEQ_URL` is set) gets every line as a structured CLEF event (`core.seq.SeqSink`:
+  never blocks, drops and counts when Seq is down; `seq_dropped()` tells how many).
+- A line logged inside a Prefect flow or task run also goes to that run's log in the Prefect UI.
+- The standard library's `logging` (uvicorn, httpx, Prefect) is routed into loguru.
+
+Lines carry their context as properties: `EventKey`, `EmployeeId`, `Action` and `JiraKey` where
+the code binds them (`logger.contextualize`), `FlowRunId` and `TaskRunId` inside Prefect runs
+(added here), `Logger` for lines from the standard library, `Component` for the process.
+
+Secrets never leave: one patcher masks the values of the secret settings (and the database
+password), the Prefect API credentials, credential headers and webhook signatures in every line
+and property; every sink masks the traceback text it writes, and a filter does the same for
+what Prefect's own loggers send to the run logs.
+"""
 
 from __future__ import annotations
 
+import base64
 import inspect
 import logging
+import os
+import re
 import sys
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from loguru import logger
 
+from core.seq import SeqSink
+
+if TYPE_CHECKING:
+    from loguru import Message, Record
+
+    from core.settings import Settings
+
+MASK = "********"
+# Values shorter than this are not masked: masking "ab" everywhere would ruin every line.
+MIN_SECRET_LENGTH = 4
+# Credentials that may show up in a line whatever their value: PeopleForce's webhook signature,
+# and the values of HTTP credential headers (the header name is kept).
+_CREDENTIAL_PATTERNS = [
+    r"sha256=[0-9a-fA-F]{64}",
+    r"(?P<header>(?i:authorization|x-api-key|x-seq-apikey|x-peopleforce-signature)"
+    r"[\"']?\s*[:=]\s*[\"']?)(?:(?i:basic|bearer) )?[^\s\"',;}]{4,}",
+]
+# Prefect's own credentials, read from the environment (this module does not import Prefect).
+PREFECT_SECRET_VARIABLES = ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
+
 _configured = False
+_secrets: set[str] = set()
+_secret_pattern: re.Pattern[str] = re.compile("|".join(_CREDENTIAL_PATTERNS))
+_seq_sink: SeqSink | None = None
+
+
+# --- Redaction --------------------------------------------------------------------------------
+
+
+def register_secrets(values: Iterable[str | None]) -> None:
+    """Mask these values in every line from now on."""
+    added = {value for value in values if value and len(value) >= MIN_SECRET_LENGTH}
+    if added - _secrets:
+        _secrets.update(added)
+        _compile()
+
+
+def clear_secrets() -> None:
+    """Forget the registered values (the credential patterns stay); for tests."""
+    _secrets.clear()
+    _compile()
+
+
+def _compile() -> None:
+    global _secret_pattern
+    # Longest first, so a secret that contains another is masked whole.
+    literal = [re.escape(value) for value in sorted(_secrets, key=len, reverse=True)]
+    _secret_pattern = re.compile("|".join([*literal, *_CREDENTIAL_PATTERNS]))
+
+
+def _mask(match: re.Match[str]) -> str:
+    return (match.groupdict().get("header") or "") + MASK
+
+
+def redact(text: str) -> str:
+    """`text` with every registered secret and credential pattern masked."""
+    return _secret_pattern.sub(_mask, text) if text else text
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every secret the settings hold, in the forms it may travel in."""
+    values: list[str] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if hasattr(value, "get_secret_value"):
+            values.append(value.get_secret_value())
+    if settings.jira_email and settings.jira_api_token:
+        pair = f"{settings.jira_email}:{settings.jira_api_token.get_secret_value()}"
+        values.append(base64.b64encode(pair.encode()).decode())
+    if settings.database_url:
+        values.append(urlsplit(settings.database_url).password or "")
+    for name in PREFECT_SECRET_VARIABLES:
+        if value := os.environ.get(name):
+            values += [value, base64.b64encode(value.encode()).decode()]  # as basic auth too
+    return [value for value in values if value]
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list | tuple):
+        return type(value)(_redact_value(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _redact_value(item) for key, item in value.items()}
+    return value
+
+
+# --- The patcher: run context and redaction for every line ----------------------------------
+
+
+def run_ids() -> dict[str, str]:
+    """`FlowRunId` (and `TaskRunId`) of the Prefect run this code runs in, if any.
+
+    Reads Prefect's run context only when Prefect is already imported: a process that never
+    imported it runs no flow, and importing it here would cost seconds.
+    """
+    context = sys.modules.get("prefect.context")
+    if context is None:
+        return {}
+    task = context.TaskRunContext.get()
+    if task is not None and task.task_run is not None:
+        ids = {"TaskRunId": str(task.task_run.id)}
+        if task.task_run.flow_run_id:
+            ids["FlowRunId"] = str(task.task_run.flow_run_id)
+        return ids
+    flow = context.FlowRunContext.get()
+    if flow is not None and flow.flow_run is not None:
+        return {"FlowRunId": str(flow.flow_run.id)}
+    return {}
+
+
+def patch_record(record: Record) -> None:
+    extra = record["extra"]
+    if "FlowRunId" not in extra:
+        extra.update(run_ids())
+    record["message"] = redact(record["message"])
+    for name, value in extra.items():
+        extra[name] = _redact_value(value)
+
+
+# --- Sinks ------------------------------------------------------------------------------------
+
+CONSOLE_FORMAT = (
+    "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> <cyan>{name}</cyan> {message}"
+)
+
+
+def console_sink(message: Message) -> None:
+    """stderr, looked up at each line (tests capture it), with the traceback text masked too."""
+    sys.stderr.write(redact(str(message)))
+
+
+def prefect_run_sink(message: Message) -> None:
+    """The line, in the log of the Prefect flow or task run it was logged in (else nowhere).
+
+    Only this service's own lines go there. Lines of libraries reach loguru through
+    `InterceptHandler` (they carry `Logger`) and are skipped: Prefect's own already go to the
+    run log (they would show twice), and others (alembic, httpx) are noise there; worse, a
+    library logging from a thread while Prefect's log worker starts would deadlock on it.
+    """
+    record = message.record
+    if "Logger" in record["extra"]:
+        return
+    context = sys.modules.get("prefect.context")
+    if context is None or (context.TaskRunContext.get() or context.FlowRunContext.get()) is None:
+        return
+    handler = _api_log_handler()
+    line = logging.LogRecord(
+        name=record["name"] or "pf-jira-sync",
+        level=record["level"].no,
+        pathname=record["file"].path,
+        lineno=record["line"],
+        msg=redact(str(message).rstrip("\n")),
+        args=None,
+        exc_info=None,
+        func=record["function"],
+    )
+    line.created = record["time"].timestamp()
+    handler.handle(line)
+
+
+_api_handler: logging.Handler | None = None
+
+
+def _api_log_handler() -> logging.Handler:
+    global _api_handler
+    if _api_handler is None:
+        from prefect.logging.handlers import APILogHandler
+
+        _api_handler = APILogHandler()
+    return _api_handler
+
+
+class RedactingFilter(logging.Filter):
+    """Masks secrets in a standard-library record (its message and traceback) in place."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+# Prefect's loggers that send their records to the run logs in the Prefect API themselves.
+PREFECT_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "prefect.extra")
+
+
+def redact_prefect_run_logs() -> None:
+    """Mask secrets in what Prefect's own loggers send to the run logs (its handlers are set up
+    before this process's code runs, when Prefect configures logging)."""
+    if "prefect.logging" not in sys.modules:
+        return
+    for name in PREFECT_RUN_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(existing, RedactingFilter) for existing in handler.filters):
+                handler.addFilter(RedactingFilter())
 
 
 class InterceptHandler(logging.Handler):
@@ -24,24 +244,82 @@ class InterceptHandler(logging.Handler):
         while frame and (depth == 0 or frame.f_code.co_filename == logging.__file__):
             frame = frame.f_back
             depth += 1
-        logger.opt(depth=depth, exception=record.exc_info).log(level, record.getMessage())
+        logger.bind(Logger=record.name).opt(depth=depth, exception=record.exc_info).log(
+            level, record.getMessage()
+        )
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Idempotent: the first call wins, so every entry point may call it."""
+def add_seq_sink(
+    url: str, api_key: str | None = None, *, level: str = "INFO", **options: Any
+) -> tuple[int, SeqSink]:
+    """Ship lines at `level` and above to Seq; returns the loguru handler id and the sink."""
+    global _seq_sink
+    sink = SeqSink(url, api_key, redact=redact, **options)
+    handler_id = logger.add(sink, level=level, format="{message}", backtrace=False, diagnose=False)
+    _seq_sink = sink
+    return handler_id, sink
+
+
+def remove_seq_sink(handler_id: int, sink: SeqSink) -> None:
+    global _seq_sink
+    logger.remove(handler_id)
+    sink.close()
+    if _seq_sink is sink:
+        _seq_sink = None
+
+
+def seq_dropped() -> int:
+    """Lines the Seq sink of this process dropped (Seq down or slow, queue full); 0 without one."""
+    return _seq_sink.dropped if _seq_sink is not None else 0
+
+
+def add_prefect_sink(level: str = "INFO") -> int:
+    """Send lines logged inside Prefect runs to their run log; returns the loguru handler id."""
+    return logger.add(
+        prefect_run_sink, level=level, format="{message}", backtrace=False, diagnose=False
+    )
+
+
+def configure_logging(
+    settings: Settings | None = None, *, level: str | None = None, component: str | None = None
+) -> None:
+    """Idempotent: the first call wins, so every entry point may call it.
+
+    `settings` bring the level, Seq (`SEQ_URL`, `SEQ_API_KEY`) and the secrets to mask; `level`
+    overrides the settings' level; `component` names the process in Seq (gateway, flow-run ...).
+    """
     global _configured
     if _configured:
         return
     _configured = True
+    level = level or (settings.log_level if settings is not None else "INFO")
+    if settings is not None:
+        register_secrets(secret_values(settings))
     logger.remove()
+    logger.configure(
+        patcher=patch_record,
+        extra={"Application": "pf-jira-sync", "Component": component or "pf-jira-sync"},
+    )
     logger.add(
-        sys.stderr,
+        console_sink,
         level=level,
-        format="<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
-        "<cyan>{name}</cyan> {message}",
+        format=CONSOLE_FORMAT,
+        colorize=_colorize(sys.stderr),
         backtrace=False,
         diagnose=False,  # never print local variables: they may hold secrets
     )
+    add_prefect_sink(level)
+    if settings is not None and settings.seq_url is not None:
+        api_key = settings.seq_api_key.get_secret_value() if settings.seq_api_key else None
+        add_seq_sink(str(settings.seq_url), api_key, level=level)
     logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    redact_prefect_run_logs()
+
+
+def _colorize(stream: Any) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())

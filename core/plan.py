@@ -8,8 +8,8 @@ instead of applying it is the dry run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
@@ -41,6 +41,15 @@ def today_in(zone: ZoneInfo, now: datetime) -> date:
 
 
 @dataclass(frozen=True)
+class IssueCheck:
+    """What a read of Jira found about the issues the link points at (reconciliation reads it;
+    the webhook path does not, and trusts the link)."""
+
+    missing: frozenset[str] = frozenset()  # no longer answer: deleted, or hidden from this account
+    moved: Mapping[str, str] = field(default_factory=dict)  # old key -> the key it answers under
+
+
+@dataclass(frozen=True)
 class Facts:
     """Everything the plan needs about one employee, gathered by the caller beforehand."""
 
@@ -49,6 +58,7 @@ class Facts:
     link: EmployeeLink | None = None
     previous: EmployeeLink | None = None  # an earlier record with the same email (rehire)
     assets: Sequence[Asset] = ()
+    jira: IssueCheck | None = None  # None: Jira was not read, the link is taken as it is
 
 
 # --- What the plan says -------------------------------------------------------------------
@@ -142,8 +152,26 @@ class Report(_Action):
     action: Literal["report"] = "report"
 
 
+IssueKind = Literal["onboarding", "offboarding", "record"]
+
+
+class RelinkIssue(_Action):
+    """An issue was moved in Jira (new key): the link follows it. Changes the store only."""
+
+    action: Literal["relink_issue"] = "relink_issue"
+    kind: IssueKind
+    old_key: str
+    new_key: str
+
+
 Action = Annotated[
-    CreateIssue | UpdateFields | AddComment | MoveDueDate | CancelOffboarding | Report,
+    CreateIssue
+    | UpdateFields
+    | AddComment
+    | MoveDueDate
+    | CancelOffboarding
+    | Report
+    | RelinkIssue,
     Field(discriminator="action"),
 ]
 
@@ -231,6 +259,69 @@ def _name(ref: object) -> str | None:
 
 def plan(facts: Facts, rules: Rules, today: date) -> Plan:
     """Ordered actions that bring Jira in step with this employee's current record."""
+    facts, checked, gone = _follow_jira(facts, rules)
+    result = _plan(facts, rules, today)
+    if not checked:
+        return result
+    actions = [
+        action
+        for action in result.actions
+        # The rules say report: a missing issue is not created again.
+        if not (isinstance(action, CreateIssue) and action.kind in gone)
+    ]
+    return result.model_copy(update={"actions": (*checked, *actions)})
+
+
+def _follow_jira(facts: Facts, rules: Rules) -> tuple[Facts, list, set[str]]:
+    """The link as Jira has it now: moved issues followed, missing ones forgotten.
+
+    Returns the facts to plan with, the actions that say so (relinks, reports), and the kinds
+    of issue that must not be created again (missing, and the rules say report).
+    """
+    link, check = facts.link, facts.jira
+    if link is None or check is None:
+        return facts, [], set()
+    changes: dict[str, str | None] = {}
+    actions: list = []
+    gone: set[str] = set()
+    kinds: tuple[IssueKind, ...] = ("onboarding", "offboarding", "record")
+    for kind in kinds:
+        key = getattr(link, f"{kind}_issue_key")
+        if key is None:
+            continue
+        if key in check.moved:
+            new_key = check.moved[key]
+            changes[f"{kind}_issue_key"] = new_key
+            actions.append(
+                RelinkIssue(
+                    why=f"the {kind} issue {key} was moved in Jira and is now {new_key}",
+                    kind=kind,
+                    old_key=key,
+                    new_key=new_key,
+                )
+            )
+        elif key in check.missing:
+            changes[f"{kind}_issue_key"] = None
+            if rules.missing_issue == "report":
+                gone.add(kind)
+            then = "not created again" if kind in gone else "created again if still due"
+            actions.append(
+                Report(
+                    why=f"the {kind} issue {key} no longer answers in Jira (deleted, or hidden "
+                    f"from this account); the rules say {rules.missing_issue}: {then}"
+                )
+            )
+    if not changes:
+        return facts, [], set()
+    followed = link.model_copy(update=changes)
+    return (
+        Facts(facts.employee_id, facts.employee, followed, facts.previous, facts.assets),
+        actions,
+        gone,
+    )
+
+
+def _plan(facts: Facts, rules: Rules, today: date) -> Plan:
     employee, link = facts.employee, facts.link
     if employee is None:
         reason = (
@@ -257,7 +348,7 @@ def plan(facts: Facts, rules: Rules, today: date) -> Plan:
             # Leaving later but not onboarded yet (a fixed-term hire, or a termination entered
             # before the first day): the onboarding is still due.
             actions, notes = _onboarding(facts, employee, rules, today, rehired=False)
-        leaving, leaving_notes = _leaving(facts, employee, rules, leaving_on)
+        leaving, leaving_notes = _leaving(facts, employee, rules, leaving_on, today)
         actions, notes = actions + leaving, notes + leaving_notes
     return Plan(
         employee_id=employee.id, employee_name=name, actions=tuple(actions), notes=tuple(notes)
@@ -333,7 +424,7 @@ def _onboarding(
 
 
 def _leaving(
-    facts: Facts, employee: Employee, rules: Rules, leaving_on: date
+    facts: Facts, employee: Employee, rules: Rules, leaving_on: date, today: date
 ) -> tuple[list, list[str]]:
     link = facts.link
     if (
@@ -353,6 +444,15 @@ def _leaving(
         return [], [
             f"offboarding {link.offboarding_issue_key} already covers the last day {leaving_on}"
         ]
+    onboarded_here = bool(
+        link and link.onboarding_issue_key and link.lifecycle == Lifecycle.onboarding
+    )
+    if not onboarded_here and (today - leaving_on).days > rules.offboard_left_within_days:
+        # Long gone, and never onboarded by this service: offboarded before it existed.
+        return [], [
+            f"left on {leaving_on}, more than {rules.offboard_left_within_days} days ago "
+            "(before this service knew them): no offboarding created"
+        ]
     why = f"termination effective {leaving_on}"
     related = link.onboarding_issue_key if link else None
     return [
@@ -368,7 +468,8 @@ def _field_sync(facts: Facts, employee: Employee, rules: Rules) -> list:
     )
     if not rules.field_map or not issue_key:
         return []
-    values, snapshot = mapped_fields(employee, rules)
+    # The plain values first: most employees changed nothing (reconciliation plans thousands).
+    snapshot = {source: source_value(employee, source) for source in sorted(rules.field_map)}
     before = link.synced_fields or {}
     changes = tuple(
         (source, before.get(source), new)
@@ -377,6 +478,7 @@ def _field_sync(facts: Facts, employee: Employee, rules: Rules) -> list:
     )
     if not changes:
         return []
+    values, _ = mapped_fields(employee, rules)
     changed = {source for source, _, _ in changes}
     lines = "\n".join(
         f"- {source}: {old or '(none)'} -> {new or '(none)'}" for source, old, new in changes

@@ -185,6 +185,12 @@ class Rules(_Strict):
     # Employees who started longer ago than this get no onboarding when first seen: they were
     # onboarded before this service existed.
     onboard_started_within_days: int = Field(30, ge=0)
+    # Likewise, people whose last day passed longer ago than this, and whom this service never
+    # onboarded, get no offboarding when first seen (reconciliation reads every past leaver).
+    offboard_left_within_days: int = Field(30, ge=0)
+    # A mapped issue that no longer answers in Jira (deleted): report it, or create it again
+    # when the work is still due. A moved issue is followed either way.
+    missing_issue: Literal["report", "recreate"] = "report"
     default_project: str = Field(pattern=r"^[A-Z][A-Z0-9_]+$")
     onboarding: IssueRules
     offboarding: OffboardingRules

@@ -60,13 +60,39 @@ class Settings(BaseSettings):
     prefect_server_port: int = Field(4200, ge=1, le=65535)
     # Flow runs the served deployments run at once (each is a process of its own).
     serve_limit: int = Field(4, ge=1, le=64)
+    # How often the served deployments ask the Prefect server for runs to start.
+    serve_poll_seconds: float = Field(1.0, gt=0, le=60)
     # Most employees one dispatched flow run carries; a burst beyond it is split across runs.
     dispatch_batch_max: int = Field(200, ge=1, le=5000)
+    # Dispatched runs not yet finished before new events wait for them (and then go together).
+    dispatch_max_in_flight: int = Field(3, ge=1, le=64)
+
+    # Scale-out: the Prefect work pool of `pf-jira-sync deploy` and `pf-jira-sync worker`
+    work_pool: str = Field("pf-jira-sync", min_length=1, max_length=100)
+    # Flow runs one worker runs at once (each is a process of its own).
+    worker_limit: int = Field(4, ge=1, le=64)
+
+    # Reconciliation: the `reconcile` flow, its deployment and `pf-jira-sync reconcile`
+    # When the scheduled run starts (cron in RECONCILE_TIMEZONE): after PeopleForce's 01:00 UTC batch.
+    reconcile_cron: str = "30 1 * * *"
+    reconcile_timezone: str = "UTC"
+    # PeopleForce pages, full records and Jira searches read at once.
+    reconcile_read_concurrency: int = Field(10, ge=1, le=50)
+    # People changed in PeopleForce within this many days are read in full: a future termination
+    # and custom fields are only on the full record (`--full` reads everyone's).
+    reconcile_lookback_days: int = Field(7, ge=1, le=365)
+    # Safeguard: a run that would touch more than this share of the employees, or create more
+    # offboardings than this, stops before applying anything (unless forced).
+    safeguard_max_share: float = Field(0.2, gt=0, le=1)
+    safeguard_max_offboard: int = Field(10, ge=0)
 
     # Logging
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     seq_url: AnyHttpUrl | None = None
     seq_api_key: SecretStr | None = None
+    # Alerts: a Prefect automation posts every failed or crashed run of the deployments here (a
+    # Slack or Teams incoming webhook, or any URL); a secret, since such URLs are credentials.
+    alert_webhook_url: SecretStr | None = None
 
     # Local simulators (`pf-jira-sync sandbox`)
     sandbox_host: str = "127.0.0.1"
@@ -74,7 +100,13 @@ class Settings(BaseSettings):
     sandbox_jira_port: int = Field(8702, ge=1, le=65535)
     sandbox_webhook_url: AnyHttpUrl | None = None
 
-    @field_validator("peopleforce_api_key", "webhook_secret", "jira_api_token", "seq_api_key")
+    @field_validator(
+        "peopleforce_api_key",
+        "webhook_secret",
+        "jira_api_token",
+        "seq_api_key",
+        "alert_webhook_url",
+    )
     @classmethod
     def _refuse_placeholders(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
@@ -85,6 +117,37 @@ class Settings(BaseSettings):
         if text.lower() in PLACEHOLDER_SECRETS:
             raise ValueError("is a placeholder; set the real value or leave it unset")
         return SecretStr(text)
+
+    @field_validator("reconcile_cron")
+    @classmethod
+    def _five_cron_fields(cls, value: str) -> str:
+        # Prefect checks the expression itself when the deployment is created.
+        if len(value.split()) != 5:
+            raise ValueError(
+                f"{value!r} is not a cron expression of five fields (minute hour day month "
+                "weekday), e.g. '30 1 * * *'"
+            )
+        return " ".join(value.split())
+
+    @field_validator("reconcile_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as UTC") from None
+        return value
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _alert_url_is_http(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().lower().startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
     @property
     def jira_api_base(self) -> str | None:

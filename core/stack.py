@@ -98,6 +98,25 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children in sessions of their own included), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # exited meanwhile
+            # `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
 def child_command(command: list[str]) -> list[str]:
     """`command`, started so that it gets SIGTERM when this process dies (Linux only)."""
     if not sys.platform.startswith("linux"):
@@ -334,6 +353,10 @@ class Stack:
                 f"  Deployments:         {', '.join(self.deployment_names)} (served, at most {self.settings.serve_limit} runs at once)"
             )
         say(f"  Logs:                {self.log_dir}")
+        if self.settings.seq_url:
+            say(f"  Seq (structured):    {self.settings.seq_url}")
+        if self.settings.alert_webhook_url:
+            say("  Alerts:              failed runs are posted to ALERT_WEBHOOK_URL")
         say()
         if self.sandbox:
             say(f"Try: {TRY_COMMAND}")

@@ -4,25 +4,36 @@ from __future__ import annotations
 
 import asyncio
 
+from loguru import logger
 from prefect import aserve
 
 from core.logging import configure_logging
 from core.settings import get_settings
+from deployments.alerts import install_alerts
 from deployments.definitions import ALL
 
 
 async def serve_all() -> None:
     settings = get_settings()
-    configure_logging(settings.log_level)
-    served = [
-        await spec.flow.ato_deployment(
-            name=spec.name, description=spec.description, tags=spec.tags, parameters=spec.parameters
-        )
-        for spec in ALL
-    ]
+    configure_logging(settings, component="deployments")
+    if settings.alert_webhook_url is not None:
+        try:
+            await install_alerts(settings.alert_webhook_url.get_secret_value())
+        except Exception as error:  # the runs matter more than their alerts: serve anyway
+            logger.error(
+                "alerts not installed ({}: {}); runs are served without",
+                type(error).__name__,
+                error,
+            )
+    served = [await spec.flow.ato_deployment(**spec.options(settings)) for spec in ALL]
     # pause_on_shutdown=False: a restart must not leave schedules (reconciliation) paused.
+    # query_seconds: Prefect's default 10 s poll would be most of a webhook's latency budget.
     await aserve(
-        *served, limit=settings.serve_limit, pause_on_shutdown=False, print_starting_message=False
+        *served,
+        limit=settings.serve_limit,
+        pause_on_shutdown=False,
+        print_starting_message=False,
+        query_seconds=settings.serve_poll_seconds,
     )
 
 

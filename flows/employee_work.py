@@ -9,7 +9,7 @@ soon as it happened. Running it again converges: nothing is created twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Literal
@@ -29,8 +29,10 @@ from core.plan import (
     CreateIssue,
     Facts,
     FieldValue,
+    IssueCheck,
     MoveDueDate,
     Plan,
+    RelinkIssue,
     Report,
     UpdateFields,
     plan,
@@ -39,7 +41,9 @@ from core.plan import (
 from core.rules import FieldType
 from core.settings import get_settings
 from core.store import EffectAction, EmployeeLink, Leases, Lifecycle, snapshot_hash
+from flows.observability import EventKeys, employee_properties, publish_outcomes, tag_run
 from tasks import jira, peopleforce, store
+from tasks.retry import action_task, inline
 from tasks.services import current, open_services
 
 Process = Literal["onboarding", "offboarding", "field_sync"]
@@ -56,7 +60,23 @@ def process_of(action: Action) -> Process | None:
             return "offboarding"
         case CreateIssue(kind="record") | UpdateFields() | AddComment():
             return "field_sync"
+        case RelinkIssue(kind="onboarding"):
+            return "onboarding"
+        case RelinkIssue(kind="offboarding"):
+            return "offboarding"
+        case RelinkIssue():
+            return "field_sync"
     return None
+
+
+@dataclass(frozen=True)
+class Prefetched:
+    """What a caller already read for an employee (reconciliation reads the company in bulk):
+    the PeopleForce record, and what Jira answered for the issues the link points at. The
+    mapping is always read again, under the employee's lease."""
+
+    employee: Employee
+    jira: IssueCheck | None = None
 
 
 @dataclass
@@ -75,23 +95,33 @@ class EmployeeOutcome:
 
 
 async def sync_employee(
-    employee_id: int, processes: frozenset[Process] = ALL_PROCESSES, *, today: date | None = None
+    employee_id: int,
+    processes: frozenset[Process] = ALL_PROCESSES,
+    *,
+    today: date | None = None,
+    prefetched: Prefetched | None = None,
 ) -> EmployeeOutcome:
     """Read, plan and apply for one employee; the actions of other processes are left alone."""
     services = current()
     today = today or today_in(services.rules.zone, datetime.now(UTC))
     outcome = EmployeeOutcome(employee_id)
-    employee = await peopleforce.read_employee(employee_id)
+    if prefetched is None and (record := services.records.pop(employee_id, None)):
+        prefetched = Prefetched(record)  # the sync flow's triage read it moments ago
+    employee = (
+        prefetched.employee if prefetched else await inline(peopleforce.read_employee)(employee_id)
+    )
+    checked = prefetched.jira if prefetched else None
     outcome.name = employee.display_name if employee else None
-    link, previous = await store.read_mapping(
+    link, previous = await inline(store.read_mapping)(
         employee_id, employee.email if employee else None, outcome.who
     )
-    facts = Facts(employee_id=employee_id, employee=employee, link=link, previous=previous)
+    facts = Facts(employee_id, employee, link, previous, jira=checked)
     result = plan(facts, services.rules, today)
     if any(isinstance(a, CreateIssue) and a.kind == "offboarding" for a in result.actions):
         # Assets only matter to offboarding: read them only then, and plan again with them.
-        assets = await peopleforce.read_assets(employee_id, outcome.who)
-        result = plan(Facts(employee_id, employee, link, previous, assets), services.rules, today)
+        assets = await inline(peopleforce.read_assets)(employee_id, outcome.who)
+        facts = Facts(employee_id, employee, link, previous, assets, jira=checked)
+        result = plan(facts, services.rules, today)
     outcome.notes.extend(result.notes)
     await apply_plan(result, employee, link, previous, processes, today, outcome)
     return outcome
@@ -119,22 +149,29 @@ async def apply_plan(
                 continue
             case CreateIssue():
                 assert employee is not None
-                key = await _create_issue(action, employee, previous, today, who)
+                key = await _create_issue(
+                    action, employee, previous.employee_id if previous else None, today, who
+                )
             case UpdateFields():
                 key = await _update_fields(action, result.employee_id, who)
             case AddComment():
-                await jira.add_comment(action.issue_key, action.text, who)
-                await store.record_effect(
-                    result.employee_id, EffectAction.comment, who, issue_key=action.issue_key
-                )
-                key = action.issue_key
+                key = await _add_comment(action, result.employee_id, who)
             case MoveDueDate():
                 key = await _move_due_date(action, result.employee_id, today, who)
             case CancelOffboarding():
-                key = await _cancel_offboarding(action, result.employee_id, link, who)
+                key = await _cancel_offboarding(
+                    action,
+                    result.employee_id,
+                    list(link.offboarding_subtask_keys) if link else [],
+                    bool(link and link.onboarding_issue_key),
+                    who,
+                )
+            case RelinkIssue():
+                key = await _relink(action, result.employee_id, who)
         outcome.applied.append(
             f"{action.action}{'(' + action.kind + ')' if isinstance(action, CreateIssue) else ''} {key}"
         )
+        logger.bind(Action=action.action, JiraKey=key).info("{}: {}", who, outcome.applied[-1])
         if key not in outcome.jira_keys:
             outcome.jira_keys.append(key)
 
@@ -144,7 +181,7 @@ async def apply_plan(
 
 async def _account_ids(emails: Iterable[str | None], who: str) -> dict[str, str | None]:
     wanted = sorted({email.casefold() for email in emails if email})
-    found = await asyncio.gather(*(jira.find_account_id(email, who) for email in wanted))
+    found = await asyncio.gather(*(inline(jira.find_account_id)(email, who) for email in wanted))
     return dict(zip(wanted, found, strict=True))
 
 
@@ -158,8 +195,9 @@ def _assignee_id(assignee: Assignee, accounts: dict[str, str | None]) -> str | N
     return accounts.get(assignee.email.casefold()) if assignee.email else None
 
 
+@action_task("create issue", "create {action.kind} issue · {who}")
 async def _create_issue(
-    action: CreateIssue, employee: Employee, previous: EmployeeLink | None, today: date, who: str
+    action: CreateIssue, employee: Employee, previous_employee_id: int | None, today: date, who: str
 ) -> str:
     emails = [
         action.assignee.email,
@@ -168,23 +206,26 @@ async def _create_issue(
         employee.email,
     ]
     accounts = await _account_ids(emails, who)
-    key = await jira.find_issue_by_label(action.guard_label, who)
+    key = await inline(jira.find_issue_by_label)(action.guard_label, who)
     effect = EffectAction.adopt_existing
     if key is None:
-        key = await jira.create_issue(
+        key = await inline(jira.create_issue)(
             action, who, _assignee_id(action.assignee, accounts), accounts
         )
         effect = EffectAction(f"create_{action.kind}")
-    await store.record_effect(
+    await inline(store.record_effect)(
         employee.id,
         effect,
         who,
         issue_key=key,
         detail={"kind": action.kind, "summary": action.summary, "why": action.why},
-        link_update=_link_after_create(action, key, employee, previous, accounts, today),
+        link_update=_link_after_create(
+            action, key, employee, previous_employee_id, accounts, today
+        ),
     )
     if action.subtasks:
-        await _create_subtasks(action, key, employee.id, accounts, who)
+        parent_is_new = effect != EffectAction.adopt_existing
+        await _create_subtasks(action, key, employee.id, accounts, who, parent_is_new=parent_is_new)
     return key
 
 
@@ -192,7 +233,7 @@ def _link_after_create(
     action: CreateIssue,
     key: str,
     employee: Employee,
-    previous: EmployeeLink | None,
+    previous_employee_id: int | None,
     accounts: dict[str, str | None],
     today: date,
 ) -> dict:
@@ -211,8 +252,8 @@ def _link_after_create(
             "offboarding_subtask_keys": [],
             "termination_on": None,
         }
-        if previous is not None:
-            update["previous_employee_id"] = previous.employee_id
+        if previous_employee_id is not None:
+            update["previous_employee_id"] = previous_employee_id
     elif action.kind == "offboarding":
         assert action.due_date is not None
         update |= {
@@ -236,16 +277,20 @@ async def _create_subtasks(
     employee_id: int,
     accounts: dict[str, str | None],
     who: str,
+    *,
+    parent_is_new: bool,
 ) -> None:
     subtasks = list(action.subtasks)
     assignees = [_assignee_id(subtask.assignee, accounts) for subtask in subtasks]
     keys_field = f"{action.kind}_subtask_keys" if action.kind != "record" else None
     labels = [label for label in action.labels if label != action.guard_label]
-    for _ in range(SUBTASK_ROUNDS):
-        existing = await jira.find_subtasks(parent_key, who)
+    for round_number in range(SUBTASK_ROUNDS):
+        # A parent created a moment ago has no subtasks yet: no need to ask Jira.
+        first_of_new = round_number == 0 and parent_is_new
+        existing = {} if first_of_new else await inline(jira.find_subtasks)(parent_key, who)
         missing = [n for n, subtask in enumerate(subtasks) if subtask.summary not in existing]
         done = (
-            await jira.create_subtasks(
+            await inline(jira.create_subtasks)(
                 parent_key,
                 action.project,
                 action.subtask_type,
@@ -260,7 +305,7 @@ async def _create_subtasks(
         )
         created = done.created if done else []
         if created or keys_field:
-            await store.record_effect(
+            await inline(store.record_effect)(
                 employee_id,
                 EffectAction.create_subtask,
                 who,
@@ -279,6 +324,16 @@ async def _create_subtasks(
     raise RuntimeError(f"subtasks of {parent_key} still incomplete after {SUBTASK_ROUNDS} rounds")
 
 
+@action_task("comment", "comment on {action.issue_key} · {who}")
+async def _add_comment(action: AddComment, employee_id: int, who: str) -> str:
+    await inline(jira.add_comment)(action.issue_key, action.text, who)
+    await inline(store.record_effect)(
+        employee_id, EffectAction.comment, who, issue_key=action.issue_key
+    )
+    return action.issue_key
+
+
+@action_task("update fields", "update fields of {action.issue_key} · {who}")
 async def _update_fields(action: UpdateFields, employee_id: int, who: str) -> str:
     accounts = await _account_ids(_user_emails(action.fields), who)
     old_labels = [
@@ -286,8 +341,10 @@ async def _update_fields(action: UpdateFields, employee_id: int, who: str) -> st
         for source, old, _new in action.changes
         if old and any(v.source == source and v.type == FieldType.labels for v in action.fields)
     ]
-    await jira.update_fields(action.issue_key, list(action.fields), old_labels, accounts, who)
-    await store.record_effect(
+    await inline(jira.update_fields)(
+        action.issue_key, list(action.fields), old_labels, accounts, who
+    )
+    await inline(store.record_effect)(
         employee_id,
         EffectAction.update_fields,
         who,
@@ -301,12 +358,13 @@ async def _update_fields(action: UpdateFields, employee_id: int, who: str) -> st
     return action.issue_key
 
 
+@action_task("move due date", "move due date of {action.issue_key} · {who}")
 async def _move_due_date(action: MoveDueDate, employee_id: int, today: date, who: str) -> str:
-    await jira.set_due_date(action.issue_key, action.new, who)
-    await jira.add_comment(
+    await inline(jira.set_due_date)(action.issue_key, action.new, who)
+    await inline(jira.add_comment)(
         action.issue_key, f"The last day moved from {action.old} to {action.new}.", who
     )
-    await store.record_effect(
+    await inline(store.record_effect)(
         employee_id,
         EffectAction.update_fields,
         who,
@@ -320,15 +378,15 @@ async def _move_due_date(action: MoveDueDate, employee_id: int, today: date, who
     return action.issue_key
 
 
+@action_task("cancel offboarding", "cancel offboarding {action.issue_key} · {who}")
 async def _cancel_offboarding(
-    action: CancelOffboarding, employee_id: int, link: EmployeeLink | None, who: str
+    action: CancelOffboarding, employee_id: int, subtask_keys: list[str], onboarded: bool, who: str
 ) -> str:
-    keys = [action.issue_key, *(link.offboarding_subtask_keys if link else [])]
+    keys = [action.issue_key, *subtask_keys]
     for key in keys:
-        await jira.transition_issue(key, "Cancelled", who)
-    await jira.add_comment(action.issue_key, action.comment, who)
-    onboarded = bool(link and link.onboarding_issue_key)
-    await store.record_effect(
+        await inline(jira.transition_issue)(key, "Cancelled", who)
+    await inline(jira.add_comment)(action.issue_key, action.comment, who)
+    await inline(store.record_effect)(
         employee_id,
         EffectAction.transition,
         who,
@@ -344,8 +402,28 @@ async def _cancel_offboarding(
     return action.issue_key
 
 
+@action_task("relink issue", "relink {action.kind} issue {action.new_key} · {who}")
+async def _relink(action: RelinkIssue, employee_id: int, who: str) -> str:
+    # Nothing changes in Jira: the store follows the issue to its new key.
+    await inline(store.record_effect)(
+        employee_id,
+        EffectAction.relink,
+        who,
+        issue_key=action.new_key,
+        detail={"kind": action.kind, "from": action.old_key, "why": action.why},
+        link_update={f"{action.kind}_issue_key": action.new_key},
+    )
+    return action.new_key
+
+
 async def sync_employees(
-    employee_ids: Iterable[int], processes: frozenset[Process], *, concurrency: int
+    employee_ids: Iterable[int],
+    processes: frozenset[Process],
+    *,
+    concurrency: int,
+    event_keys: EventKeys | None = None,
+    today: date | None = None,
+    prefetched: Mapping[int, Prefetched] | None = None,
 ) -> list[EmployeeOutcome]:
     """Work many employees at once, at most `concurrency` at a time; one failure stops no other."""
     bound = asyncio.Semaphore(concurrency)
@@ -357,14 +435,21 @@ async def sync_employees(
     # under load). Task runs carry the employee in their names instead.
     async def one(employee_id: int) -> EmployeeOutcome:
         async with bound:
-            try:
-                # Never two runs on one employee: a webhook run, the reconciliation and a
-                # retry from the UI take turns.
-                async with leases.hold(employee_id, holder):
-                    return await sync_employee(employee_id, processes)
-            except Exception as error:  # reported per employee; the run fails at the end
-                logger.error("employee {}: {}", employee_id, error)
-                return EmployeeOutcome(employee_id, error=f"{type(error).__name__}: {error}")
+            # Every line of this employee's work carries the employee and its webhook events.
+            with logger.contextualize(**employee_properties(employee_id, event_keys)):
+                try:
+                    # Never two runs on one employee: a webhook run, the reconciliation and a
+                    # retry from the UI take turns.
+                    async with leases.hold(employee_id, holder):
+                        return await sync_employee(
+                            employee_id,
+                            processes,
+                            today=today,
+                            prefetched=(prefetched or {}).get(employee_id),
+                        )
+                except Exception as error:  # reported per employee; the run fails at the end
+                    logger.error("employee {}: {}", employee_id, error)
+                    return EmployeeOutcome(employee_id, error=f"{type(error).__name__}: {error}")
 
     unique = list(dict.fromkeys(employee_ids))
     return list(await asyncio.gather(*(one(employee_id) for employee_id in unique)))
@@ -391,24 +476,31 @@ def run_name(process: str):
     return name
 
 
-async def run_process(process: Process | None, employee_ids: list[int]) -> list[EmployeeOutcome]:
+async def run_process(
+    process: Process | None, employee_ids: list[int], event_keys: EventKeys | None = None
+) -> list[EmployeeOutcome]:
     """The body of every per-employee flow: open the services, work everyone, report."""
     processes = ALL_PROCESSES if process is None else frozenset({process})
     settings = get_settings()
+    await tag_run(process, employee_ids)
     async with open_services(settings):
         outcomes = await sync_employees(
-            employee_ids, processes, concurrency=settings.employee_concurrency
+            employee_ids,
+            processes,
+            concurrency=settings.employee_concurrency,
+            event_keys=event_keys,
         )
     if len(outcomes) == 1 and outcomes[0].name:
         await _rename_run(f"{process or 'sync'} · {outcomes[0].name} ({outcomes[0].employee_id})")
     for outcome in outcomes:
-        logger.info(
+        logger.bind(**employee_properties(outcome.employee_id, event_keys)).info(
             "{}: applied {} | left {} | notes {}",
             outcome.who,
             outcome.applied or "nothing",
             outcome.left_for_others or "nothing",
             outcome.notes or "none",
         )
+    await publish_outcomes(process, outcomes)
     failed = [outcome for outcome in outcomes if outcome.error]
     if failed:
         raise EmployeesFailed(

@@ -8,7 +8,9 @@ from flows.employee_work import EmployeeOutcome, run_name, run_process
 
 
 @flow(name="field-sync", flow_run_name=run_name("field-sync"))
-async def field_sync(employee_ids: list[int]) -> list[EmployeeOutcome]:
+async def field_sync(
+    employee_ids: list[int], event_keys: dict[str, list[str]] | None = None
+) -> list[EmployeeOutcome]:
     """For each onboarded employee whose mapped fields (position, department, manager ...)
     changed: update the record issue and comment what changed, old -> new."""
-    return await run_process("field_sync", employee_ids)
+    return await run_process("field_sync", employee_ids, event_keys)

@@ -8,8 +8,10 @@ from flows.employee_work import EmployeeOutcome, run_name, run_process
 
 
 @flow(name="offboarding", flow_run_name=run_name("offboarding"))
-async def offboarding(employee_ids: list[int]) -> list[EmployeeOutcome]:
+async def offboarding(
+    employee_ids: list[int], event_keys: dict[str, list[str]] | None = None
+) -> list[EmployeeOutcome]:
     """For each employee with a termination (scheduled or effective): the offboarding issue with
     its checklist and one subtask per assigned asset, due on the termination date. A moved
     date moves the due date; a reverted termination cancels the offboarding work."""
-    return await run_process("offboarding", employee_ids)
+    return await run_process("offboarding", employee_ids, event_keys)

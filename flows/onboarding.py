@@ -8,7 +8,9 @@ from flows.employee_work import EmployeeOutcome, run_name, run_process
 
 
 @flow(name="onboarding", flow_run_name=run_name("onboarding"))
-async def onboarding(employee_ids: list[int]) -> list[EmployeeOutcome]:
+async def onboarding(
+    employee_ids: list[int], event_keys: dict[str, list[str]] | None = None
+) -> list[EmployeeOutcome]:
     """For each employee hired within the lead time (or already started) and not yet onboarded:
     the onboarding issue, routed by department, with one subtask per checklist item."""
-    return await run_process("onboarding", employee_ids)
+    return await run_process("onboarding", employee_ids, event_keys)

@@ -6,26 +6,32 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+from loguru import logger
 from prefect import flow
 
 from core.plan import Facts, plan, today_in
 from core.settings import get_settings
 from flows.employee_work import Process, process_of, run_name
 from flows.field_sync import field_sync
+from flows.observability import employee_properties, keys_of, publish_routing
 from flows.offboarding import offboarding
 from flows.onboarding import onboarding
 from tasks import peopleforce, store
+from tasks.retry import inline
 from tasks.services import current, open_services
 
 PROCESS_FLOWS = {"onboarding": onboarding, "offboarding": offboarding, "field_sync": field_sync}
 
 
 async def triage(employee_id: int) -> set[Process]:
-    """Which processes this employee's plan needs now (reads only: nothing changes here)."""
+    """Which processes this employee's plan needs now (reads only: nothing changes here; the
+    reads run inline, as the process flows' reads do, so triage costs no task runs)."""
     services = current()
-    employee = await peopleforce.read_employee(employee_id)
+    employee = await inline(peopleforce.read_employee)(employee_id)
+    if employee is not None:
+        services.records[employee_id] = employee
     who = f"{employee_id} {employee.display_name}" if employee else str(employee_id)
-    link, previous = await store.read_mapping(
+    link, previous = await inline(store.read_mapping)(
         employee_id, employee.email if employee else None, who
     )
     today = today_in(services.rules.zone, datetime.now(UTC))
@@ -34,16 +40,22 @@ async def triage(employee_id: int) -> set[Process]:
 
 
 @flow(name="sync-employees", flow_run_name=run_name("sync"))
-async def sync_employees(employee_ids: list[int]) -> dict[str, list[int]]:
+async def sync_employees(
+    employee_ids: list[int], event_keys: dict[str, list[str]] | None = None
+) -> dict[str, list[int]]:
     """Bring Jira in step for these employees: each goes to the process flows its plan needs,
-    as subflow runs (one per process, carrying all its employees). Returns who went where."""
+    as subflow runs (one per process, carrying all its employees). Returns who went where.
+
+    `event_keys`: the webhook events behind each employee's work (by employee id), carried on
+    every log line of that work; the dispatcher gives them, a manual run needs none."""
     settings = get_settings()
     async with open_services(settings):
         bound = asyncio.Semaphore(settings.employee_concurrency)
 
         async def one(employee_id: int) -> set[Process]:
             async with bound:
-                return await triage(employee_id)
+                with logger.contextualize(**employee_properties(employee_id, event_keys)):
+                    return await triage(employee_id)
 
         unique = list(dict.fromkeys(employee_ids))
         needs = dict(zip(unique, await asyncio.gather(*(one(e) for e in unique)), strict=True))
@@ -51,8 +63,17 @@ async def sync_employees(employee_ids: list[int]) -> dict[str, list[int]]:
             process: [employee for employee, wanted in needs.items() if process in wanted]
             for process in PROCESS_FLOWS
         }
-        # Each process flow reports its employees, and fails the run, on its own.
-        await asyncio.gather(
-            *(PROCESS_FLOWS[process](employee_ids=ids) for process, ids in routed.items() if ids)
-        )
+        await publish_routing(routed, unique)
+        try:
+            # Each process flow reports its employees, and fails the run, on its own.
+            await asyncio.gather(
+                *(
+                    PROCESS_FLOWS[process](employee_ids=ids, event_keys=keys_of(event_keys, ids))
+                    for process, ids in routed.items()
+                    if ids
+                )
+            )
+        finally:
+            for employee_id in unique:  # triage's reads serve this run only
+                current().records.pop(employee_id, None)
     return {process: ids for process, ids in routed.items() if ids}

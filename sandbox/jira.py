@@ -8,7 +8,9 @@ refused, subtasks need a parent in the same project, JQL must be bounded, and as
 account ids. Latency and errors are injected by `sandbox.faults.FaultInjector`.
 
 Control endpoints (no auth, never faulted): `GET|PUT /_sandbox/faults`, `GET /_sandbox/issues`,
-`GET /_sandbox/stats`, `POST /_sandbox/users`, `POST /_sandbox/reset`.
+`GET /_sandbox/stats`, `GET /_sandbox/journal`, `POST /_sandbox/users`, `POST /_sandbox/reset`,
+and, to make Jira drift from what the service recorded, `DELETE /_sandbox/issues/{key}` and
+`POST /_sandbox/issues/{key}/move`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
 from fastapi.responses import JSONResponse
@@ -165,6 +167,14 @@ class SimIssue:
         return int(self.key.rsplit("-", 1)[1])
 
 
+@dataclass(frozen=True)
+class JournalEntry:
+    at: str
+    change: Literal["create", "edit", "comment"]  # a transition is an edit
+    key: str
+    labels: list[str]
+
+
 def account_id_for(email: str) -> str:
     """Deterministic, Atlassian-shaped account id, so seeds and tests can predict it."""
     return f"712020:{uuid.uuid5(ACCOUNT_NAMESPACE, email.strip().casefold())}"
@@ -208,9 +218,13 @@ class JiraState:
         self.users: dict[str, SimUser] = {}
         self.issues: dict[str, SimIssue] = {}
         self.calls: Counter[str] = Counter()  # "METHOD /route" -> requests that reached the API
+        # Every change to an issue, in order: benchmarks time webhook -> Jira write from it.
+        self.journal: list[JournalEntry] = []
         self._next_issue_id = 10000
         self._next_comment_id = 10000
         self._next_number = dict.fromkeys(self.projects, 1)
+        # Keys of issues moved to another project -> their new key: Jira still answers the old one.
+        self.moved_keys: dict[str, str] = {}
         configured = {email.casefold() for email, _ in self.configured_users}
         if self.caller_email.casefold() not in configured:
             # A service account: its accountType is "app", so it never passes for a person.
@@ -257,7 +271,10 @@ class JiraState:
     def find_issue(self, key_or_id: str) -> SimIssue | None:
         if key_or_id.isdigit():
             return next((i for i in self.issues.values() if i.id == int(key_or_id)), None)
-        return self.issues.get(key_or_id.upper())
+        key = key_or_id.upper()
+        while key in self.moved_keys and key not in self.issues:
+            key = self.moved_keys[key]
+        return self.issues.get(key)
 
     def issue(self, key_or_id: str) -> SimIssue:
         issue = self.find_issue(key_or_id)
@@ -283,14 +300,48 @@ class JiraState:
         )
         self._next_issue_id += 1
         self.issues[issue.key] = issue
+        self.journal.append(JournalEntry(created, "create", issue.key, list(issue.labels)))
         return issue
+
+    def touched(self, issue: SimIssue, change: Literal["edit", "comment"]) -> None:
+        """Record a change to an existing issue (an edit, a comment, a transition)."""
+        issue.updated = now_text()
+        self.journal.append(JournalEntry(issue.updated, change, issue.key, list(issue.labels)))
 
     def add_comment(self, issue: SimIssue, author: SimUser, body: dict[str, Any]) -> SimComment:
         comment = SimComment(str(self._next_comment_id), author.account_id, body, now_text())
         self._next_comment_id += 1
         issue.comments.append(comment)
-        issue.updated = comment.created
+        self.touched(issue, "comment")
         return comment
+
+    def delete_issue(self, key: str) -> list[str]:
+        """Delete an issue and its subtasks, as a Jira admin would; returns the keys deleted."""
+        issue = self.issue(key)
+        doomed = [issue.key] + [i.key for i in self.issues.values() if i.parent_key == issue.key]
+        for doomed_key in doomed:
+            del self.issues[doomed_key]
+        return doomed
+
+    def move_issue(self, key: str, project: str) -> SimIssue:
+        """Move an issue (with its subtasks) to another project: it gets a new key there, and
+        its old key keeps answering, as in Jira. Labels, fields and comments move with it."""
+        issue = self.issue(key)
+        target = self.project_key(project)
+        if target is None:
+            raise JiraApiError(400, [f"No project could be found with key '{project}'."])
+        subtasks = [i for i in self.issues.values() if i.parent_key == issue.key]
+        for moving in [issue, *subtasks]:
+            old_key = moving.key
+            number = self._next_number[target]
+            self._next_number[target] = number + 1
+            del self.issues[old_key]
+            moving.project, moving.key = target, f"{target}-{number}"
+            self.issues[moving.key] = moving
+            self.moved_keys[old_key] = moving.key
+        for subtask in subtasks:
+            subtask.parent_key = issue.key
+        return issue
 
     # ----------------------------------------------------------------- accounting
 
@@ -498,7 +549,7 @@ class FieldEditor:
         for name, value in self.values.items():
             if name in self.state.custom_fields:
                 issue.custom[name] = value
-        issue.updated = now_text()
+        self.state.touched(issue, "edit")
 
 
 def _label_problem(label: Any) -> str | None:
@@ -848,6 +899,17 @@ class Renderer:
         # root_path carries a mount prefix (the /ex/jira/{cloudId} form); base_url drops it.
         root = f"{request.url.scheme}://{request.url.netloc}{request.scope.get('root_path', '')}"
         self.base = root.rstrip("/") + "/rest/api/3"
+        self._subtasks: dict[str, list[SimIssue]] | None = None
+
+    def _children(self) -> dict[str, list[SimIssue]]:
+        """Subtasks by parent key, gathered once per answer: a page of a search over 10,000
+        issues would otherwise scan them all for every issue it shows."""
+        if self._subtasks is None:
+            self._subtasks = {}
+            for issue in self.state.issues.values():
+                if issue.parent_key:
+                    self._subtasks.setdefault(issue.parent_key, []).append(issue)
+        return self._subtasks
 
     def user(self, user: SimUser, *, full: bool = True) -> dict[str, Any]:
         """`User` (full) or `UserDetails` (as author or assignee): the two differ in locale."""
@@ -920,7 +982,7 @@ class Renderer:
         """All fields, split into navigable ones and the rest (only `*all` returns comments)."""
         assignee = self.state.users.get(issue.assignee) if issue.assignee else None
         parent = self.state.issues.get(issue.parent_key) if issue.parent_key else None
-        subtasks = [i for i in self.state.issues.values() if i.parent_key == issue.key]
+        subtasks = self._children().get(issue.key, [])
         navigable: dict[str, Any] = {
             "summary": issue.summary,
             "description": issue.description,
@@ -1297,6 +1359,28 @@ async def all_issues(request: Request) -> JSONResponse:
     return JSONResponse(
         [renderer.issue(issue, ["*all"], ["*all"]) for issue in state.issues.values()]
     )
+
+
+@sandbox_control.get("/journal")
+async def journal(request: Request, since: int = 0) -> list[JournalEntry]:
+    """Issue changes from position `since` on (poll with the count already read)."""
+    return _state(request).journal[since:]
+
+
+@sandbox_control.delete("/issues/{issueIdOrKey}")
+async def delete_issue(request: Request, key: IssueKey) -> dict[str, list[str]]:
+    """Delete an issue and its subtasks (as someone in Jira might): returns the keys deleted."""
+    return {"deleted": _state(request).delete_issue(key)}
+
+
+class IssueMove(BaseModel):
+    project: str
+
+
+@sandbox_control.post("/issues/{issueIdOrKey}/move")
+async def move_issue(request: Request, key: IssueKey, move: IssueMove) -> dict[str, str]:
+    """Move an issue and its subtasks to another project; the old key keeps answering."""
+    return {"key": _state(request).move_issue(key, move.project).key}
 
 
 @sandbox_control.get("/stats")

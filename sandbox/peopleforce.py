@@ -278,6 +278,8 @@ class PeopleForceState:
         self._delivery_lock = threading.Lock()  # deliveries go out one at a time, in order
         self._http: httpx.Client | None = None
         self.injector: FaultInjector | None = None  # set when the app's middleware is built
+        # While a page renders: every department's head, found once (see `page`).
+        self._heads_of_page: dict[str, SeedPerson] | None = None
         self.reset()
 
     # -- lifecycle and knobs -------------------------------------------------------------
@@ -559,13 +561,19 @@ class PeopleForceState:
 
     def _department_head(self, department: str) -> SeedPerson | None:
         """Whoever in the department reports to someone outside it (or to nobody)."""
+        heads = self._heads_of_page if self._heads_of_page is not None else self._heads()
+        return heads.get(department)
+
+    def _heads(self) -> dict[str, SeedPerson]:
+        """Every department's head, in one pass over the people by id."""
+        heads: dict[str, SeedPerson] = {}
         for person in sorted(self.people.values(), key=lambda p: p.id):
-            if person.department != department or self.status_of(person) == "terminated":
+            if person.department in heads or self.status_of(person) == "terminated":
                 continue
             manager = self.people.get(person.manager_id) if person.manager_id else None
-            if manager is None or manager.department != department:
-                return person
-        return None
+            if manager is None or manager.department != person.department:
+                heads[person.department] = person
+        return heads
 
     # -- rendering -----------------------------------------------------------------------
 
@@ -764,7 +772,13 @@ class PeopleForceState:
         served = 1 if self.quirks.replay_first_page else page
         chunk = people[(served - 1) * size : served * size]
         pagination = {"page": page, "pages": pages, "count": len(people), "items": len(chunk)}
-        data: list[dict[str, Any]] | None = [render(p) for p in chunk]
+        # Department heads found once per page, not once per person: a page of a company of
+        # 10,000 would otherwise sort everyone 50 times.
+        self._heads_of_page = self._heads()
+        try:
+            data: list[dict[str, Any]] | None = [render(p) for p in chunk]
+        finally:
+            self._heads_of_page = None
         if not data and self.quirks.null_data_when_empty:
             data = None
         metadata = pagination if self.quirks.flat_metadata else {"pagination": pagination}
@@ -928,8 +942,10 @@ def _api_router(state: PeopleForceState) -> APIRouter:
                     return False
             return True
 
+        unfiltered = status == "all" and not (ids or emails or numbers or manager_ids or bounds)
         with state.lock:
-            selected = sorted((p for p in state.people.values() if wanted(p)), key=lambda p: p.id)
+            people = state.people.values()
+            selected = sorted(people if unfiltered else filter(wanted, people), key=lambda p: p.id)
             return JSONResponse(state.page(selected, page, state.render_list_item))
 
     # Declared before /employees/{employee_id}, which would otherwise capture "terminated".

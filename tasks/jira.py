@@ -8,8 +8,14 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from core.errors import ApiError, ConfigurationError, RequestRejectedError, is_transient
-from core.jira.client import subtask_payload
+from core.errors import (
+    ApiError,
+    ConfigurationError,
+    NotFoundError,
+    RequestRejectedError,
+    is_transient,
+)
+from core.jira.client import Issue, subtask_payload
 from core.plan import CreateIssue, FieldValue, Subtask
 from core.rules import FieldType
 from tasks.retry import api_task
@@ -81,6 +87,23 @@ async def find_issue_by_label(label: str, who: str) -> str | None:
     async for issue in current().jira.search(f'labels = "{label}" ORDER BY key', fields=["labels"]):
         return issue["key"]
     return None
+
+
+@api_task("search issues", "search issues of {what}")
+async def search_issues(jql: str, what: str) -> list[Issue]:
+    """Every issue a bounded JQL finds, with its labels (one request per 100 issues)."""
+    found = current().jira.search(jql, fields=["labels"], max_results=100)
+    return [Issue.from_json(issue) async for issue in found]
+
+
+@api_task("look up issue", "look up {key}")
+async def issue_key(key: str) -> str | None:
+    """The key the issue answers under now (Jira answers a moved issue's old key with its
+    new one); None when it does not answer at all (deleted, or hidden from this account)."""
+    try:
+        return (await current().jira.get_issue(key, fields=["labels"])).key
+    except NotFoundError:
+        return None
 
 
 @api_task("create issue", "create {action.kind} issue · {who}")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from core.errors import NotFoundError
-from core.peopleforce.models import Asset, Employee
+from core.peopleforce.client import Page
+from core.peopleforce.models import Asset, Employee, EmployeeSummary
 from tasks.retry import api_task
 from tasks.services import current
 
@@ -21,3 +24,17 @@ async def read_employee(employee_id: int) -> Employee | None:
 async def read_assets(employee_id: int, who: str) -> list[Asset]:
     """Assets assigned to the employee (one offboarding subtask each)."""
     return await current().peopleforce.list_assets(employee_id)
+
+
+@api_task("read employees page", "read employees page {page}")
+async def read_employees_page(
+    page: int, updated_since: datetime | None = None
+) -> Page[EmployeeSummary]:
+    """One page of the employee list (everyone, or those changed since `updated_since`)."""
+    return await current().peopleforce.employees_page(page, updated_since=updated_since)
+
+
+@api_task("read leavers page", "read terminated employees page {page}")
+async def read_terminated_page(page: int) -> Page[Employee]:
+    """One page of full records of people whose termination took effect."""
+    return await current().peopleforce.terminated_page(page)

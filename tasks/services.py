@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.jira.client import JiraClient
+from core.logging import configure_logging
 from core.peopleforce.client import PeopleForceClient
+from core.peopleforce.models import Employee
 from core.rules import Rules, load_rules
 from core.settings import Settings, get_settings
 from core.store import MappingStore
@@ -29,6 +31,9 @@ class Services:
     rules_file: Path
     # Jira accountIds by lower-cased email, found during this run (None: no such user).
     account_ids: dict[str, str | None] = field(default_factory=dict)
+    # PeopleForce records the sync flow's triage read, each taken once by the process flow
+    # that works the employee next (saves reading everyone twice in one run).
+    records: dict[int, Employee] = field(default_factory=dict)
 
 
 _current: ContextVar[Services | None] = ContextVar("pf_jira_sync_services", default=None)
@@ -59,6 +64,8 @@ async def open_services(settings: Settings | None = None) -> AsyncGenerator[Serv
         yield existing
         return
     settings = settings or get_settings()
+    # A flow-run process logs like every other process of the service (console, Seq, run log).
+    configure_logging(settings, component="flow-run")
     rules = load_rules(settings.rules_file)
     store = await MappingStore.open(settings.effective_database_url)
     try:

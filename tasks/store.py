@@ -39,6 +39,12 @@ async def read_mapping(
     return link, previous
 
 
+@store_task("read all mappings", "read all mappings")
+async def read_all_links() -> list[EmployeeLink]:
+    """Every employee link, for the reconciliation (read in pages of 500)."""
+    return [link async for link in current().store.all_links()]
+
+
 @store_task("record in store", "record {action} · {who}")
 async def record_effect(
     employee_id: int,

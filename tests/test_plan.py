@@ -14,7 +14,9 @@ from core.plan import (
     CancelOffboarding,
     CreateIssue,
     Facts,
+    IssueCheck,
     MoveDueDate,
+    RelinkIssue,
     Report,
     UpdateFields,
     mapped_fields,
@@ -177,6 +179,27 @@ CASES = [
         "leaver never onboarded here",
         {"hired_on": "2019-03-04", "termination_effective_on": days(3)},
         None,
+        ["create_issue:offboarding"],
+        None,
+    ),
+    (
+        "left within the window, never known here",
+        {"status": "terminated", "hired_on": "2019-03-04", "termination_effective_on": days(-30)},
+        None,
+        ["create_issue:offboarding"],
+        None,
+    ),
+    (
+        "left long ago, never known here",
+        {"status": "terminated", "hired_on": "2019-03-04", "termination_effective_on": days(-31)},
+        None,
+        [],
+        "before this service knew them): no offboarding created",
+    ),
+    (
+        "left long ago, onboarded here and never offboarded",
+        {"status": "terminated", "termination_effective_on": days(-200)},
+        "onboarded",
         ["create_issue:offboarding"],
         None,
     ),
@@ -395,3 +418,97 @@ def test_custom_field_mapping() -> None:
     (create,) = plan(Facts(employee_id=emp.id, employee=emp), rules, TODAY).actions
     assert isinstance(create, CreateIssue)
     assert [(v.jira_field, v.value) for v in create.fields] == [("customfield_10055", "octocat")]
+
+
+# --- what reconciliation found in Jira (Facts.jira) ---------------------------------------
+
+JIRA_CASES = [
+    # (name, rules' missing_issue, check, employee changes, link kind, expected kinds)
+    ("all issues answer", "report", IssueCheck(), {}, "onboarded", []),
+    (
+        "onboarding issue deleted: report",
+        "report",
+        IssueCheck(missing=frozenset({"HR-1"})),
+        {"hired_on": days(-3)},
+        "onboarded",
+        ["report"],
+    ),
+    (
+        "onboarding issue deleted: recreate while still due",
+        "recreate",
+        IssueCheck(missing=frozenset({"HR-1"})),
+        {"hired_on": days(-3)},
+        "onboarded",
+        ["report", "create_issue:onboarding"],
+    ),
+    (
+        "onboarding issue deleted: recreate, but started long ago",
+        "recreate",
+        IssueCheck(missing=frozenset({"HR-1"})),
+        {"hired_on": "2020-01-06"},
+        "onboarded",
+        ["report"],
+    ),
+    (
+        "onboarding issue moved, fields changed: follow, then update the new key",
+        "report",
+        IssueCheck(moved={"HR-1": "IT-4"}),
+        {"department": {"id": 7, "name": "Sales"}},
+        "onboarded",
+        ["relink_issue", "update_fields", "add_comment"],
+    ),
+    (
+        "offboarding issue deleted, still leaving: report, no second offboarding",
+        "report",
+        IssueCheck(missing=frozenset({"HR-9"})),
+        {"termination_effective_on": days(20)},
+        "offboarding",
+        ["report"],
+    ),
+    (
+        "offboarding issue deleted, still leaving: recreate",
+        "recreate",
+        IssueCheck(missing=frozenset({"HR-9"})),
+        {"termination_effective_on": days(20)},
+        "offboarding",
+        ["report", "create_issue:offboarding"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("missing_issue", "check", "changes", "link_kind", "expected"),
+    [case[1:] for case in JIRA_CASES],
+    ids=[case[0] for case in JIRA_CASES],
+)
+def test_plan_follows_what_jira_answers(
+    missing_issue: str, check: IssueCheck, changes: dict, link_kind: str, expected: list[str]
+) -> None:
+    rules = RULES.model_copy(update={"missing_issue": missing_issue})
+    emp = employee(**changes)
+    link = make_link(link_kind, emp)
+    result = plan(Facts(emp.id, emp, link, jira=check), rules, TODAY)
+    assert kinds(result) == expected
+
+
+def test_a_moved_issue_is_followed_and_the_update_goes_to_its_new_key() -> None:
+    emp = employee(department={"id": 7, "name": "Sales"})
+    check = IssueCheck(moved={"HR-1": "IT-4"})
+    relink, update, comment = plan(
+        Facts(emp.id, emp, onboarded(employee()), jira=check), RULES, TODAY
+    ).actions
+    assert isinstance(relink, RelinkIssue)
+    assert (relink.kind, relink.old_key, relink.new_key) == ("onboarding", "HR-1", "IT-4")
+    assert isinstance(update, UpdateFields)
+    assert update.issue_key == "IT-4"
+    assert isinstance(comment, AddComment)
+    assert comment.issue_key == "IT-4"
+
+
+def test_a_missing_issue_report_says_what_the_rules_say() -> None:
+    emp = employee(hired_on=days(-3))
+    check = IssueCheck(missing=frozenset({"HR-1"}))
+    (report,) = plan(Facts(emp.id, emp, onboarded(emp), jira=check), RULES, TODAY).actions
+    assert isinstance(report, Report)
+    assert "HR-1 no longer answers in Jira" in report.why
+    assert "the rules say report: not created again" in report.why

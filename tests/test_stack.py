@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from core.settings import Settings
-from core.stack import WEBHOOK_PATH, ChildProcess
+from core.stack import WEBHOOK_PATH, ChildProcess, descendants
 from sandbox.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,25 +49,6 @@ def stack_env(tmp_path: Path, **settings: str) -> dict[str, str]:
         "SANDBOX_JIRA_PORT": str(free_port()),
         **settings,
     }
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid` (children in sessions of their own included), from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue  # exited meanwhile
-            # `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
 
 
 def running(pid: int) -> bool:

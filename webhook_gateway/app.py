@@ -163,6 +163,11 @@ def create_app(
             status=classify(envelope),
             body=text,
         )
+        # Every line about this delivery carries its event: the flows that work it log the same.
+        with logger.contextualize(**event_properties(event)):
+            return await store_event(request, event)
+
+    async def store_event(request: Request, event: WebhookEvent) -> JSONResponse:
         inbox: InboxRepository = request.app.state.inbox
         try:
             stored, created = await inbox.add(event)
@@ -256,6 +261,14 @@ def describe_error(error: BaseException) -> str:
         # Its text appends the statement and its parameters: keep only the first line.
         return f"{type(error).__name__}: {str(error).splitlines()[0]}"
     return f"{type(error).__name__}: {error}"
+
+
+def event_properties(event: WebhookEvent) -> dict[str, object]:
+    """The log properties of a webhook event (the same names the flows bind)."""
+    properties: dict[str, object] = {"EventKey": event.event_key, "Action": event.action}
+    if event.employee_id is not None:
+        properties["EmployeeId"] = event.employee_id
+    return properties
 
 
 def _check_name(check: ReadinessCheck) -> str:

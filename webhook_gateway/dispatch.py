@@ -22,14 +22,16 @@ from fastapi import FastAPI
 from loguru import logger
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import StateType
+from prefect.settings import PREFECT_API_AUTH_STRING
 
 from core.settings import Settings
 from core.store import EventStatus, InboxRepository, WebhookEvent
 from core.store.models import utc_now
 from deployments.definitions import WEBHOOK
-from webhook_gateway.app import GatewayConfigError
+from webhook_gateway.app import GatewayConfigError, event_properties
 
 MAX_BACKOFF_SECONDS = 60.0
+NOT_STARTED_RUN_STATES = {StateType.SCHEDULED, StateType.PENDING}
 FINAL_RUN_STATES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 
 
@@ -43,17 +45,27 @@ class Dispatcher:
         *,
         deployment: str = WEBHOOK.full_name,
         batch_max: int = 200,
+        max_in_flight: int = 3,
         settle: float = 0.3,
         poll: float = 5.0,
+        busy_poll: float = 0.5,
     ) -> None:
         self.inbox = inbox
         self.client = client
         self.deployment = deployment
         self.batch_max = batch_max
+        # Backpressure: while a dispatched run has not started yet, or this many runs are
+        # unfinished, new events wait in the inbox and the next run carries them all. Each run
+        # costs a process start (seconds of CPU here), so runs must be few and large; one run
+        # starting while others work keeps the pipeline full.
+        self.max_in_flight = max_in_flight
         self.settle = settle  # let a burst arrive before dispatching it as one batch
         self.poll = poll
+        self.busy_poll = busy_poll  # how often to look for finished runs while some are out
         self._wake = asyncio.Event()
         self._deployment_id: UUID | None = None
+        self._in_flight: set[str] = set()
+        self._not_started: set[str] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -61,18 +73,24 @@ class Dispatcher:
     async def run(self) -> None:
         while True:
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll)
-            self._wake.clear()
-            await asyncio.sleep(self.settle)
+                await asyncio.wait_for(
+                    self._wake.wait(), timeout=self.busy_poll if self._in_flight else self.poll
+                )
+            if self._wake.is_set():
+                self._wake.clear()
+                await asyncio.sleep(self.settle)
             try:
+                await self.close_finished()
                 while await self.dispatch_pending():
                     pass
-                await self.close_finished()
             except Exception as error:  # the loop must outlive any one failure
                 logger.exception("dispatcher: {}", error)
 
     async def dispatch_pending(self) -> int:
-        """Turn due pending events into flow runs; returns how many events were handed over."""
+        """Turn due pending events into flow runs while the pipeline has room (see `__init__`);
+        returns how many events were handed over."""
+        if not self._has_room():
+            return 0
         events = await self.inbox.pending(limit=self.batch_max * 5)
         by_employee: dict[int, list[WebhookEvent]] = {}
         for event in events:
@@ -81,6 +99,8 @@ class Dispatcher:
         handed = 0
         ordered = sorted(by_employee)
         for start in range(0, len(ordered), self.batch_max):
+            if not self._has_room():
+                break
             employees = ordered[start : start + self.batch_max]
             batch = [event for employee in employees for event in by_employee[employee]]
             if await self._dispatch(employees, batch):
@@ -92,10 +112,10 @@ class Dispatcher:
         try:
             run = await self.client.create_flow_run_from_deployment(
                 await self._webhook_deployment_id(),
-                parameters={"employee_ids": employee_ids},
+                parameters={"employee_ids": employee_ids, "event_keys": _event_keys(events)},
                 idempotency_key=self._idempotency_key(events),
                 name=_run_name(employee_ids, events),
-                tags=["pf-jira-sync", "webhook", *(f"employee:{e}" for e in employee_ids[:20])],
+                tags=_run_tags(employee_ids, events),
             )
         except Exception as error:
             attempts = max(event.dispatch_attempts for event in events) + 1
@@ -110,13 +130,23 @@ class Dispatcher:
             )
             return False
         await self.inbox.mark_dispatched(keys, str(run.id))
+        self._in_flight.add(str(run.id))
+        self._not_started.add(str(run.id))
         logger.info(
             "dispatched {} event(s) for {} employee(s) as flow run {}",
             len(keys),
             len(employee_ids),
             run.id,
         )
+        for event in events:  # the link from each webhook to the run that works it
+            with logger.contextualize(**event_properties(event), FlowRunId=str(run.id)):
+                logger.info(
+                    "webhook {} handed to flow run {} ({})", event.event_key, run.name, run.id
+                )
         return True
+
+    def _has_room(self) -> bool:
+        return not self._not_started and len(self._in_flight) < self.max_in_flight
 
     def _idempotency_key(self, events: list[WebhookEvent]) -> str:
         """Names this set of events in this state: a dispatcher that crashed after Prefect took
@@ -134,26 +164,48 @@ class Dispatcher:
 
     async def close_finished(self) -> None:
         """Record the outcome of dispatched events whose flow run has finished."""
-        dispatched = await self.inbox.recent(limit=1000, status=EventStatus.dispatched)
-        by_run: dict[str, list[str]] = {}
-        for event in dispatched:
-            if event.flow_run_id:
-                by_run.setdefault(event.flow_run_id, []).append(event.event_key)
-        for run_id, keys in by_run.items():
+        # Read from the inbox each time, so runs dispatched before a restart are followed too.
+        self._in_flight = set(await self.inbox.runs_in_flight())
+        self._not_started = set()
+        for run_id in sorted(self._in_flight):
             run = await self.client.read_flow_run(UUID(run_id))
             state = run.state
+            if state is None or state.type in NOT_STARTED_RUN_STATES:
+                self._not_started.add(run_id)
             if state is None or state.type not in FINAL_RUN_STATES:
                 continue
             if state.type == StateType.COMPLETED:
-                await self.inbox.mark_outcome(
-                    keys, EventStatus.done, f"completed in flow run {run.name}"
+                await self.inbox.close_run(
+                    run_id, EventStatus.done, f"completed in flow run {run.name}"
                 )
             else:
-                await self.inbox.mark_outcome(
-                    keys,
+                await self.inbox.close_run(
+                    run_id,
                     EventStatus.failed,
                     f"{state.name} in flow run {run.name}: {state.message or ''}".strip(),
                 )
+            self._in_flight.discard(run_id)
+
+
+def _event_keys(events: list[WebhookEvent]) -> dict[str, list[str]]:
+    """The flow's `event_keys` parameter: each employee's events, so its lines carry them."""
+    keys: dict[str, list[str]] = {}
+    for event in events:
+        if event.employee_id is not None:
+            keys.setdefault(str(event.employee_id), []).append(event.event_key)
+    return keys
+
+
+def _run_tags(employee_ids: list[int], events: list[WebhookEvent]) -> list[str]:
+    """Filterable in the UI: the service, the source, the employees (the first 20) and the
+    webhook actions."""
+    actions = sorted({event.action for event in events})[:5]
+    return [
+        "pf-jira-sync",
+        "webhook",
+        *(f"employee:{e}" for e in employee_ids[:20]),
+        *(f"action:{action}" for action in actions),
+    ]
 
 
 def _run_name(employee_ids: list[int], events: list[WebhookEvent]) -> str:
@@ -182,7 +234,10 @@ def prefect_client(settings: Settings) -> PrefectClient:
             "PREFECT_API_URL is not set: the gateway hands events to Prefect at that URL "
             "(e.g. http://127.0.0.1:4200/api)"
         )
-    return PrefectClient(api=str(settings.prefect_api_url).rstrip("/"))
+    # PREFECT_API_AUTH_STRING: the server's PREFECT_SERVER_API_AUTH_STRING, when it has one.
+    return PrefectClient(
+        api=str(settings.prefect_api_url).rstrip("/"), auth_string=PREFECT_API_AUTH_STRING.value()
+    )
 
 
 class Dispatching:
@@ -212,7 +267,11 @@ class Dispatching:
     async def lifespan(self, app: FastAPI) -> AsyncGenerator[None, None]:
         async with prefect_client(self.settings) as client:
             self.dispatcher = Dispatcher(
-                app.state.inbox, client, batch_max=self.settings.dispatch_batch_max, poll=self.poll
+                app.state.inbox,
+                client,
+                batch_max=self.settings.dispatch_batch_max,
+                max_in_flight=self.settings.dispatch_max_in_flight,
+                poll=self.poll,
             )
             task = asyncio.create_task(self.dispatcher.run(), name="dispatcher")
             self.dispatcher.wake()  # events stored while the gateway was down

@@ -31,7 +31,7 @@ def create_server(
     cannot run a gateway.
     """
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings, component="gateway")
     if dispatch:
         dispatching = Dispatching(settings)
         app_options = {

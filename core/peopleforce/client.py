@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -39,6 +40,19 @@ _HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL
 ModelT = TypeVar("ModelT", bound=BaseModel)
 # Query parameters as ordered pairs: PeopleForce repeats array keys (`ids[]=1&ids[]=2`).
 QueryPairs = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Page(Generic[ModelT]):
+    """One page of a list, for callers that read pages concurrently (reconciliation).
+
+    `pages` is the page count PeopleForce reports, None when it reports none. Items are as
+    PeopleForce sent them: de-duplicating across pages is the caller's job.
+    """
+
+    number: int
+    items: list[ModelT]
+    pages: int | None
 
 
 def parse_error_body(response: httpx.Response) -> tuple[str, dict[str, str]]:
@@ -156,14 +170,7 @@ class PeopleForceClient(ApiClient):
         `status` defaults to `all` (the API's own default is `active`). An empty `ids` or
         `emails` collection matches nobody rather than dropping the filter.
         """
-        params: QueryPairs = [("status", status)]
-        if updated_since is not None:
-            params.append(("updated_at[gte]", _query_datetime(updated_since)))
-        # Trust the bracket names: the spec's descriptions of these two are swapped.
-        if hired_from is not None:
-            params.append(("hired_on[gte]", hired_from.isoformat()))
-        if hired_to is not None:
-            params.append(("hired_on[lte]", hired_to.isoformat()))
+        params = _employee_filters(status, updated_since, hired_from, hired_to)
         if ids is not None:
             id_list = [int(i) for i in ids]
             if not id_list:
@@ -191,6 +198,23 @@ class PeopleForceClient(ApiClient):
             params.append(("terminated_on[lte]", terminated_to.isoformat()))
         async for item, response in self._paginate("employees/terminated", params):
             yield self._parse(Employee, item, response)
+
+    async def employees_page(
+        self,
+        page: int,
+        *,
+        status: EmployeeStatusFilter = "all",
+        updated_since: datetime | None = None,
+    ) -> Page[EmployeeSummary]:
+        """One page of `GET /employees` (filters as `iter_employees`)."""
+        params = _employee_filters(status, updated_since, None, None)
+        items, pages, response = await self._read_page("employees", params, page)
+        return Page(page, [self._parse(EmployeeSummary, i, response) for i in items], pages)
+
+    async def terminated_page(self, page: int) -> Page[Employee]:
+        """One page of `GET /employees/terminated`: full records, termination dates included."""
+        items, pages, response = await self._read_page("employees/terminated", [], page)
+        return Page(page, [self._parse(Employee, i, response) for i in items], pages)
 
     async def list_assets(self, employee_id: int) -> list[Asset]:
         """`GET /employees/{id}/assets` (one request: the spec declares no paging here)."""
@@ -233,19 +257,11 @@ class PeopleForceClient(ApiClient):
         seen: set[Any] = set()
         page = 1
         while True:
-            response = await self._get(path, params=[*params, ("page", str(page))])
-            body = self._json(response)
-            if not isinstance(body, dict):
-                raise self._shape_error(response, "expected an object with `data`")
-            items = body.get("data")
+            items, pages, response = await self._read_page(path, params, page)
             if not items:
                 return
-            if not isinstance(items, list):
-                raise self._shape_error(response, "`data` is not a list")
             fresh = 0
             for item in items:
-                if not isinstance(item, dict) or "id" not in item:
-                    raise self._shape_error(response, "a list item has no `id`")
                 if item["id"] in seen:
                     continue
                 seen.add(item["id"])
@@ -253,10 +269,27 @@ class PeopleForceClient(ApiClient):
                 yield item, response
             if fresh == 0:
                 return
-            pages = _pagination(body.get("metadata")).get("pages")
-            if isinstance(pages, int) and page >= pages:
+            if pages is not None and page >= pages:
                 return
             page += 1
+
+    async def _read_page(
+        self, path: str, params: QueryPairs, page: int
+    ) -> tuple[list[dict[str, Any]], int | None, httpx.Response]:
+        """The raw items of one page (an empty or null `data` reads as no items) and the page
+        count from `metadata` (nested `pagination` or flat), when there is one."""
+        response = await self._get(path, params=[*params, ("page", str(page))])
+        body = self._json(response)
+        if not isinstance(body, dict):
+            raise self._shape_error(response, "expected an object with `data`")
+        items = body.get("data") or []
+        if not isinstance(items, list):
+            raise self._shape_error(response, "`data` is not a list")
+        for item in items:
+            if not isinstance(item, dict) or "id" not in item:
+                raise self._shape_error(response, "a list item has no `id`")
+        pages = _pagination(body.get("metadata")).get("pages")
+        return items, pages if isinstance(pages, int) else None, response
 
     def _json(self, response: httpx.Response) -> Any:
         try:
@@ -289,6 +322,23 @@ class PeopleForceClient(ApiClient):
         )
 
 
+def _employee_filters(
+    status: EmployeeStatusFilter,
+    updated_since: datetime | None,
+    hired_from: date | None,
+    hired_to: date | None,
+) -> QueryPairs:
+    params: QueryPairs = [("status", status)]
+    if updated_since is not None:
+        params.append(("updated_at[gte]", _query_datetime(updated_since)))
+    # Trust the bracket names: the spec's descriptions of these two are swapped.
+    if hired_from is not None:
+        params.append(("hired_on[gte]", hired_from.isoformat()))
+    if hired_to is not None:
+        params.append(("hired_on[lte]", hired_to.isoformat()))
+    return params
+
+
 def _pagination(metadata: Any) -> dict[str, Any]:
     """`metadata.pagination` (spec example, clients) or flat `metadata` (spec schema)."""
     if not isinstance(metadata, dict):
@@ -300,6 +350,7 @@ def _pagination(metadata: Any) -> dict[str, Any]:
 __all__ = [
     "SERVICE",
     "EmployeeStatusFilter",
+    "Page",
     "PeopleForceClient",
     "parse_error_body",
 ]

@@ -164,12 +164,20 @@ class InboxRepository:
         self, event_keys: Iterable[str], status: EventStatus | str, outcome: str | None
     ) -> int:
         """The end of the events' way (`done`, `failed` or `ignored`) and what came of it."""
-        status = EventStatus(status)
-        if status not in FINAL_STATUSES:
-            raise ValueError(
-                f"an outcome ends an event: {sorted(FINAL_STATUSES)}, not {status.value!r}"
-            )
-        return await self._update(event_keys, {"status": status, "outcome": outcome})
+        return await self._update(event_keys, {"status": _final(status), "outcome": outcome})
+
+    async def close_run(
+        self, flow_run_id: str, status: EventStatus | str, outcome: str | None
+    ) -> int:
+        """Record the outcome of every event still dispatched to flow run `flow_run_id`."""
+        statement = (
+            sa.update(_EVENTS)
+            .where(_EVENTS.c.flow_run_id == flow_run_id)
+            .where(_EVENTS.c.status == EventStatus.dispatched)
+            .values(status=_final(status), outcome=outcome, updated_at=utc_now())
+        )
+        async with self._sessions.begin() as session:
+            return len((await session.execute(statement.returning(_EVENTS.c.id))).all())
 
     async def requeue(self, event_key: str) -> WebhookEvent | None:
         """Set a stored event back to pending so it is dispatched again (`replay`).
@@ -228,6 +236,17 @@ class InboxRepository:
         async with self._sessions() as session:
             return list(await session.scalars(query))
 
+    async def runs_in_flight(self) -> list[str]:
+        """The flow runs that still carry dispatched events (their outcome is not known yet)."""
+        query = (
+            sa.select(_EVENTS.c.flow_run_id)
+            .where(_EVENTS.c.status == EventStatus.dispatched)
+            .where(_EVENTS.c.flow_run_id.is_not(None))
+            .distinct()
+        )
+        async with self._sessions() as session:
+            return [run_id for run_id in (await session.scalars(query)) if run_id]
+
     async def recent(
         self, limit: int = 50, status: EventStatus | str | None = None
     ) -> list[WebhookEvent]:
@@ -268,6 +287,15 @@ class InboxRepository:
 
     def _insert(self) -> sqlite.Insert | postgresql.Insert:
         return dialect_insert(self.engine, _EVENTS)
+
+
+def _final(status: EventStatus | str) -> EventStatus:
+    status = EventStatus(status)
+    if status not in FINAL_STATUSES:
+        raise ValueError(
+            f"an outcome ends an event: {sorted(FINAL_STATUSES)}, not {status.value!r}"
+        )
+    return status
 
 
 def _by_key(event_key: str) -> sa.Select[WebhookEvent]:

@@ -153,6 +153,7 @@ class EffectAction(StrEnum):
     comment = "comment"
     transition = "transition"
     adopt_existing = "adopt_existing"
+    relink = "relink"  # the issue was moved in Jira: the link follows its new key
 
 
 class EmployeeLink(StoreModel, table=True):

@@ -1,0 +1,379 @@
+"""P2 and P3: webhooks through the whole one-host stack (`pf-jira-sync up --sandbox`).
+
+    uv run python bench/stack_throughput.py sustained   # P2: 10 events/s for 5 minutes
+    uv run python bench/stack_throughput.py burst       # P3: 2,000 webhooks posted at once
+
+The stack runs as an operator runs it, on free loopback ports and a fresh data directory: the
+Prefect server (SQLite), the served deployments and the gateway, with both simulators in the
+`up` process. Events are made the way PeopleForce makes them: the bench drives the PeopleForce
+simulator (hire, edit, terminate), which sends each signed webhook to the gateway. Every Jira
+write is timed by the Jira simulator's journal, so "applied" means "Jira changed".
+
+- sustained: hires (a week ahead), position edits and future terminations at a steady rate.
+  An event is applied when the first Jira write for its employee after it was sent lands.
+- burst: 2,000 hires are made with the webhook target pointed away, then their 2,000 signed
+  webhooks are posted to the gateway at once; done when every employee has its onboarding issue.
+
+Both print events applied per minute, webhook -> Jira write latency (p50, p95, max), lost and
+duplicated events (a guard label created twice), and the peak RSS of the whole process tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from core.peopleforce.signature import SIGNATURE_HEADER
+from core.settings import Settings
+from core.stack import descendants
+from sandbox.server import free_port
+from sandbox.stack import WEBHOOK_SECRET
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTING_NAMES = {name.upper() for name in Settings.model_fields}
+READY_LINE = "Ctrl-C stops everything."
+
+
+def utc(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+class PeakRss(threading.Thread):
+    """Samples the summed RSS of a process and everything below it."""
+
+    def __init__(self, pid: int, every: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every, self.peak, self.processes = pid, every, 0, 0
+        self.stopped = threading.Event()
+
+    @staticmethod
+    def rss(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every):
+            tree = {self.pid, *descendants(self.pid)}
+            self.peak = max(self.peak, sum(self.rss(pid) for pid in tree))
+            self.processes = max(self.processes, len(tree))
+
+
+@dataclass
+class Stack:
+    """`pf-jira-sync up --sandbox` in a temporary directory, and its URLs."""
+
+    process: subprocess.Popen[str]
+    gateway: str
+    peopleforce_control: str
+    jira: str
+    prefect_api: str
+    output: list[str] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, data_dir: Path, settings: dict[str, str]) -> Stack:
+        ports = {
+            name: str(free_port())
+            for name in (
+                "PREFECT_SERVER_PORT",
+                "GATEWAY_PORT",
+                "SANDBOX_PEOPLEFORCE_PORT",
+                "SANDBOX_JIRA_PORT",
+            )
+        }
+        env = {
+            **{k: v for k, v in os.environ.items() if k not in SETTING_NAMES},
+            "PYTHONPATH": str(ROOT),
+            "DATA_DIR": str(data_dir),
+            "RULES_FILE": str(ROOT / "rules.example.toml"),
+            **ports,
+            **settings,
+        }
+        command = [str(Path(sys.executable).parent / "pf-jira-sync"), "up", "--sandbox"]
+        process = subprocess.Popen(  # noqa: S603 (our own command)
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        output: list[str] = []
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if READY_LINE in line:
+                break
+        else:
+            raise SystemExit("the stack did not start:\n" + "".join(output[-30:]))
+        # Keep draining its output so the stack never blocks on a full pipe.
+        threading.Thread(target=lambda: [None for _ in process.stdout or ()], daemon=True).start()
+        host = "http://127.0.0.1"
+        return cls(
+            process,
+            gateway=f"{host}:{ports['GATEWAY_PORT']}",
+            peopleforce_control=f"{host}:{ports['SANDBOX_PEOPLEFORCE_PORT']}/_sandbox",
+            jira=f"{host}:{ports['SANDBOX_JIRA_PORT']}",
+            prefect_api=f"{host}:{ports['PREFECT_SERVER_PORT']}/api",
+            output=output,
+        )
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+@dataclass
+class Event:
+    kind: str  # hire, update, terminate
+    employee_id: int
+    sent_at: float
+    applied_at: float | None = None
+
+
+class Journal:
+    """Reads the Jira simulator's journal incrementally: writes per employee, guard labels."""
+
+    def __init__(self, http: httpx.Client, jira: str) -> None:
+        self.http, self.url = http, f"{jira}/_sandbox/journal"
+        self.read = 0
+        self.writes: dict[int, list[float]] = {}
+        self.guards: Counter[str] = Counter()
+
+    def poll(self) -> None:
+        entries = self.http.get(self.url, params={"since": self.read}).json()
+        self.read += len(entries)
+        for entry in entries:
+            for label in entry["labels"]:
+                if label.startswith("pf-employee-"):
+                    employee = int(label.removeprefix("pf-employee-"))
+                    self.writes.setdefault(employee, []).append(utc(entry["at"]))
+                elif entry["change"] == "create" and label.startswith(
+                    ("pf-onboarding-", "pf-offboarding-", "pf-record-")
+                ):
+                    self.guards[label] += 1
+
+    def settle(self, events: list[Event]) -> None:
+        for event in events:
+            if event.applied_at is None:
+                event.applied_at = next(
+                    (at for at in self.writes.get(event.employee_id, []) if at >= event.sent_at),
+                    None,
+                )
+
+
+def report(title: str, events: list[Event], journal: Journal, rss: PeakRss, started: float) -> None:
+    applied = [e for e in events if e.applied_at is not None]
+    latencies = sorted(e.applied_at - e.sent_at for e in applied if e.applied_at)
+    last = max((e.applied_at for e in applied if e.applied_at), default=started)
+    minutes = max(last - started, 1e-9) / 60
+    duplicated = sum(count - 1 for count in journal.guards.values() if count > 1)
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else 0.0
+
+    print(f"\n{title}")
+    print(f"  events sent             {len(events)}  ({dict(Counter(e.kind for e in events))})")
+    print(f"  applied                 {len(applied)} in {last - started:.1f} s")
+    print(f"  events/min applied      {len(applied) / minutes:.0f}")
+    if latencies:
+        print(
+            f"  webhook -> Jira write   p50 {statistics.median(latencies):.2f} s"
+            f"  p95 {pct(0.95):.2f} s  max {latencies[-1]:.2f} s"
+        )
+    print(f"  lost (never applied)    {len(events) - len(applied)}")
+    print(f"  duplicated              {duplicated}")
+    print(f"  peak RSS (whole stack)  {rss.peak / 2**20:.0f} MiB over {rss.processes} processes")
+
+
+def drain(journal: Journal, events: list[Event], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        journal.poll()
+        journal.settle(events)
+        if all(e.applied_at is not None for e in events):
+            return
+        time.sleep(1.0)
+
+
+def sustained(stack: Stack, rss: PeakRss, rate: float, duration: float, seed: int) -> None:
+    rng = random.Random(seed)
+    today = date.fromisoformat(
+        httpx.get(f"{stack.peopleforce_control}/clock", trust_env=False).json()["today"]
+    )
+    events: list[Event] = []
+    hired: list[tuple[int, float]] = []  # employee, when the hire was sent
+    terminated: set[int] = set()
+    with httpx.Client(trust_env=False, timeout=30) as http:
+        journal = Journal(http, stack.jira)
+        started = time.time()
+        next_poll = started + 1
+        n = 0
+        while (now := time.time()) < started + duration:
+            # Edits and terminations go to people hired at least 20 s ago, never twice in a row.
+            ready = [e for e, at in hired if now - at > 20 and e not in terminated]
+            roll = rng.random()
+            if ready and roll < 0.15:
+                employee = ready.pop(rng.randrange(len(ready)))
+                terminated.add(employee)
+                kind, sent = "terminate", time.time()
+                http.post(
+                    f"{stack.peopleforce_control}/employees/{employee}/terminate",
+                    json={"effective_on": str(today + timedelta(days=20))},
+                ).raise_for_status()
+            elif ready and roll < 0.40:
+                employee = rng.choice(ready)
+                kind, sent = "update", time.time()
+                http.patch(
+                    f"{stack.peopleforce_control}/employees/{employee}",
+                    json={"position": f"Engineer grade {n}"},
+                ).raise_for_status()
+            else:
+                kind, sent = "hire", time.time()
+                person = http.post(
+                    f"{stack.peopleforce_control}/employees",
+                    json={
+                        "first_name": f"Bench{n}",
+                        "last_name": "Sustained",
+                        "department": rng.choice(["Engineering", "Sales", "Marketing", "IT"]),
+                        "hired_on": str(today + timedelta(days=7)),
+                    },
+                ).json()
+                employee = person["id"]
+                hired.append((employee, sent))
+            events.append(Event(kind, employee, sent))
+            n += 1
+            if time.time() > next_poll:
+                journal.poll()
+                next_poll = time.time() + 2
+            time.sleep(max(0.0, started + n / rate - time.time()))
+        print(f"sent {len(events)} events in {time.time() - started:.0f} s; draining...")
+        drain(journal, events, timeout=900)
+        report(f"P2 sustained: {rate:g} events/s for {duration:g} s", events, journal, rss, started)
+
+
+async def post_all(gateway: str, deliveries: list[dict[str, Any]], concurrency: int) -> float:
+    """Post every delivery's exact body and signature; returns the time the first was sent."""
+    bound = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(trust_env=False, timeout=60, limits=limits) as http:
+
+        async def one(delivery: dict[str, Any]) -> None:
+            async with bound:
+                for attempt in range(5):
+                    try:
+                        response = await http.post(
+                            f"{gateway}/webhooks/peopleforce",
+                            content=delivery["body"].encode(),
+                            headers={
+                                "content-type": "application/json",
+                                SIGNATURE_HEADER: delivery["signature"],
+                            },
+                        )
+                        break
+                    except httpx.TransportError:
+                        # A kept-alive connection the server closed as it was reused: send
+                        # again (the gateway answers a repeat with 200 and stores it once).
+                        await asyncio.sleep(0.1 * (attempt + 1))
+                else:
+                    raise SystemExit("the gateway stopped answering")
+                assert response.status_code in (200, 202), response.text
+
+        started = time.time()
+        await asyncio.gather(*(one(d) for d in deliveries))
+    return started
+
+
+def burst(stack: Stack, rss: PeakRss, count: int) -> None:
+    control = stack.peopleforce_control
+    with httpx.Client(trust_env=False, timeout=60) as http:
+        today = date.fromisoformat(http.get(f"{control}/clock").json()["today"])
+        # Make the hires with webhooks going to a port nobody listens on: PeopleForce records
+        # each signed delivery; the bench then posts them all to the gateway at once.
+        http.put(
+            f"{control}/webhook-target",
+            json={"url": f"http://127.0.0.1:{free_port()}/", "secret": WEBHOOK_SECRET},
+        ).raise_for_status()
+        first = len(http.get(f"{control}/webhooks").json())
+        ids = [
+            http.post(
+                f"{control}/employees",
+                json={
+                    "first_name": f"Burst{n}",
+                    "last_name": "Hire",
+                    "hired_on": str(today + timedelta(days=7)),
+                },
+            ).json()["id"]
+            for n in range(count)
+        ]
+        deliveries = http.get(f"{control}/webhooks").json()[first:]
+        assert len(deliveries) == count, len(deliveries)
+        print(f"made {count} hires; posting their webhooks at once...")
+        journal = Journal(http, stack.jira)
+        journal.poll()  # skip what the seed did
+        journal.writes.clear()
+        started = asyncio.run(post_all(stack.gateway, deliveries, concurrency=50))
+        events = [Event("hire", employee, started) for employee in ids]
+        print(f"posted in {time.time() - started:.1f} s; waiting until all are applied...")
+        drain(journal, events, timeout=900)
+        report(f"P3 burst: {count} webhooks at once", events, journal, rss, started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("mode", choices=["sustained", "burst"])
+    parser.add_argument("--rate", type=float, default=10.0, help="sustained: events per second")
+    parser.add_argument("--duration", type=float, default=300.0, help="sustained: seconds")
+    parser.add_argument("--count", type=int, default=2000, help="burst: webhooks")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep", type=Path, help="data directory to keep (logs, databases)")
+    parser.add_argument("--log-level", default="WARNING", help="the stack's LOG_LEVEL")
+    parser.add_argument(
+        "--setting", action="append", default=[], help="NAME=VALUE for the stack (repeatable)"
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pf-bench-") as tmp:
+        print("starting pf-jira-sync up --sandbox ...", flush=True)
+        settings = dict(item.split("=", 1) for item in args.setting)
+        stack = Stack.start(
+            args.keep or Path(tmp) / "data", {"LOG_LEVEL": args.log_level, **settings}
+        )
+        rss = PeakRss(stack.process.pid)
+        rss.start()
+        try:
+            if args.mode == "sustained":
+                sustained(stack, rss, args.rate, args.duration, args.seed)
+            else:
+                burst(stack, rss, args.count)
+        finally:
+            rss.stopped.set()
+            stack.stop()
+    print(f"\n(measured {datetime.now(UTC):%Y-%m-%d} on {os.cpu_count()} cores)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,652 @@
+"""Reconciliation: every employee, read in bulk and planned with the same pure plan as a webhook.
+
+Webhooks are fast but not complete: PeopleForce documents no retries, sends starts and future
+terminations from a nightly batch, and a webhook is missed while this service is down. The
+reconciliation reads the whole company and plans every employee with `core.plan.plan`, so the
+two paths cannot disagree.
+
+Reading 10,000 full records one by one would take an hour within PeopleForce's rate limits.
+So this reads the list (`GET /employees`, 50 a page, pages at once), the full records of
+leavers (`/employees/terminated`) and of people changed lately (`updated_at[gte]`), and plans
+everyone else from their list item, taking what the list lacks (custom fields) as last synced.
+Whoever's plan then calls for work is read in full and planned again before anything is done.
+Jira is read in batches: one label search per 50 mapped employees, and one lookup for each
+mapped issue the search did not return (moved, deleted, or not indexed yet).
+
+No I/O of its own: a `Sources` reads, so the flow passes retried Prefect tasks and the CLI the
+clients themselves. The safeguard and the renderings (table rows, counts, inputs) live here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Protocol, TypeVar
+
+from core.errors import ApiError, NotFoundError, is_transient, retry_after_hint
+from core.jira.client import Issue, JiraClient
+from core.peopleforce.client import Page, PeopleForceClient
+from core.peopleforce.models import Employee, EmployeeSummary
+from core.plan import (
+    Action,
+    AddComment,
+    CancelOffboarding,
+    CreateIssue,
+    Facts,
+    IssueCheck,
+    IssueKind,
+    MoveDueDate,
+    Plan,
+    RelinkIssue,
+    Report,
+    UpdateFields,
+    employee_label,
+    plan,
+)
+from core.rules import Rules
+from core.store.models import EmployeeLink
+from core.store.repository import normalize_email
+
+# One Jira search covers at most this many employees (the budget: one read per 50 employees)
+# and this many issues (one page of `search/jql` with fields).
+SEARCH_EMPLOYEES = 50
+SEARCH_ISSUES = 100
+ISSUE_KINDS: tuple[IssueKind, ...] = ("onboarding", "offboarding", "record")
+
+RecordT = TypeVar("RecordT", EmployeeSummary, Employee)
+T = TypeVar("T")
+# (what is being read, done, total when known): the CLI draws progress bars from it.
+Progress = Callable[[str, int, int | None], None]
+
+
+class Sources(Protocol):
+    """Where reconciliation reads. Each method is one request (a search: one per page)."""
+
+    async def employees_page(
+        self, page: int, updated_since: datetime | None
+    ) -> Page[EmployeeSummary]: ...
+
+    async def terminated_page(self, page: int) -> Page[Employee]: ...
+
+    async def employee(self, employee_id: int) -> Employee | None:
+        """The full record; None when PeopleForce does not know the id."""
+        ...
+
+    async def search_issues(self, jql: str) -> list[Issue]: ...
+
+    async def issue_key(self, key: str) -> str | None:
+        """The key the issue answers under now (another one when it was moved); None: gone."""
+        ...
+
+
+class ListingError(Exception):
+    """PeopleForce's list of employees cannot be trusted; nothing was planned from it."""
+
+
+# --- What was read, and what it means --------------------------------------------------------
+
+
+@dataclass
+class ReadCounts:
+    peopleforce_requests: int = 0
+    full_records: int = 0
+    jira_searches: int = 0
+    jira_lookups: int = 0
+
+
+@dataclass
+class CompanyPlan:
+    """Every employee's plan, with the facts it was made from."""
+
+    today: date
+    plans: dict[int, Plan]
+    facts: dict[int, Facts]
+    returned: int  # employees PeopleForce returned (the safeguard's whole)
+    reads: ReadCounts = field(default_factory=ReadCounts)
+
+    @property
+    def needs_work(self) -> list[int]:
+        """Employees whose plan changes something (reports alone change nothing)."""
+        return [employee_id for employee_id, p in self.plans.items() if not p.is_empty]
+
+    @property
+    def reports(self) -> list[tuple[int, Report]]:
+        return [
+            (employee_id, action)
+            for employee_id, p in self.plans.items()
+            for action in p.actions
+            if isinstance(action, Report)
+        ]
+
+
+def mapped_issues(link: EmployeeLink) -> dict[str, IssueKind]:
+    """The parent issues a link points at, by key (subtasks follow their parent)."""
+    found: dict[str, IssueKind] = {}
+    for kind in ISSUE_KINDS:
+        key = getattr(link, f"{kind}_issue_key")
+        if key:
+            found[key] = kind
+    return found
+
+
+def as_employee(summary: EmployeeSummary, link: EmployeeLink | None) -> Employee:
+    """A list item as a full record, for planning someone nothing suggests has changed.
+
+    The list carries no custom fields and no termination date: custom fields read as last
+    synced (so they never look changed), the termination as none. A plan that calls for work
+    is made again from the full record before anything is done.
+    """
+    data = summary.model_dump(exclude={"active", "updated_at"})
+    synced = link.synced_fields if link else {}
+    data["fields"] = {
+        source.removeprefix("fields."): {"value": value}
+        for source, value in synced.items()
+        if source.startswith("fields.")
+    }
+    if data.get("status") is None and summary.active is False:
+        data["status"] = "terminated"
+    return Employee.model_validate(data)
+
+
+def previous_link(
+    employee_id: int, email: str | None, same_email: Sequence[EmployeeLink]
+) -> EmployeeLink | None:
+    """An earlier employee's link with the same email (a rehire under a new id), the latest."""
+    others = [link for link in same_email if link.employee_id != employee_id]
+    return others[-1] if email and others else None
+
+
+def plan_company(
+    summaries: Mapping[int, EmployeeSummary],
+    records: Mapping[int, Employee | None],
+    links: Mapping[int, EmployeeLink],
+    checks: Mapping[int, IssueCheck],
+    rules: Rules,
+    today: date,
+) -> tuple[dict[int, Facts], dict[int, Plan]]:
+    """Plan everyone: from the full record when there is one, else from the list item.
+
+    Mapped employees PeopleForce no longer returns are planned too: the plan reports them and
+    changes nothing (never a blind delete).
+    """
+    by_email: dict[str, list[EmployeeLink]] = defaultdict(list)
+    for link in sorted(links.values(), key=lambda link: link.employee_id):
+        if link.email:
+            by_email[link.email].append(link)
+    facts: dict[int, Facts] = {}
+    plans: dict[int, Plan] = {}
+    for employee_id in sorted(set(summaries) | set(records) | set(links)):
+        link = links.get(employee_id)
+        if employee_id in records:
+            employee = records[employee_id]
+        elif employee_id in summaries:
+            employee = as_employee(summaries[employee_id], link)
+        else:
+            employee = None
+        email = normalize_email(employee.email) if employee else None
+        previous = (
+            previous_link(employee_id, email, by_email.get(email, ()))
+            if link is None and email
+            else None
+        )
+        checked = checks.get(employee_id) if employee is not None else None
+        facts[employee_id] = Facts(employee_id, employee, link, previous, jira=checked)
+        plans[employee_id] = plan(facts[employee_id], rules, today)
+    return facts, plans
+
+
+# --- Reading -------------------------------------------------------------------------------
+
+
+async def read_pages(
+    fetch: Callable[[int], Awaitable[Page[RecordT]]],
+    bound: asyncio.Semaphore,
+    on_page: Callable[[int, int | None], None] | None = None,
+) -> list[RecordT]:
+    """Every item of a paged list, each id once: page 1 first, then the others at once.
+
+    Without a page count, pages are read one after another until one is empty or brings no
+    new id. With one, a later page made only of ids already seen means PeopleForce replayed
+    page 1 (a known quirk): the list is incomplete, and `ListingError` says so.
+    """
+    done = 0
+
+    async def one(number: int) -> Page[RecordT]:
+        nonlocal done
+        async with bound:
+            page = await fetch(number)
+        done += 1
+        if on_page:
+            on_page(done, page.pages)
+        return page
+
+    first = await one(1)
+    pages = [first]
+    if first.items and first.pages is not None:
+        pages += await asyncio.gather(*(one(n) for n in range(2, first.pages + 1)))
+    elif first.items:
+        seen = {item.id for item in first.items}
+        while True:
+            page = await one(len(pages) + 1)
+            fresh = {item.id for item in page.items} - seen
+            if not fresh:
+                break
+            seen |= fresh
+            pages.append(page)
+    found: dict[int, RecordT] = {}
+    for page in pages:
+        fresh = [item for item in page.items if item.id not in found]
+        if page.number > 1 and page.items and not fresh and first.pages is not None:
+            raise ListingError(
+                f"PeopleForce answered page {page.number} with people of earlier pages only "
+                "(page 1 replayed?): the list is incomplete, so nothing was planned from it"
+            )
+        found.update((item.id, item) for item in fresh)
+    return list(found.values())
+
+
+def search_batches(links: Iterable[EmployeeLink]) -> list[list[EmployeeLink]]:
+    """Mapped employees in batches of at most 50 employees and 100 issues: one search each."""
+    batches: list[list[EmployeeLink]] = []
+    batch: list[EmployeeLink] = []
+    issues = 0
+    for link in sorted(links, key=lambda link: link.employee_id):
+        count = len(mapped_issues(link))
+        if not count:
+            continue
+        if batch and (len(batch) >= SEARCH_EMPLOYEES or issues + count > SEARCH_ISSUES):
+            batches.append(batch)
+            batch, issues = [], 0
+        batch.append(link)
+        issues += count
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def label_search(batch: Sequence[EmployeeLink], rules: Rules) -> str:
+    """The batch's issues by their employee label, in any project (a moved issue keeps its
+    labels); subtasks left out, so that one page holds them all."""
+    labels = ", ".join(f'"{employee_label(link.employee_id)}"' for link in batch)
+    subtasks = ", ".join(
+        f'"{name}"'
+        for name in sorted({rules.onboarding.subtask_type, rules.offboarding.subtask_type})
+    )
+    return f"labels in ({labels}) AND issuetype not in ({subtasks}) ORDER BY key"
+
+
+def issue_checks(
+    links: Iterable[EmployeeLink], found: set[str], answers: Mapping[str, str | None]
+) -> dict[int, IssueCheck]:
+    """Per mapped employee, which of their issues are missing or moved.
+
+    `found`: keys the searches returned; `answers`: for the others, the key each answers
+    under now (None: it does not answer).
+    """
+    checks: dict[int, IssueCheck] = {}
+    for link in links:
+        keys = [key for key in mapped_issues(link) if key not in found]
+        missing = frozenset(key for key in keys if key in answers and answers[key] is None)
+        moved = {key: now for key in keys if (now := answers.get(key)) and now != key}
+        checks[link.employee_id] = IssueCheck(missing=missing, moved=moved)
+    return checks
+
+
+async def check_jira(
+    sources: Sources,
+    links: Sequence[EmployeeLink],
+    rules: Rules,
+    bound: asyncio.Semaphore,
+    reads: ReadCounts,
+    progress: Progress | None = None,
+) -> dict[int, IssueCheck]:
+    """Whether the issues the links point at still answer in Jira, read in batches."""
+    batches = search_batches(links)
+    found: set[str] = set()
+    done = 0
+
+    async def search(batch: list[EmployeeLink]) -> None:
+        nonlocal done
+        async with bound:
+            issues = await sources.search_issues(label_search(batch, rules))
+        found.update(issue.key for issue in issues)
+        done += 1
+        if progress:
+            progress("Jira searches", done, len(batches))
+
+    await asyncio.gather(*(search(batch) for batch in batches))
+    reads.jira_searches += len(batches)
+    # Search is eventually consistent and a person may remove a label: only a lookup that
+    # finds nothing makes an issue missing.
+    unanswered = sorted({key for link in links for key in mapped_issues(link)} - found)
+
+    async def look_up(key: str) -> str | None:
+        async with bound:
+            return await sources.issue_key(key)
+
+    answers = dict(
+        zip(unanswered, await asyncio.gather(*(look_up(k) for k in unanswered)), strict=True)
+    )
+    reads.jira_lookups += len(unanswered)
+    return issue_checks(links, found, answers)
+
+
+async def read_records(
+    sources: Sources,
+    employee_ids: Sequence[int],
+    bound: asyncio.Semaphore,
+    reads: ReadCounts,
+    progress: Progress | None = None,
+) -> dict[int, Employee | None]:
+    done = 0
+
+    async def one(employee_id: int) -> Employee | None:
+        nonlocal done
+        async with bound:
+            record = await sources.employee(employee_id)
+        done += 1
+        if progress:
+            progress("PeopleForce full records", done, len(employee_ids))
+        return record
+
+    records = await asyncio.gather(*(one(employee_id) for employee_id in employee_ids))
+    reads.full_records += len(employee_ids)
+    reads.peopleforce_requests += len(employee_ids)
+    return dict(zip(employee_ids, records, strict=True))
+
+
+async def plan_reconciliation(
+    sources: Sources,
+    links: Sequence[EmployeeLink],
+    rules: Rules,
+    today: date,
+    *,
+    now: datetime,
+    concurrency: int,
+    lookback_days: int,
+    full: bool = False,
+    progress: Progress | None = None,
+) -> CompanyPlan:
+    """Read the company (PeopleForce and Jira at once, each `concurrency` requests at a time)
+    and plan everyone.
+
+    `full` reads every full record instead of only those changed in the last `lookback_days`;
+    so does the first run (nothing mapped yet), when a future termination entered long ago is
+    as much news as any other.
+    """
+    reads = ReadCounts()
+    peopleforce, jira = asyncio.Semaphore(concurrency), asyncio.Semaphore(concurrency)
+    full = full or not links
+    since = None if full else now - timedelta(days=lookback_days)
+
+    def counted(what: str) -> Callable[[int, int | None], None]:
+        def on_page(done: int, total: int | None) -> None:
+            reads.peopleforce_requests += 1
+            if progress:
+                progress(what, done, total)
+
+        return on_page
+
+    async def changed() -> list[EmployeeSummary]:
+        if since is None:
+            return []
+        return await read_pages(
+            lambda n: sources.employees_page(n, since),
+            peopleforce,
+            counted("PeopleForce changed lately"),
+        )
+
+    summaries, leavers, recent, checks = await asyncio.gather(
+        read_pages(
+            lambda n: sources.employees_page(n, None), peopleforce, counted("PeopleForce employees")
+        ),
+        read_pages(sources.terminated_page, peopleforce, counted("PeopleForce leavers")),
+        changed(),
+        check_jira(sources, links, rules, jira, reads, progress),
+    )
+    by_id = {summary.id: summary for summary in summaries}
+    records: dict[int, Employee | None] = {record.id: record for record in leavers}
+    # Leavers come in full already; whoever changed lately (or everyone, `full`) is read now.
+    wanted = {summary.id for summary in (summaries if full else recent)} - set(records)
+    records |= await read_records(sources, sorted(wanted), peopleforce, reads, progress)
+    by_link = {link.employee_id: link for link in links}
+    facts, plans = plan_company(by_id, records, by_link, checks, rules, today)
+    # Planned from a list item and calling for work: read in full, plan again.
+    unsure = [
+        employee_id
+        for employee_id, p in plans.items()
+        if not p.is_empty and employee_id not in records and employee_id in by_id
+    ]
+    if unsure:
+        records |= await read_records(sources, unsure, peopleforce, reads, progress)
+        facts, plans = plan_company(by_id, records, by_link, checks, rules, today)
+    returned = len(set(by_id) | {i for i, record in records.items() if record is not None})
+    return CompanyPlan(today, plans, facts, returned, reads)
+
+
+# --- The safeguard -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a run may apply its plan: `reasons` is empty when it may."""
+
+    employees: int
+    touched: int
+    offboardings: int
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def stop(self) -> bool:
+        return bool(self.reasons)
+
+    def explain(self) -> str:
+        if not self.stop:
+            return (
+                f"within the safeguard: touches {self.touched} of {self.employees} employees, "
+                f"creates {self.offboardings} offboarding(s)"
+            )
+        return (
+            "stopped by the safeguard before applying anything: "
+            + "; ".join(self.reasons)
+            + ". Look at the dry run (`pf-jira-sync reconcile --dry-run`); if the plan is "
+            "right, run it with force (`pf-jira-sync reconcile --force`, or force=true in the "
+            "Prefect UI)."
+        )
+
+
+def safeguard(company: CompanyPlan, *, max_share: float, max_offboard: int) -> Verdict:
+    """Stop a run that would change too many people at once: a mass change is more often a
+    mistake (a wrong key or filter, a rules change, PeopleForce answering oddly) than news."""
+    touched = len(company.needs_work)
+    offboardings = sum(
+        1
+        for p in company.plans.values()
+        for action in p.actions
+        if isinstance(action, CreateIssue) and action.kind == "offboarding"
+    )
+    whole = max(company.returned, 1)
+    reasons = []
+    if touched / whole > max_share:
+        reasons.append(
+            f"it would touch {touched} of {company.returned} employees "
+            f"({touched / whole:.0%}), more than SAFEGUARD_MAX_SHARE ({max_share:.0%})"
+        )
+    if offboardings > max_offboard:
+        reasons.append(
+            f"it would offboard {offboardings} employees, more than SAFEGUARD_MAX_OFFBOARD "
+            f"({max_offboard})"
+        )
+    return Verdict(company.returned, touched, offboardings, tuple(reasons))
+
+
+# --- Renderings: dry run, artifacts, `plan EMPLOYEE_ID` ------------------------------------
+
+
+def action_label(action: Action) -> str:
+    return f"{action.action} ({action.kind})" if isinstance(action, CreateIssue) else action.action
+
+
+def describe_action(action: Action) -> str:
+    """What the action does, on one line."""
+    match action:
+        case CreateIssue():
+            due = f", due {action.due_date}" if action.due_date else ""
+            return f"{action.project}: {action.summary!r}{due}, {len(action.subtasks)} subtask(s)"
+        case UpdateFields():
+            return f"{action.issue_key}: " + ", ".join(
+                f"{source} {old or '(none)'} -> {new or '(none)'}"
+                for source, old, new in action.changes
+            )
+        case AddComment():
+            return f"{action.issue_key}: comment"
+        case MoveDueDate():
+            return f"{action.issue_key}: due {action.old} -> {action.new}"
+        case CancelOffboarding():
+            return f"{action.issue_key}: to Cancelled, with a comment"
+        case RelinkIssue():
+            return f"{action.kind} issue {action.old_key} -> {action.new_key} (store only)"
+        case Report():
+            return "nothing changes"
+    return ""
+
+
+def plan_rows(company: CompanyPlan) -> list[dict[str, str]]:
+    """One row per action (reports included), for the dry-run table and its artifact."""
+    return [
+        {
+            "employee": str(employee_id),
+            "name": p.employee_name or "",
+            "action": action_label(action),
+            "what": describe_action(action),
+            "why": action.why,
+        }
+        for employee_id, p in company.plans.items()
+        for action in p.actions
+    ]
+
+
+def action_counts(company: CompanyPlan) -> Counter[str]:
+    return Counter(action_label(action) for p in company.plans.values() for action in p.actions)
+
+
+def counts_line(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{label} {count}" for label, count in sorted(counts.items())) or "nothing"
+
+
+def describe_inputs(facts: Facts, rules: Rules, today: date) -> list[tuple[str, str]]:
+    """The inputs the plan read, as (what, value) lines: why it says what it says."""
+    lines = [("today", f"{today} in {rules.timezone}")]
+    employee, link = facts.employee, facts.link
+    if employee is None:
+        lines.append(("PeopleForce", "does not return this employee"))
+    else:
+        manager = employee.reporting_to
+        lines += [
+            ("PeopleForce", f"{employee.display_name} <{employee.email or 'no email'}>"),
+            ("status", employee.status or "(not given)"),
+            ("hired on", str(employee.hired_on or "(none)")),
+            ("last day", str(employee.termination_effective_on or "(none)")),
+            (
+                "department / position",
+                f"{_name(employee.department)} / {_name(employee.position)}",
+            ),
+            ("location", _name(employee.location)),
+            ("manager", (manager.email or manager.full_name or "?") if manager else "(none)"),
+        ]
+    if link is None:
+        lines.append(("mapping", "none: this service has done nothing for them yet"))
+    else:
+        lines.append(("mapping", f"lifecycle {link.lifecycle.value}"))
+        for kind in ISSUE_KINDS:
+            key = getattr(link, f"{kind}_issue_key")
+            if key:
+                extra = f", last day {link.termination_on}" if kind == "offboarding" else ""
+                lines.append((f"{kind} issue", f"{key}{extra}{_jira_state(facts.jira, key)}"))
+        if link.synced_fields:
+            synced = ", ".join(f"{k}={v}" for k, v in sorted(link.synced_fields.items()))
+            lines.append(("fields as last synced", synced))
+    if facts.previous is not None:
+        lines.append(("former record (rehire)", str(facts.previous.employee_id)))
+    if facts.assets:
+        lines.append(("assets", ", ".join(asset.name or str(asset.id) for asset in facts.assets)))
+    lines.append(
+        (
+            "rules",
+            f"onboarding from {rules.prehire_lead_days} days before the hire date; none for "
+            f"people who started over {rules.onboard_started_within_days} days ago or left "
+            f"over {rules.offboard_left_within_days} days ago unknown to this service; "
+            f"missing issues: {rules.missing_issue}",
+        )
+    )
+    return lines
+
+
+def _jira_state(check: IssueCheck | None, key: str) -> str:
+    if check is None:
+        return ""
+    if key in check.missing:
+        return " (no longer answers in Jira)"
+    if key in check.moved:
+        return f" (moved in Jira: now {check.moved[key]})"
+    return " (answers in Jira)"
+
+
+def _name(ref: object) -> str:
+    return getattr(ref, "name", None) or "(none)"
+
+
+# --- Reading with the clients alone (the CLI: no Prefect) ----------------------------------
+
+
+class ClientSources:
+    """`Sources` over the two clients, for the command line. Transient errors (429 with its
+    Retry-After, 5xx, timeouts) are tried again a few times; the flows retry through tasks."""
+
+    ATTEMPTS = 4
+
+    def __init__(self, peopleforce: PeopleForceClient, jira: JiraClient) -> None:
+        self.peopleforce = peopleforce
+        self.jira = jira
+
+    async def employees_page(
+        self, page: int, updated_since: datetime | None
+    ) -> Page[EmployeeSummary]:
+        return await self._retried(
+            lambda: self.peopleforce.employees_page(page, updated_since=updated_since)
+        )
+
+    async def terminated_page(self, page: int) -> Page[Employee]:
+        return await self._retried(lambda: self.peopleforce.terminated_page(page))
+
+    async def employee(self, employee_id: int) -> Employee | None:
+        try:
+            return await self._retried(lambda: self.peopleforce.get_employee(employee_id))
+        except NotFoundError:
+            return None
+
+    async def search_issues(self, jql: str) -> list[Issue]:
+        async def search() -> list[Issue]:
+            found = self.jira.search(jql, fields=["labels"], max_results=SEARCH_ISSUES)
+            return [Issue.from_json(issue) async for issue in found]
+
+        return await self._retried(search)
+
+    async def issue_key(self, key: str) -> str | None:
+        try:
+            return (await self._retried(lambda: self.jira.get_issue(key, fields=["labels"]))).key
+        except NotFoundError:
+            return None
+
+    async def _retried(self, call: Callable[[], Awaitable[T]]) -> T:
+        for attempt in range(self.ATTEMPTS):
+            try:
+                return await call()
+            except ApiError as error:
+                if attempt == self.ATTEMPTS - 1 or not is_transient(error):
+                    raise
+                await asyncio.sleep(min(retry_after_hint(error) or 0.5 * 2**attempt, 30.0))
+        raise AssertionError("unreachable")

@@ -1,0 +1,204 @@
+"""What a run shows besides its work: log properties, tags and artifacts.
+
+- Log lines about an employee carry `EmployeeId` and the `EventKey`(s) of the webhooks that
+  caused the work (the gateway logged the same key), so one Seq query follows an event from the
+  webhook to its Jira issue.
+- A process run (onboarding, offboarding, field sync; a subflow of the webhook's sync run, or a
+  run of its own) is tagged `employee:<id>` and with its process, so the UI filters by either.
+  Flow-run tags only: Prefect asks for a concurrency slot per task-run tag.
+- A run that touched Jira has a link artifact per issue (keyed `jira-<issue key>`, so the
+  Artifacts page lists every run that touched an issue); a run of many employees also gets a
+  summary artifact.
+
+Artifacts and tags are best effort: failing to write them is logged and fails no run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from loguru import logger
+from prefect import get_client
+from prefect.artifacts import LinkArtifact, MarkdownArtifact
+from prefect.client.orchestration import PrefectClient
+from prefect.runtime import flow_run
+
+from core.settings import get_settings
+from tasks.services import current
+
+if TYPE_CHECKING:
+    from flows.employee_work import EmployeeOutcome
+
+EventKeys = Mapping[str, Sequence[str]]
+# As many `employee:<id>` tags as the dispatcher puts on a webhook run.
+MAX_EMPLOYEE_TAGS = 20
+ARTIFACT_CONCURRENCY = 5
+
+
+def employee_properties(employee_id: int, event_keys: EventKeys | None) -> dict[str, object]:
+    """The log properties of one employee's work: `EmployeeId`, and `EventKey` when webhooks
+    caused it (several keys, when a burst for one person became one piece of work, are joined
+    with ", ": Seq finds them with `EventKey like '%<key>%'`)."""
+    properties: dict[str, object] = {"EmployeeId": employee_id}
+    keys = (event_keys or {}).get(str(employee_id))
+    if keys:
+        properties["EventKey"] = ", ".join(dict.fromkeys(keys))
+    return properties
+
+
+def keys_of(
+    event_keys: EventKeys | None, employee_ids: Iterable[int]
+) -> dict[str, list[str]] | None:
+    """The event keys of these employees only (what a process subflow is given)."""
+    if not event_keys:
+        return None
+    wanted = {str(employee_id) for employee_id in employee_ids}
+    return {employee: list(keys) for employee, keys in event_keys.items() if employee in wanted}
+
+
+def process_tag(process: str | None) -> str:
+    return (process or "sync").replace("_", "-")
+
+
+async def tag_run(process: str | None, employee_ids: Sequence[int]) -> None:
+    """Add the process and `employee:<id>` tags to this flow run (the tags it has are kept)."""
+    run_id = flow_run.get_id()
+    if not run_id:
+        return
+    wanted = [process_tag(process)]
+    wanted += [f"employee:{employee_id}" for employee_id in list(employee_ids)[:MAX_EMPLOYEE_TAGS]]
+    tags = list(dict.fromkeys([*flow_run.get_tags(), *wanted]))
+    try:
+        async with get_client() as client:
+            await client.update_flow_run(UUID(str(run_id)), tags=tags)
+    except Exception as error:
+        logger.warning("could not tag flow run {}: {}", run_id, error)
+
+
+def jira_site() -> str | None:
+    """Where people browse Jira: JIRA_BASE_URL, else the site the Jira client talks to (not the
+    api.atlassian.com gateway of a cloud id, which serves no pages)."""
+    settings = get_settings()
+    if settings.jira_base_url:
+        return str(settings.jira_base_url).rstrip("/")
+    try:
+        base = current().jira.base_url
+    except RuntimeError:
+        return None
+    return None if "api.atlassian.com" in base else base.rstrip("/")
+
+
+def browse_url(site: str, issue_key: str) -> str:
+    return f"{site}/browse/{issue_key}"
+
+
+def artifact_key(issue_key: str) -> str:
+    """`jira-it-42`: artifact keys take lowercase letters, digits and dashes only."""
+    return "jira-" + re.sub(r"[^a-z0-9-]+", "-", issue_key.lower()).strip("-")
+
+
+async def publish_outcomes(
+    process: str | None, outcomes: Sequence[EmployeeOutcome], *, summary: bool = True
+) -> None:
+    """A link artifact per Jira issue touched, and (with `summary`) a summary table for a run
+    of many employees. A flow that writes its own summary passes `summary=False`."""
+    if not flow_run.get_id():
+        return
+    site = jira_site()
+    links = [
+        (outcome, key)
+        for outcome in outcomes
+        for key in dict.fromkeys(outcome.jira_keys)
+        if site is not None
+    ]
+    summarize = summary and len(outcomes) > 1
+    if not links and not summarize:
+        return
+    bound = asyncio.Semaphore(ARTIFACT_CONCURRENCY)
+
+    async def link(client: PrefectClient, outcome: EmployeeOutcome, key: str) -> None:
+        assert site is not None
+        async with bound:
+            await LinkArtifact(
+                key=artifact_key(key),
+                link=browse_url(site, key),
+                link_text=key,
+                description=f"{process_tag(process)} · {outcome.who}: "
+                + "; ".join(applied for applied in outcome.applied if applied.endswith(key)),
+            ).acreate(client)
+
+    try:
+        async with get_client() as client:
+            await asyncio.gather(*(link(client, outcome, key) for outcome, key in links))
+            if summarize:
+                await MarkdownArtifact(
+                    markdown=summary_markdown(process, outcomes, site),
+                    description=f"{process_tag(process)}: {len(outcomes)} employees",
+                ).acreate(client)
+    except Exception as error:
+        logger.warning("could not write the artifacts of this run: {}", error)
+
+
+def summary_markdown(
+    process: str | None, outcomes: Sequence[EmployeeOutcome], site: str | None
+) -> str:
+    """A table: each employee, what was applied, the Jira issues (linked), notes and errors."""
+
+    def cell(text: str) -> str:
+        return " ".join(text.replace("|", "\\|").split()) or "-"
+
+    def issue(key: str) -> str:
+        return f"[{key}]({browse_url(site, key)})" if site else key
+
+    failed = sum(1 for outcome in outcomes if outcome.error)
+    changed = sum(1 for outcome in outcomes if outcome.applied)
+    lines = [
+        f"## {process_tag(process)} · {len(outcomes)} employees",
+        "",
+        f"{changed} changed in Jira, {len(outcomes) - changed - failed} unchanged, "
+        f"{failed} failed.",
+        "",
+        "| employee | applied | Jira | notes | error |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        "| "
+        + " | ".join(
+            [
+                cell(outcome.who),
+                cell("; ".join(outcome.applied)),
+                ", ".join(issue(key) for key in dict.fromkeys(outcome.jira_keys)) or "-",
+                cell("; ".join([*outcome.notes, *outcome.left_for_others])),
+                cell(outcome.error or ""),
+            ]
+        )
+        + " |"
+        for outcome in sorted(outcomes, key=lambda o: (o.error is None, o.employee_id))
+    ]
+    return "\n".join(lines)
+
+
+async def publish_routing(routed: Mapping[str, Sequence[int]], employee_ids: Sequence[int]) -> None:
+    """The summary of a sync run of many employees: which process flow each one went to."""
+    unique = list(dict.fromkeys(employee_ids))
+    if not flow_run.get_id() or len(unique) <= 1:
+        return
+    went = {employee for ids in routed.values() for employee in ids}
+    lines = [f"## sync · {len(unique)} employees", "", "| process | employees |", "|---|---|"]
+    lines += [
+        f"| {process_tag(process)} | {len(ids)}: {', '.join(map(str, ids))} |"
+        for process, ids in routed.items()
+        if ids
+    ]
+    idle = [employee for employee in unique if employee not in went]
+    lines.append(f"| nothing to do | {len(idle)}: {', '.join(map(str, idle)) or '-'} |")
+    try:
+        await MarkdownArtifact(
+            markdown="\n".join(lines), description=f"sync: {len(unique)} employees routed"
+        ).acreate()
+    except Exception as error:
+        logger.warning("could not write the routing summary of this run: {}", error)
