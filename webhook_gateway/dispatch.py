@@ -32,6 +32,7 @@ from webhook_gateway.app import GatewayConfigError, event_properties
 
 MAX_BACKOFF_SECONDS = 60.0
 NOT_STARTED_RUN_STATES = {StateType.SCHEDULED, StateType.PENDING}
+START_GRACE = timedelta(minutes=2)
 FINAL_RUN_STATES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 
 
@@ -170,7 +171,10 @@ class Dispatcher:
         for run_id in sorted(self._in_flight):
             run = await self.client.read_flow_run(UUID(run_id))
             state = run.state
-            if state is None or state.type in NOT_STARTED_RUN_STATES:
+            waiting = state is None or state.type in NOT_STARTED_RUN_STATES
+            # A run that does not start (no runner, no free slot) must not stall dispatch for
+            # good: past the grace period only `max_in_flight` holds events back.
+            if waiting and run.created and utc_now() - run.created < START_GRACE:
                 self._not_started.add(run_id)
             if state is None or state.type not in FINAL_RUN_STATES:
                 continue
