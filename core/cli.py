@@ -307,14 +307,13 @@ def replay(
 # --- scale-out on a Prefect work pool: `deploy` and `worker` ------------------------------------
 
 
-def prefect_api_url(settings: Settings) -> str:
-    """PREFECT_API_URL, required: scale-out talks to a Prefect server that runs elsewhere."""
+def prefect_api_url(
+    settings: Settings,
+    why: str = "give the Prefect server's API, e.g. http://prefect-server:4200/api",
+) -> str:
+    """PREFECT_API_URL, or exit 2 saying why the command needs it."""
     if not settings.prefect_api_url:
-        fail(
-            "PREFECT_API_URL is not set: give the Prefect server's API, "
-            "e.g. http://prefect-server:4200/api",
-            code=2,
-        )
+        fail(f"PREFECT_API_URL is not set: {why}", code=2)
     return str(settings.prefect_api_url).rstrip("/")
 
 
@@ -329,25 +328,20 @@ def describe_prefect_error(error: Exception, api_url: str) -> str:
             f"the Prefect server at {api_url} refused the credentials: set PREFECT_API_AUTH_STRING "
             "to the server's PREFECT_SERVER_API_AUTH_STRING"
         )
-    return f"{type(error).__name__}: {error}"
+    return f"the Prefect server at {api_url} refused: {type(error).__name__}: {error}"
 
 
 def deploy_to_work_pool(settings: Settings, work_pool: str, concurrency_limit: int | None) -> None:
     """Register every deployment on the work pool and print them; exit 1 when Prefect refuses."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from deployments.work_pool import WorkPoolError, deploy_all
 
-    api_url = prefect_api_url(settings)
-    try:
-        with temporary_settings({PREFECT_API_URL: api_url}):
-            deployed = asyncio.run(
-                deploy_all(work_pool, settings, concurrency_limit=concurrency_limit)
-            )
-    except WorkPoolError as error:
-        fail(str(error))
-    except Exception as error:
-        fail(describe_prefect_error(error, api_url))
+    async def deploy_everything() -> Any:
+        try:
+            return await deploy_all(work_pool, settings, concurrency_limit=concurrency_limit)
+        except WorkPoolError as error:
+            fail(str(error))
+
+    deployed = run_on_prefect(prefect_api_url(settings), deploy_everything)
     for deployment in deployed:
         console.print(
             f"deployed {deployment.full_name} to work pool {work_pool} ({deployment.id})",
@@ -500,26 +494,25 @@ app.add_typer(alerts_app, name="alerts")
 def alert_settings() -> tuple[Settings, str]:
     """The settings and the Prefect API URL, or exit 2 naming what is missing."""
     settings = load_settings()
-    if not settings.prefect_api_url:
-        fail(
-            "PREFECT_API_URL is not set: the alerts are an automation in that Prefect server "
-            "(e.g. http://127.0.0.1:4200/api; `up` installs them itself when ALERT_WEBHOOK_URL is set)",
-            code=2,
-        )
-    return settings, str(settings.prefect_api_url).rstrip("/")
+    why = (
+        "the alerts are an automation in that Prefect server (e.g. http://127.0.0.1:4200/api; "
+        "`up` installs them itself when ALERT_WEBHOOK_URL is set)"
+    )
+    return settings, prefect_api_url(settings, why)
 
 
 def run_on_prefect(api_url: str, work: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    """Run `work` against the Prefect server at `api_url`; exit 1 with one line if it fails."""
+    """Run `work` against the Prefect server at `api_url`; exit 1 with one line if it fails
+    (an exit `work` asks for itself passes through)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     try:
         with temporary_settings({PREFECT_API_URL: api_url}):
             return asyncio.run(work())
-    except httpx.TransportError as error:
-        fail(f"no Prefect server answers at {api_url} ({type(error).__name__}: {error})")
+    except typer.Exit:
+        raise
     except Exception as error:
-        fail(f"the Prefect server at {api_url} refused: {type(error).__name__}: {error}")
+        fail(describe_prefect_error(error, api_url))
 
 
 @alerts_app.command("install")
@@ -874,19 +867,13 @@ def reconcile_command(
             fail("--force has no meaning with --dry-run, which changes nothing", code=2)
         dry_run_reconcile(settings, full)
         return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    api_url = reconcile_api_url(settings)
     try:
-        with temporary_settings({PREFECT_API_URL: api_url}):
-            run = asyncio.run(run_reconcile_deployment(force, full))
+        run = run_on_prefect(
+            reconcile_api_url(settings), lambda: run_reconcile_deployment(force, full)
+        )
     except KeyboardInterrupt:
         errors.print("stopped following; the run goes on (see the Prefect UI)")
         raise typer.Exit(130) from None
-    except typer.Exit:
-        raise
-    except Exception as error:
-        fail(describe_prefect_error(error, api_url))
     state = run.state
     message = f": {state.message}" if state and state.message else ""
     if state is None or not state.is_completed():
