@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -48,6 +49,8 @@ from sandbox.stack import WEBHOOK_SECRET
 ROOT = Path(__file__).resolve().parents[1]
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}
 READY_LINE = "Ctrl-C stops everything."
+# P2's steady rate is counted from here to the end of sending (the stack warms up first).
+WARM_UP = 60.0
 
 
 def utc(text: str) -> float:
@@ -71,6 +74,34 @@ class PeakRss(threading.Thread):
         except OSError:
             pass
         return 0
+
+    @staticmethod
+    def cpu_seconds(pid: int) -> tuple[float, float]:
+        """CPU time of a process, and of its children that have ended (flow runs)."""
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0, 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+        return (utime + stime) / tick, (cutime + cstime) / tick
+
+    def cpu_by_part(self) -> dict[str, float]:
+        """CPU seconds so far by part of the stack, named by each process's command line."""
+        parts: dict[str, float] = {}
+        for pid in (self.pid, *descendants(self.pid)):
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            words = [w.decode() for w in command if w]
+            name = next((words[i + 1] for i, w in enumerate(words[:-1]) if w == "-m"), "up")
+            own, ended_children = self.cpu_seconds(pid)
+            label = {"prefect": "prefect server", "prefect.engine": "flow runs"}.get(name, name)
+            parts[label] = parts.get(label, 0.0) + own
+            if name == "deployments.serve":
+                parts["flow runs"] = parts.get("flow runs", 0.0) + ended_children
+        return parts
 
     def run(self) -> None:
         while not self.stopped.wait(self.every):
@@ -186,7 +217,15 @@ class Journal:
                 )
 
 
-def report(title: str, events: list[Event], journal: Journal, rss: PeakRss, started: float) -> None:
+def report(
+    title: str,
+    events: list[Event],
+    journal: Journal,
+    rss: PeakRss,
+    started: float,
+    window: tuple[float, float] | None = None,
+) -> None:
+    """`window`: also count the events applied per minute within it (a steady rate)."""
     applied = [e for e in events if e.applied_at is not None]
     latencies = sorted(e.applied_at - e.sent_at for e in applied if e.applied_at)
     last = max((e.applied_at for e in applied if e.applied_at), default=started)
@@ -200,6 +239,12 @@ def report(title: str, events: list[Event], journal: Journal, rss: PeakRss, star
     print(f"  events sent             {len(events)}  ({dict(Counter(e.kind for e in events))})")
     print(f"  applied                 {len(applied)} in {last - started:.1f} s")
     print(f"  events/min applied      {len(applied) / minutes:.0f}")
+    if window is not None and window[1] > window[0]:
+        steady = sum(1 for e in applied if e.applied_at and window[0] <= e.applied_at < window[1])
+        print(
+            f"  steady events/min       {steady / ((window[1] - window[0]) / 60):.0f}"
+            f"  (applied from {window[0] - started:.0f} s to {window[1] - started:.0f} s)"
+        )
     if latencies:
         print(
             f"  webhook -> Jira write   p50 {statistics.median(latencies):.2f} s"
@@ -208,6 +253,13 @@ def report(title: str, events: list[Event], journal: Journal, rss: PeakRss, star
     print(f"  lost (never applied)    {len(events) - len(applied)}")
     print(f"  duplicated              {duplicated}")
     print(f"  peak RSS (whole stack)  {rss.peak / 2**20:.0f} MiB over {rss.processes} processes")
+    cpu = rss.cpu_by_part()
+    print(
+        f"  CPU seconds             {sum(cpu.values()):.0f}: "
+        + ", ".join(
+            f"{name} {seconds:.0f}" for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1])
+        )
+    )
 
 
 def drain(journal: Journal, events: list[Event], timeout: float) -> None:
@@ -222,58 +274,86 @@ def drain(journal: Journal, events: list[Event], timeout: float) -> None:
 
 def sustained(stack: Stack, rss: PeakRss, rate: float, duration: float, seed: int) -> None:
     rng = random.Random(seed)
-    today = date.fromisoformat(
-        httpx.get(f"{stack.peopleforce_control}/clock", trust_env=False).json()["today"]
-    )
+    control = stack.peopleforce_control
+    today = date.fromisoformat(httpx.get(f"{control}/clock", trust_env=False).json()["today"])
     events: list[Event] = []
     hired: list[tuple[int, float]] = []  # employee, when the hire was sent
     terminated: set[int] = set()
-    with httpx.Client(trust_env=False, timeout=30) as http:
+    lock = threading.Lock()
+
+    def hire(http: httpx.Client, event: Event, n: int, department: str) -> None:
+        person = http.post(
+            f"{control}/employees",
+            json={
+                "first_name": f"Bench{n}",
+                "last_name": "Sustained",
+                "department": department,
+                "hired_on": str(today + timedelta(days=7)),
+            },
+        )
+        person.raise_for_status()
+        with lock:
+            event.employee_id = person.json()["id"]
+            hired.append((event.employee_id, event.sent_at))
+
+    with (
+        httpx.Client(trust_env=False, timeout=30, limits=httpx.Limits(max_connections=16)) as http,
+        ThreadPoolExecutor(max_workers=16) as pool,
+    ):
         journal = Journal(http, stack.jira)
         started = time.time()
         next_poll = started + 1
+        calls = []
         n = 0
+        # Each event is sent on schedule from a pool, so a slow answer never lowers the rate.
         while (now := time.time()) < started + duration:
-            # Edits and terminations go to people hired at least 20 s ago, never twice in a row.
-            ready = [e for e, at in hired if now - at > 20 and e not in terminated]
+            with lock:
+                # Edits and terminations go to people hired at least 20 s ago, never after
+                # their termination.
+                ready = [e for e, at in hired if now - at > 20 and e not in terminated]
             roll = rng.random()
             if ready and roll < 0.15:
                 employee = ready.pop(rng.randrange(len(ready)))
                 terminated.add(employee)
-                kind, sent = "terminate", time.time()
-                http.post(
-                    f"{stack.peopleforce_control}/employees/{employee}/terminate",
+                event = Event("terminate", employee, time.time())
+                call = pool.submit(
+                    http.post,
+                    f"{control}/employees/{employee}/terminate",
                     json={"effective_on": str(today + timedelta(days=20))},
-                ).raise_for_status()
+                )
             elif ready and roll < 0.40:
                 employee = rng.choice(ready)
-                kind, sent = "update", time.time()
-                http.patch(
-                    f"{stack.peopleforce_control}/employees/{employee}",
+                event = Event("update", employee, time.time())
+                call = pool.submit(
+                    http.patch,
+                    f"{control}/employees/{employee}",
                     json={"position": f"Engineer grade {n}"},
-                ).raise_for_status()
+                )
             else:
-                kind, sent = "hire", time.time()
-                person = http.post(
-                    f"{stack.peopleforce_control}/employees",
-                    json={
-                        "first_name": f"Bench{n}",
-                        "last_name": "Sustained",
-                        "department": rng.choice(["Engineering", "Sales", "Marketing", "IT"]),
-                        "hired_on": str(today + timedelta(days=7)),
-                    },
-                ).json()
-                employee = person["id"]
-                hired.append((employee, sent))
-            events.append(Event(kind, employee, sent))
+                event = Event("hire", 0, time.time())
+                department = rng.choice(["Engineering", "Sales", "Marketing", "IT"])
+                call = pool.submit(hire, http, event, n, department)
+            events.append(event)
+            calls.append(call)
             n += 1
             if time.time() > next_poll:
                 journal.poll()
                 next_poll = time.time() + 2
             time.sleep(max(0.0, started + n / rate - time.time()))
+        for call in calls:
+            answer = call.result()
+            if isinstance(answer, httpx.Response):
+                answer.raise_for_status()
         print(f"sent {len(events)} events in {time.time() - started:.0f} s; draining...")
         drain(journal, events, timeout=900)
-        report(f"P2 sustained: {rate:g} events/s for {duration:g} s", events, journal, rss, started)
+        report(
+            f"P2 sustained: {rate:g} events/s for {duration:g} s",
+            events,
+            journal,
+            rss,
+            started,
+            window=(started + WARM_UP, started + duration),
+        )
 
 
 async def post_all(gateway: str, deliveries: list[dict[str, Any]], concurrency: int) -> float:

@@ -49,6 +49,19 @@ TRY_COMMAND = 'uv run pf-jira-sync sandbox hire "Ada Lovelace" --department Engi
 # Measured on the 2-core box: the Prefect server needs 20-30 s on a fresh home, a child that
 # imports Prefect 5-10 s; these leave room for a slower or busier machine.
 PREFECT_START_TIMEOUT = 120.0
+# Prefect on SQLite, tuned for bursts of webhooks (README, "Benchmarks"); the environment can
+# still set each of these. The server records each task-run event in a transaction of its own
+# by default (batch size 1) and events 20 at a time: larger batches cut its CPU per task run
+# from about 28 ms to 8 ms.
+PREFECT_SERVER_TUNING = {
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "2",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "200",
+}
+# SQLite lets one writer in at a time and the server answers an overlapping write with 503;
+# Prefect's client retries it 5 times (2 s to 32 s apart) and then fails the flow run, with a
+# whole batch of employees in it. Flow runs wait longer instead (7 retries: up to 4 minutes).
+FLOW_RUN_TUNING = {"PREFECT_CLIENT_MAX_RETRIES": "7"}
 GATEWAY_START_TIMEOUT = 90.0
 DEPLOYMENTS_READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
@@ -315,10 +328,13 @@ class Stack:
                 "--port",
                 str(self.settings.prefect_server_port),
             ],
+            PREFECT_SERVER_TUNING,
         )
         self._wait_until_healthy(prefect, f"{self.api_url}/health", PREFECT_START_TIMEOUT)
         serve_started_at = datetime.now(UTC)
-        self._start_child("deployments server", "deployments", ["-m", "deployments.serve"])
+        self._start_child(
+            "deployments server", "deployments", ["-m", "deployments.serve"], FLOW_RUN_TUNING
+        )
         gateway = self._start_child(
             "webhook gateway",
             "gateway",
@@ -431,12 +447,19 @@ class Stack:
             env.update(self.simulators.environment())
         return env
 
-    def _start_child(self, name: str, log_name: str, python_args: list[str]) -> ChildProcess:
+    def _start_child(
+        self,
+        name: str,
+        log_name: str,
+        python_args: list[str],
+        defaults: dict[str, str] | None = None,
+    ) -> ChildProcess:
+        """Start a child on this stack's environment; `defaults` apply unless the environment
+        sets them."""
         self._check()
         log_path = self.log_dir / f"{log_name}.log"
-        child = ChildProcess.start(
-            name, [sys.executable, *python_args], env=self.child_environment(), log_path=log_path
-        )
+        env = {**(defaults or {}), **self.child_environment()}
+        child = ChildProcess.start(name, [sys.executable, *python_args], env=env, log_path=log_path)
         self.children.append(child)
         say(f"started the {name} (pid {child.pid}, log {log_path})")
         return child

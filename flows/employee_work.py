@@ -9,10 +9,11 @@ soon as it happened. Running it again converges: nothing is created twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Literal
+from typing import Literal, TypeVar
 from uuid import UUID, uuid4
 
 from loguru import logger
@@ -49,6 +50,7 @@ from tasks.services import current, open_services
 Process = Literal["onboarding", "offboarding", "field_sync"]
 ALL_PROCESSES: frozenset[Process] = frozenset({"onboarding", "offboarding", "field_sync"})
 SUBTASK_ROUNDS = 3
+T = TypeVar("T")
 
 
 def process_of(action: Action) -> Process | None:
@@ -476,6 +478,32 @@ def run_name(process: str):
     return name
 
 
+# Set by `run_subflows` for each subflow it starts; the subflow's body sets it once it runs.
+_subflow_started: ContextVar[asyncio.Event | None] = ContextVar("subflow_started", default=None)
+
+
+async def run_subflows(subflows: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run subflows side by side, each created once the one before is running and tagged.
+
+    Prefect's SQLite server refuses writes that overlap a run's creation ("database is
+    locked": a 503 its client retries after 2 s, then 4 s ...). Started together, nearly every
+    subflow paid that wait, and under load some ran out of retries and failed their batch.
+    A failure is raised once all have finished."""
+    running: list[asyncio.Task[T]] = []
+    for subflow in subflows:
+        started = asyncio.Event()
+        token = _subflow_started.set(started)
+        try:
+            task = asyncio.ensure_future(subflow())  # the task copies the context, `started` too
+        finally:
+            _subflow_started.reset(token)
+        running.append(task)
+        waiter = asyncio.create_task(started.wait())
+        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+    return list(await asyncio.gather(*running))
+
+
 async def run_process(
     process: Process | None, employee_ids: list[int], event_keys: EventKeys | None = None
 ) -> list[EmployeeOutcome]:
@@ -483,6 +511,8 @@ async def run_process(
     processes = ALL_PROCESSES if process is None else frozenset({process})
     settings = get_settings()
     await tag_run(process, employee_ids)
+    if (started := _subflow_started.get()) is not None:
+        started.set()  # created and tagged: the sync flow may create the next subflow
     async with open_services(settings):
         outcomes = await sync_employees(
             employee_ids,

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from functools import partial
 
 from loguru import logger
 from prefect import flow
 
 from core.plan import Facts, plan, today_in
 from core.settings import get_settings
-from flows.employee_work import Process, process_of, run_name
+from flows.employee_work import Process, process_of, run_name, run_subflows
 from flows.field_sync import field_sync
 from flows.observability import employee_properties, keys_of, publish_routing
 from flows.offboarding import offboarding
@@ -66,12 +67,12 @@ async def sync_employees(
         await publish_routing(routed, unique)
         try:
             # Each process flow reports its employees, and fails the run, on its own.
-            await asyncio.gather(
-                *(
-                    PROCESS_FLOWS[process](employee_ids=ids, event_keys=keys_of(event_keys, ids))
-                    for process, ids in routed.items()
-                    if ids
+            await run_subflows(
+                partial(
+                    PROCESS_FLOWS[process], employee_ids=ids, event_keys=keys_of(event_keys, ids)
                 )
+                for process, ids in routed.items()
+                if ids
             )
         finally:
             for employee_id in unique:  # triage's reads serve this run only
