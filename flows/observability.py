@@ -64,13 +64,18 @@ def process_tag(process: str | None) -> str:
     return (process or "sync").replace("_", "-")
 
 
+def run_tags(process: str | None, employee_ids: Sequence[int]) -> list[str]:
+    """The process and `employee:<id>` tags of a run for these employees."""
+    employees = [f"employee:{employee_id}" for employee_id in employee_ids[:MAX_EMPLOYEE_TAGS]]
+    return [process_tag(process), *employees]
+
+
 async def tag_run(process: str | None, employee_ids: Sequence[int]) -> None:
     """Add the process and `employee:<id>` tags to this flow run (the tags it has are kept)."""
     run_id = flow_run.get_id()
     if not run_id:
         return
-    wanted = [process_tag(process)]
-    wanted += [f"employee:{employee_id}" for employee_id in list(employee_ids)[:MAX_EMPLOYEE_TAGS]]
+    wanted = run_tags(process, list(employee_ids))
     tags = list(dict.fromkeys([*flow_run.get_tags(), *wanted]))
     try:
         async with get_client() as client:

@@ -9,10 +9,13 @@ held to the specs), where production serves them from `python -m deployments.ser
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 from uuid import UUID
 
 import httpx
@@ -25,14 +28,15 @@ from prefect.client.schemas.filters import (
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import State, StateType
 from prefect.flow_engine import run_flow_async
 from prefect.settings import PREFECT_API_URL
+from prefect.states import Pending, Running
 from pydantic import SecretStr
 
 from core.peopleforce.signature import SIGNATURE_HEADER, sign
 from core.settings import Settings
-from core.store import EventStatus, InboxRepository
+from core.store import EventStatus, InboxRepository, MappingStore, WebhookEvent
 from flows.sync import sync_employees
 from sandbox.server import BackgroundServer, free_port
 from tests.fixtures_flows import World
@@ -227,3 +231,46 @@ async def test_events_wait_while_prefect_is_down_and_none_is_lost(world: World) 
     assert len({e.flow_run_id for e in await inbox.recent(limit=100)}) <= 5
     for person in people:
         assert len(world.parents_of(person.id)) == 1
+
+
+async def test_a_new_run_waits_until_the_last_one_started_and_ran_alone_a_while(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Backpressure: new events wait while the dispatched run has not started, and while it has
+    run for less than `run_alone_for`; a slow run lets the next start beside it."""
+    store = await MappingStore.open(f"sqlite+aiosqlite:///{tmp_path / 'inbox.db'}")
+    inbox = InboxRepository(store.engine)
+    dispatcher = Dispatcher(inbox, pipeline.client, run_alone_for=timedelta(seconds=1))
+
+    async def event(employee_id: int) -> None:
+        body = json.dumps({"employee": employee_id})
+        await inbox.add(
+            WebhookEvent(
+                event_key=f"e{employee_id}",
+                action="employee_update",
+                employee_id=employee_id,
+                body=body,
+            )
+        )
+
+    async def dispatched_after(state: State | None) -> int:
+        if state is not None:
+            await pipeline.client.set_flow_run_state(first, state, force=True)
+        await dispatcher.close_finished()
+        return await dispatcher.dispatch_pending()
+
+    try:
+        await event(1)
+        assert await dispatched_after(None) == 1
+        stored = await inbox.get("e1")
+        assert stored is not None
+        assert stored.flow_run_id is not None
+        first = UUID(stored.flow_run_id)
+        await event(2)
+        assert await dispatched_after(None) == 0  # scheduled, not started
+        assert await dispatched_after(Pending()) == 0
+        assert await dispatched_after(Running()) == 0  # started a moment ago
+        await asyncio.sleep(1.2)
+        assert await dispatched_after(Running()) == 1  # slow: the next goes beside it
+    finally:
+        await store.close()

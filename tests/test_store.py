@@ -31,7 +31,7 @@ from core.store import (
     migrate,
     snapshot_hash,
 )
-from core.store.migrate import VERSION_TABLE, migration_connection
+from core.store.migrate import HEAD_REVISION, VERSION_TABLE, migration_connection
 from core.store.models import StoreModel
 from tests.fixtures_database import table_names
 
@@ -47,7 +47,7 @@ async def test_migrate_from_empty_database_to_head(database_url: str) -> None:
     await migrate(database_url)
     await migrate(database_url)  # a second run finds nothing to do
 
-    assert await current_revision(database_url) == head_revision() == "0004"
+    assert await current_revision(database_url) == head_revision() == HEAD_REVISION == "0004"
     assert await table_names(database_url) == STORE_TABLES | {VERSION_TABLE}
 
 

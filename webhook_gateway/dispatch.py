@@ -33,6 +33,10 @@ from webhook_gateway.app import GatewayConfigError, event_properties
 MAX_BACKOFF_SECONDS = 60.0
 NOT_STARTED_RUN_STATES = {StateType.SCHEDULED, StateType.PENDING}
 START_GRACE = timedelta(minutes=2)
+# A run that started less than this long ago holds back the next dispatch: runs go one at a
+# time (each costs a process start: fewer, larger runs leave the CPU to the work), and only a
+# slow run (a Jira retry waiting, a big backlog) lets the next one start beside it.
+RUN_ALONE_FOR = timedelta(seconds=15)
 FINAL_RUN_STATES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 
 
@@ -50,16 +54,18 @@ class Dispatcher:
         settle: float = 0.3,
         poll: float = 5.0,
         busy_poll: float = 0.5,
+        run_alone_for: timedelta = RUN_ALONE_FOR,
     ) -> None:
         self.inbox = inbox
         self.client = client
         self.deployment = deployment
         self.batch_max = batch_max
-        # Backpressure: while a dispatched run has not started yet, or this many runs are
-        # unfinished, new events wait in the inbox and the next run carries them all. Each run
-        # costs a process start (seconds of CPU here), so runs must be few and large; one run
-        # starting while others work keeps the pipeline full.
+        # Backpressure: while a dispatched run has not started yet, or has started less than
+        # RUN_ALONE_FOR ago, or this many runs are unfinished, new events wait in the inbox and
+        # the next run carries them all. Each run costs a process start (seconds of CPU here),
+        # so runs must be few and large.
         self.max_in_flight = max_in_flight
+        self.run_alone_for = run_alone_for
         self.settle = settle  # let a burst arrive before dispatching it as one batch
         self.poll = poll
         self.busy_poll = busy_poll  # how often to look for finished runs while some are out
@@ -67,6 +73,7 @@ class Dispatcher:
         self._deployment_id: UUID | None = None
         self._in_flight: set[str] = set()
         self._not_started: set[str] = set()
+        self._just_started: set[str] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -147,7 +154,11 @@ class Dispatcher:
         return True
 
     def _has_room(self) -> bool:
-        return not self._not_started and len(self._in_flight) < self.max_in_flight
+        return (
+            not self._not_started
+            and not self._just_started
+            and len(self._in_flight) < self.max_in_flight
+        )
 
     def _idempotency_key(self, events: list[WebhookEvent]) -> str:
         """Names this set of events in this state: a dispatcher that crashed after Prefect took
@@ -168,6 +179,7 @@ class Dispatcher:
         # Read from the inbox each time, so runs dispatched before a restart are followed too.
         self._in_flight = set(await self.inbox.runs_in_flight())
         self._not_started = set()
+        self._just_started = set()
         for run_id in sorted(self._in_flight):
             run = await self.client.read_flow_run(UUID(run_id))
             state = run.state
@@ -176,6 +188,10 @@ class Dispatcher:
             # good: past the grace period only `max_in_flight` holds events back.
             if waiting and run.created and utc_now() - run.created < START_GRACE:
                 self._not_started.add(run_id)
+            if state is not None and state.type == StateType.RUNNING:
+                started = run.start_time or state.timestamp
+                if started and utc_now() - started < self.run_alone_for:
+                    self._just_started.add(run_id)
             if state is None or state.type not in FINAL_RUN_STATES:
                 continue
             if state.type == StateType.COMPLETED:

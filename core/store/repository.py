@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import col
 
 from core.database import create_engine
-from core.store.migrate import migrate
+from core.store.migrate import is_at_head, migrate
 from core.store.models import (
     EmployeeLink,
     JiraEffect,
@@ -61,9 +61,11 @@ class MappingStore:
 
     @classmethod
     async def open(cls, database_url: str) -> MappingStore:
-        """Upgrade the schema in place to the newest version, then connect."""
-        await migrate(database_url)
-        return cls(create_engine(database_url))
+        """Connect, upgrading the schema in place first when it is not the newest."""
+        engine = create_engine(database_url)
+        if not await is_at_head(engine):
+            await migrate(database_url)
+        return cls(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()
