@@ -297,7 +297,13 @@ def sustained(stack: Stack, rss: PeakRss, rate: float, duration: float, seed: in
             hired.append((event.employee_id, event.sent_at))
 
     with (
-        httpx.Client(trust_env=False, timeout=30, limits=httpx.Limits(max_connections=16)) as http,
+        # Connections idle for 2 s are not reused: the simulator (uvicorn) closes them at 5 s,
+        # and a request sent as it does is reset.
+        httpx.Client(
+            trust_env=False,
+            timeout=30,
+            limits=httpx.Limits(max_connections=16, keepalive_expiry=2),
+        ) as http,
         ThreadPoolExecutor(max_workers=16) as pool,
     ):
         journal = Journal(http, stack.jira)

@@ -17,8 +17,7 @@ from typing import Literal, TypeVar
 from uuid import UUID, uuid4
 
 from loguru import logger
-from prefect import get_client, tags
-from prefect.context import TagsContext
+from prefect import get_client
 from prefect.runtime import flow_run
 
 from core.errors import ConfigurationError
@@ -483,22 +482,19 @@ def run_name(process: str):
 _subflow_started: ContextVar[asyncio.Event | None] = ContextVar("subflow_started", default=None)
 
 
-async def run_subflows(subflows: Iterable[tuple[list[str], Callable[[], Awaitable[T]]]]) -> list[T]:
-    """Run subflows side by side: each (its tags, how to call it) is created with its tags, once
-    the one before is running.
+async def run_subflows(subflows: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run subflows side by side, each created once the one before is running and tagged.
 
     Prefect's SQLite server refuses writes that overlap a run's creation ("database is
     locked": a 503 its client retries after 2 s, then 4 s ...). Started together, nearly every
     subflow paid that wait, and under load some ran out of retries and failed their batch.
     A failure is raised once all have finished."""
     running: list[asyncio.Task[T]] = []
-    for run_tags, subflow in subflows:
+    for subflow in subflows:
         started = asyncio.Event()
         token = _subflow_started.set(started)
         try:
-            # The task copies this context: `started`, and the tags its flow run is created with.
-            with tags(*run_tags):
-                task = asyncio.ensure_future(subflow())
+            task = asyncio.ensure_future(subflow())  # the task copies the context, `started` too
         finally:
             _subflow_started.reset(token)
         running.append(task)
@@ -514,20 +510,18 @@ async def run_process(
     """The body of every per-employee flow: open the services, work everyone, report."""
     processes = ALL_PROCESSES if process is None else frozenset({process})
     settings = get_settings()
+    # Tagged once created, not at creation: every event of a run's task runs would carry the
+    # run's tags as related resources (six times the server's event rows, measured).
+    await tag_run(process, employee_ids)
     if (started := _subflow_started.get()) is not None:
-        started.set()  # created with its tags: the sync flow may create the next subflow
-    else:
-        await tag_run(process, employee_ids)
-    # The run's tags are for the UI; task runs get none (Prefect asks its server for a
-    # concurrency slot per task-run tag).
-    with TagsContext(current_tags=set()):
-        async with open_services(settings):
-            outcomes = await sync_employees(
-                employee_ids,
-                processes,
-                concurrency=settings.employee_concurrency,
-                event_keys=event_keys,
-            )
+        started.set()  # created and tagged: the sync flow may create the next subflow
+    async with open_services(settings):
+        outcomes = await sync_employees(
+            employee_ids,
+            processes,
+            concurrency=settings.employee_concurrency,
+            event_keys=event_keys,
+        )
     if len(outcomes) == 1 and outcomes[0].name:
         await _rename_run(f"{process or 'sync'} · {outcomes[0].name} ({outcomes[0].employee_id})")
     for outcome in outcomes:

@@ -14,7 +14,7 @@ from core.plan import Facts, plan, today_in
 from core.settings import get_settings
 from flows.employee_work import Process, process_of, run_name, run_subflows
 from flows.field_sync import field_sync
-from flows.observability import employee_properties, keys_of, publish_routing, run_tags
+from flows.observability import employee_properties, keys_of, publish_routing
 from flows.offboarding import offboarding
 from flows.onboarding import onboarding
 from tasks import peopleforce, store
@@ -68,13 +68,8 @@ async def sync_employees(
         try:
             # Each process flow reports its employees, and fails the run, on its own.
             await run_subflows(
-                (
-                    run_tags(process, ids),
-                    partial(
-                        PROCESS_FLOWS[process],
-                        employee_ids=ids,
-                        event_keys=keys_of(event_keys, ids),
-                    ),
+                partial(
+                    PROCESS_FLOWS[process], employee_ids=ids, event_keys=keys_of(event_keys, ids)
                 )
                 for process, ids in routed.items()
                 if ids
