@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     dispatch_batch_max: int = Field(200, ge=1, le=5000)
     # Dispatched runs not yet finished before new events wait for them (and then go together).
     dispatch_max_in_flight: int = Field(3, ge=1, le=64)
+    # A run started less than this many seconds ago holds back the next (0: never). One large
+    # run at a time suits one host; with several workers, lower it so runs go side by side.
+    dispatch_run_alone_seconds: float = Field(15.0, ge=0, le=600)
 
     # Scale-out: the Prefect work pool of `pf-jira-sync deploy` and `pf-jira-sync worker`
     work_pool: str = Field("pf-jira-sync", min_length=1, max_length=100)

@@ -197,6 +197,7 @@ def cluster(databases: tuple[str, str], tmp_path: Path) -> Iterator[Cluster]:
         "DISPATCH_BATCH_MAX": str(BATCH_MAX),
         # As many unfinished runs as the workers run at once (2 x 2): both stay busy.
         "DISPATCH_MAX_IN_FLIGHT": "4",
+        "DISPATCH_RUN_ALONE_SECONDS": "0",  # two workers: runs side by side
         **simulators.environment(),
     }
     running = Cluster(tmp_path, env, "", gateway_url, store_url, simulators)

@@ -33,9 +33,10 @@ from webhook_gateway.app import GatewayConfigError, event_properties
 MAX_BACKOFF_SECONDS = 60.0
 NOT_STARTED_RUN_STATES = {StateType.SCHEDULED, StateType.PENDING}
 START_GRACE = timedelta(minutes=2)
-# A run that started less than this long ago holds back the next dispatch: runs go one at a
-# time (each costs a process start: fewer, larger runs leave the CPU to the work), and only a
-# slow run (a Jira retry waiting, a big backlog) lets the next one start beside it.
+# A run that started less than this long ago holds back the next dispatch (the setting
+# DISPATCH_RUN_ALONE_SECONDS): runs go one at a time (each costs a process start: fewer,
+# larger runs leave the CPU to the work), and only a slow run (a Jira retry waiting, a big
+# backlog) lets the next one start beside it.
 RUN_ALONE_FOR = timedelta(seconds=15)
 FINAL_RUN_STATES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 
@@ -291,6 +292,7 @@ class Dispatching:
                 client,
                 batch_max=self.settings.dispatch_batch_max,
                 max_in_flight=self.settings.dispatch_max_in_flight,
+                run_alone_for=timedelta(seconds=self.settings.dispatch_run_alone_seconds),
                 poll=self.poll,
             )
             task = asyncio.create_task(self.dispatcher.run(), name="dispatcher")
