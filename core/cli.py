@@ -627,6 +627,7 @@ def plan_employee(
     from core.reconcile import (
         ClientSources,
         ReadCounts,
+        action_label,
         check_jira,
         describe_action,
         describe_inputs,
@@ -669,18 +670,16 @@ def plan_employee(
     name = result.employee_name or "(unknown)"
     console.print(f"[bold]Employee {employee_id} {escape(name)}[/]", highlight=False)
     console.print("[bold]Inputs[/]")
-    width = max(len(label) for label, _ in describe_inputs(facts, rules, today))
-    for label, value in describe_inputs(facts, rules, today):
+    inputs = describe_inputs(facts, rules, today)
+    width = max(len(label) for label, _ in inputs)
+    for label, value in inputs:
         console.print(f"  {label:<{width}}  {escape(value)}", highlight=False, soft_wrap=True)
     console.print("[bold]Actions[/]")
     if not result.actions:
         console.print("  none: Jira is in step for this employee", highlight=False)
     for number, action in enumerate(result.actions, 1):
-        label = (
-            f"{action.action} ({action.kind})" if isinstance(action, CreateIssue) else action.action
-        )
         console.print(
-            f"  {number}. {label}: {escape(describe_action(action))}",
+            f"  {number}. {action_label(action)}: {escape(describe_action(action))}",
             highlight=False,
             soft_wrap=True,
         )
@@ -693,12 +692,16 @@ def plan_employee(
         for note in result.notes:
             console.print(f"  - {escape(note)}", highlight=False, soft_wrap=True)
     if url is None:
-        console.print(
-            f"(no mapping store at {settings.effective_database_url} yet: planned as if this "
-            "service had done nothing)",
-            highlight=False,
-            soft_wrap=True,
-        )
+        print_no_store_note(settings)
+
+
+def print_no_store_note(settings: Settings) -> None:
+    console.print(
+        f"(no mapping store at {settings.effective_database_url} yet: planned as if this "
+        "service had done nothing)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def print_company_plan(company: Any, verdict: Any) -> None:
@@ -776,12 +779,7 @@ def dry_run_reconcile(settings: Settings, full: bool) -> None:
     )
     print_company_plan(company, verdict)
     if url is None:
-        console.print(
-            f"(no mapping store at {settings.effective_database_url} yet: planned as if this "
-            "service had done nothing)",
-            highlight=False,
-            soft_wrap=True,
-        )
+        print_no_store_note(settings)
 
 
 def reconcile_api_url(settings: Settings) -> str:

@@ -166,8 +166,10 @@ def plan_company(
     checks: Mapping[int, IssueCheck],
     rules: Rules,
     today: date,
+    only: Iterable[int] | None = None,
 ) -> tuple[dict[int, Facts], dict[int, Plan]]:
-    """Plan everyone: from the full record when there is one, else from the list item.
+    """Plan everyone (or `only` these): from the full record when there is one, else from the
+    list item.
 
     Mapped employees PeopleForce no longer returns are planned too: the plan reports them and
     changes nothing (never a blind delete).
@@ -178,7 +180,8 @@ def plan_company(
             by_email[link.email].append(link)
     facts: dict[int, Facts] = {}
     plans: dict[int, Plan] = {}
-    for employee_id in sorted(set(summaries) | set(records) | set(links)):
+    everyone = set(summaries) | set(records) | set(links)
+    for employee_id in sorted(everyone if only is None else set(only)):
         link = links.get(employee_id)
         if employee_id in records:
             employee = records[employee_id]
@@ -422,7 +425,9 @@ async def plan_reconciliation(
     ]
     if unsure:
         records |= await read_records(sources, unsure, peopleforce, reads, progress)
-        facts, plans = plan_company(by_id, records, by_link, checks, rules, today)
+        replanned = plan_company(by_id, records, by_link, checks, rules, today, only=unsure)
+        facts |= replanned[0]
+        plans |= replanned[1]
     returned = len(set(by_id) | {i for i, record in records.items() if record is not None})
     return CompanyPlan(today, plans, facts, returned, reads)
 

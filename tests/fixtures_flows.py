@@ -3,23 +3,29 @@ simulators over real HTTP (held to the specs) and to a fresh SQLite mapping stor
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from prefect.testing.utilities import prefect_test_harness
+from pydantic import SecretStr
 
 from core.plan import today_in
 from core.rules import load_rules
+from core.settings import Settings
 from core.store import MappingStore
 from sandbox.jira import SimIssue
 from sandbox.seed import SeedAsset, SeedPerson
+from sandbox.server import BackgroundServer
 from tasks.services import Services, use
 from tests.contract import SpecContract
 from tests.fixtures_jira import JiraSandbox
 from tests.fixtures_peopleforce import PeopleForceSandbox
+from webhook_gateway import create_app
+from webhook_gateway.dispatch import Dispatching
 
 RULES_FILE = Path(__file__).resolve().parents[1] / "rules.example.toml"
 
@@ -75,6 +81,25 @@ class World:
 
     def parents_of(self, employee_id: int) -> list[SimIssue]:
         return [issue for issue in self.issues_of(employee_id) if issue.parent_key is None]
+
+
+@contextmanager
+def webhook_gateway(
+    world: World, secret: str, prefect_api_url: str, *, poll: float
+) -> Generator[tuple[str, Dispatching]]:
+    """The gateway with its dispatcher over real HTTP on the world's store, PeopleForce's webhook
+    target; yields its URL and the dispatching."""
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        webhook_secret=SecretStr(secret),
+        prefect_api_url=prefect_api_url,
+        database_url=world.database_url,
+    )
+    dispatching = Dispatching(settings, poll=poll)
+    app = create_app(settings, on_stored=dispatching.wake, extra_lifespan=dispatching.lifespan)
+    with BackgroundServer(app) as server:
+        world.peopleforce.state.set_webhook_target(f"{server.url}/webhooks/peopleforce", secret)
+        yield server.url, dispatching
 
 
 @pytest.fixture

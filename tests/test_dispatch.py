@@ -32,15 +32,12 @@ from prefect.client.schemas.objects import State, StateType
 from prefect.flow_engine import run_flow_async
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Pending, Running
-from pydantic import SecretStr
 
 from core.peopleforce.signature import SIGNATURE_HEADER, sign
-from core.settings import Settings
 from core.store import EventStatus, InboxRepository, MappingStore, WebhookEvent
 from flows.sync import sync_employees
-from sandbox.server import BackgroundServer, free_port
-from tests.fixtures_flows import World
-from webhook_gateway import create_app
+from sandbox.server import free_port
+from tests.fixtures_flows import World, webhook_gateway
 from webhook_gateway.dispatch import Dispatcher, Dispatching
 
 SECRET = "dispatch-test-secret"
@@ -87,20 +84,11 @@ async def pipeline(world: World) -> AsyncIterator[Pipeline]:
     api_url = PREFECT_API_URL.value()
     deployment = await sync_employees.ato_deployment(name="webhook")
     deployment_id = await deployment.aapply()
-    settings = Settings(
-        _env_file=None,
-        webhook_secret=SecretStr(SECRET),
-        prefect_api_url=api_url,
-        database_url=world.database_url,
-    )
-    dispatching = Dispatching(settings, poll=0.5)
-    app = create_app(settings, on_stored=dispatching.wake, extra_lifespan=dispatching.lifespan)
-    with BackgroundServer(app) as server:
-        world.peopleforce.state.set_webhook_target(f"{server.url}/webhooks/peopleforce", SECRET)
+    with webhook_gateway(world, SECRET, api_url, poll=0.5) as (url, dispatching):
         async with PrefectClient(api=api_url) as client:
             yield Pipeline(
                 world,
-                server.url,
+                url,
                 client,
                 deployment_id,
                 dispatching,
@@ -188,17 +176,8 @@ async def test_events_wait_while_prefect_is_down_and_none_is_lost(world: World) 
     api_url = PREFECT_API_URL.value()
     deployment_id = await (await sync_employees.ato_deployment(name="webhook")).aapply()
     dead = f"http://127.0.0.1:{free_port()}/api"
-    settings = Settings(
-        _env_file=None,
-        webhook_secret=SecretStr(SECRET),
-        prefect_api_url=dead,
-        database_url=world.database_url,
-    )
-    dispatching = Dispatching(settings, poll=0.2)
-    app = create_app(settings, on_stored=dispatching.wake, extra_lifespan=dispatching.lifespan)
     inbox = InboxRepository(world.services.store.engine)
-    with BackgroundServer(app) as server:
-        world.peopleforce.state.set_webhook_target(f"{server.url}/webhooks/peopleforce", SECRET)
+    with webhook_gateway(world, SECRET, dead, poll=0.2):
         people = [
             world.hire("Down", f"Time{n}", in_days=1, department="Finance") for n in range(50)
         ]
@@ -212,10 +191,7 @@ async def test_events_wait_while_prefect_is_down_and_none_is_lost(world: World) 
         assert all(e.status == EventStatus.pending for e in waiting)
         assert "dispatch failed" in (waiting[0].outcome or "")
     # Prefect is back: a gateway pointed at it dispatches the backlog.
-    settings = settings.model_copy(update={"prefect_api_url": api_url})
-    dispatching = Dispatching(settings, poll=0.2)
-    app = create_app(settings, on_stored=dispatching.wake, extra_lifespan=dispatching.lifespan)
-    with BackgroundServer(app):
+    with webhook_gateway(world, SECRET, api_url, poll=0.2) as (_, dispatching):
         async with PrefectClient(api=api_url) as client:
             pipeline = Pipeline(world, "", client, deployment_id, dispatching, inbox)
             deadline = time.monotonic() + 120

@@ -40,7 +40,6 @@ from prefect.logging.handlers import APILogHandler
 from prefect.runner import Runner
 from prefect.settings import PREFECT_API_URL
 from prefect.states import State
-from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -60,18 +59,15 @@ from core.logging import (
     seq_dropped,
 )
 from core.seq import SeqSink
-from core.settings import Settings
 from core.store import EffectAction, InboxRepository
 from flows.employee_work import EmployeesFailed
 from flows.observability import artifact_key
 from flows.onboarding import onboarding
 from flows.sync import sync_employees
 from sandbox.server import BackgroundServer
-from tests.fixtures_flows import RULES_FILE, World
+from tests.fixtures_flows import RULES_FILE, World, webhook_gateway
 from tests.fixtures_jira import JIRA_API_TOKEN, JIRA_EMAIL
 from tests.fixtures_peopleforce import PEOPLEFORCE_API_KEY
-from webhook_gateway import create_app
-from webhook_gateway.dispatch import Dispatching
 
 ROOT = Path(__file__).resolve().parents[1]
 WEBHOOK_SECRET = "obs-webhook-secret-5f2c9a"
@@ -158,19 +154,8 @@ async def test_one_webhook_is_traced_from_the_gateway_to_its_jira_issue(
 ) -> None:
     api_url = PREFECT_API_URL.value()
     await (await sync_employees.ato_deployment(name="webhook")).aapply()
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        webhook_secret=SecretStr(WEBHOOK_SECRET),
-        prefect_api_url=api_url,
-        database_url=world.database_url,
-    )
-    dispatching = Dispatching(settings, poll=0.3)
-    app = create_app(settings, on_stored=dispatching.wake, extra_lifespan=dispatching.lifespan)
     inbox = InboxRepository(world.services.store.engine)
-    with BackgroundServer(app) as gateway:
-        world.peopleforce.state.set_webhook_target(
-            f"{gateway.url}/webhooks/peopleforce", WEBHOOK_SECRET
-        )
+    with webhook_gateway(world, WEBHOOK_SECRET, api_url, poll=0.3):
         person = world.hire("Grace", "Hopper", in_days=2, department="Engineering")
         (delivery,) = world.peopleforce.state.deliveries
         assert delivery.status_code == 202

@@ -21,6 +21,7 @@ from uuid import UUID
 from fastapi import FastAPI
 from loguru import logger
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
 from prefect.settings import PREFECT_API_AUTH_STRING
 
@@ -73,8 +74,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._deployment_id: UUID | None = None
         self._in_flight: set[str] = set()
-        self._not_started: set[str] = set()
-        self._just_started: set[str] = set()
+        # Runs not started yet, or started less than `run_alone_for` ago: they hold back dispatch.
+        self._holding_back: set[str] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -140,7 +141,7 @@ class Dispatcher:
             return False
         await self.inbox.mark_dispatched(keys, str(run.id))
         self._in_flight.add(str(run.id))
-        self._not_started.add(str(run.id))
+        self._holding_back.add(str(run.id))
         logger.info(
             "dispatched {} event(s) for {} employee(s) as flow run {}",
             len(keys),
@@ -155,11 +156,7 @@ class Dispatcher:
         return True
 
     def _has_room(self) -> bool:
-        return (
-            not self._not_started
-            and not self._just_started
-            and len(self._in_flight) < self.max_in_flight
-        )
+        return not self._holding_back and len(self._in_flight) < self.max_in_flight
 
     def _idempotency_key(self, events: list[WebhookEvent]) -> str:
         """Names this set of events in this state: a dispatcher that crashed after Prefect took
@@ -179,20 +176,29 @@ class Dispatcher:
         """Record the outcome of dispatched events whose flow run has finished."""
         # Read from the inbox each time, so runs dispatched before a restart are followed too.
         self._in_flight = set(await self.inbox.runs_in_flight())
-        self._not_started = set()
-        self._just_started = set()
-        for run_id in sorted(self._in_flight):
-            run = await self.client.read_flow_run(UUID(run_id))
-            state = run.state
+        self._holding_back = set()
+        # One request for all of them: this runs every `busy_poll` while runs are out.
+        runs = (
+            await self.client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=[UUID(run_id) for run_id in self._in_flight])
+                ),
+                limit=len(self._in_flight),
+            )
+            if self._in_flight
+            else []
+        )
+        for run in runs:
+            run_id, state = str(run.id), run.state
             waiting = state is None or state.type in NOT_STARTED_RUN_STATES
             # A run that does not start (no runner, no free slot) must not stall dispatch for
             # good: past the grace period only `max_in_flight` holds events back.
             if waiting and run.created and utc_now() - run.created < START_GRACE:
-                self._not_started.add(run_id)
+                self._holding_back.add(run_id)
             if state is not None and state.type == StateType.RUNNING:
                 started = run.start_time or state.timestamp
                 if started and utc_now() - started < self.run_alone_for:
-                    self._just_started.add(run_id)
+                    self._holding_back.add(run_id)
             if state is None or state.type not in FINAL_RUN_STATES:
                 continue
             if state.type == StateType.COMPLETED:
