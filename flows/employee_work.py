@@ -42,7 +42,7 @@ from core.plan import (
 from core.rules import FieldType
 from core.settings import get_settings
 from core.store import EffectAction, EmployeeLink, Leases, Lifecycle, snapshot_hash
-from flows.observability import EventKeys, employee_properties, publish_outcomes, tag_run
+from flows.observability import EventKeys, RunArtifacts, employee_properties, tag_run
 from tasks import jira, peopleforce, store
 from tasks.retry import action_task, inline
 from tasks.services import current, open_services
@@ -426,8 +426,12 @@ async def sync_employees(
     event_keys: EventKeys | None = None,
     today: date | None = None,
     prefetched: Mapping[int, Prefetched] | None = None,
+    on_done: Callable[[EmployeeOutcome], Awaitable[None]] | None = None,
 ) -> list[EmployeeOutcome]:
-    """Work many employees at once, at most `concurrency` at a time; one failure stops no other."""
+    """Work many employees at once, at most `concurrency` at a time; one failure stops no other.
+
+    `on_done` is given each employee's outcome as soon as their work is done (and their slot
+    and lease are free), while the others are still worked."""
     bound = asyncio.Semaphore(concurrency)
     leases = Leases(current().store.engine)
     holder = f"{flow_run.get_id() or 'local'}:{uuid4().hex[:8]}"
@@ -435,23 +439,29 @@ async def sync_employees(
     # No per-employee tags on task runs: Prefect treats every task-run tag as a concurrency
     # limit and asks its server for a slot per tag and task run (an extra round trip, and 503s
     # under load). Task runs carry the employee in their names instead.
-    async def one(employee_id: int) -> EmployeeOutcome:
+    async def work(employee_id: int) -> EmployeeOutcome:
         async with bound:
-            # Every line of this employee's work carries the employee and its webhook events.
-            with logger.contextualize(**employee_properties(employee_id, event_keys)):
-                try:
-                    # Never two runs on one employee: a webhook run, the reconciliation and a
-                    # retry from the UI take turns.
-                    async with leases.hold(employee_id, holder):
-                        return await sync_employee(
-                            employee_id,
-                            processes,
-                            today=today,
-                            prefetched=(prefetched or {}).get(employee_id),
-                        )
-                except Exception as error:  # reported per employee; the run fails at the end
-                    logger.error("employee {}: {}", employee_id, error)
-                    return EmployeeOutcome(employee_id, error=f"{type(error).__name__}: {error}")
+            try:
+                # Never two runs on one employee: a webhook run, the reconciliation and a
+                # retry from the UI take turns.
+                async with leases.hold(employee_id, holder):
+                    return await sync_employee(
+                        employee_id,
+                        processes,
+                        today=today,
+                        prefetched=(prefetched or {}).get(employee_id),
+                    )
+            except Exception as error:  # reported per employee; the run fails at the end
+                logger.error("employee {}: {}", employee_id, error)
+                return EmployeeOutcome(employee_id, error=f"{type(error).__name__}: {error}")
+
+    async def one(employee_id: int) -> EmployeeOutcome:
+        # Every line of this employee's work carries the employee and its webhook events.
+        with logger.contextualize(**employee_properties(employee_id, event_keys)):
+            outcome = await work(employee_id)
+            if on_done is not None:
+                await on_done(outcome)
+            return outcome
 
     unique = list(dict.fromkeys(employee_ids))
     return list(await asyncio.gather(*(one(employee_id) for employee_id in unique)))
@@ -515,13 +525,15 @@ async def run_process(
     await tag_run(process, employee_ids)
     if (started := _subflow_started.get()) is not None:
         started.set()  # created and tagged: the sync flow may create the next subflow
-    async with open_services(settings):
+    async with open_services(settings), RunArtifacts(process) as artifacts:
         outcomes = await sync_employees(
             employee_ids,
             processes,
             concurrency=settings.employee_concurrency,
             event_keys=event_keys,
+            on_done=artifacts.links,
         )
+        await artifacts.outcomes_summary(outcomes)
     if len(outcomes) == 1 and outcomes[0].name:
         await _rename_run(f"{process or 'sync'} · {outcomes[0].name} ({outcomes[0].employee_id})")
     for outcome in outcomes:
@@ -532,7 +544,6 @@ async def run_process(
             outcome.left_for_others or "nothing",
             outcome.notes or "none",
         )
-    await publish_outcomes(process, outcomes)
     failed = [outcome for outcome in outcomes if outcome.error]
     if failed:
         raise EmployeesFailed(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 from uuid import UUID
 
@@ -106,59 +106,86 @@ def artifact_key(issue_key: str) -> str:
     return "jira-" + re.sub(r"[^a-z0-9-]+", "-", issue_key.lower()).strip("-")
 
 
-async def publish_outcomes(
-    process: str | None, outcomes: Sequence[EmployeeOutcome], *, summary: bool = True
-) -> None:
-    """A link artifact per Jira issue touched, and (with `summary`) a summary table for a run
-    of many employees. A flow that writes its own summary passes `summary=False`."""
-    if not flow_run.get_id():
-        return
-    site = jira_site()
-    links = [
-        (outcome, key)
-        for outcome in outcomes
-        for key in dict.fromkeys(outcome.jira_keys)
-        if site is not None
-    ]
-    summarize = summary and len(outcomes) > 1
-    if not links and not summarize:
-        return
-    bound = asyncio.Semaphore(ARTIFACT_CONCURRENCY)
+class RunArtifacts:
+    """The artifacts of one run, over one Prefect client: each employee's link artifacts as soon
+    as their work is done (the run's end then waits for the summary only, and the server writes
+    them while other employees are still worked), and the summary at the end.
 
-    async def link(client: PrefectClient, outcome: EmployeeOutcome, key: str) -> None:
-        assert site is not None
-        async with bound:
-            await LinkArtifact(
-                key=artifact_key(key),
-                link=browse_url(site, key),
-                link_text=key,
-                description=f"{process_tag(process)} · {outcome.who}: "
-                + "; ".join(applied for applied in outcome.applied if applied.endswith(key)),
-            ).acreate(client)
+    Best effort, like all artifacts: a failure is logged and fails no run. Outside a flow run
+    (a test calling the flow's function) nothing is written."""
 
-    try:
-        async with get_client() as client:
-            await asyncio.gather(*(link(client, outcome, key) for outcome, key in links))
-            if summarize:
-                await MarkdownArtifact(
-                    markdown=summary_markdown(process, outcomes, site),
-                    description=f"{process_tag(process)}: {len(outcomes)} employees",
-                ).acreate(client)
-    except Exception as error:
-        logger.warning("could not write the artifacts of this run: {}", error)
+    def __init__(self, process: str | None) -> None:
+        self.process = process
+        self.site = jira_site()
+        self._bound = asyncio.Semaphore(ARTIFACT_CONCURRENCY)
+        self._client: PrefectClient | None = None
+
+    async def __aenter__(self) -> RunArtifacts:
+        if flow_run.get_id():
+            self._client = await get_client().__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._client is not None:
+            await self._client.__aexit__(*exc_info)
+            self._client = None
+
+    async def links(self, outcome: EmployeeOutcome) -> None:
+        """A link artifact per Jira issue this employee's work touched."""
+        if self._client is None or self.site is None:
+            return
+        await asyncio.gather(
+            *(self._link(outcome, key) for key in dict.fromkeys(outcome.jira_keys))
+        )
+
+    async def _link(self, outcome: EmployeeOutcome, key: str) -> None:
+        assert self._client is not None
+        assert self.site is not None
+        applied = "; ".join(done for done in outcome.applied if done.endswith(key))
+        artifact = LinkArtifact(
+            key=artifact_key(key),
+            link=browse_url(self.site, key),
+            link_text=key,
+            description=f"{process_tag(self.process)} · {outcome.who}: {applied}",
+        )
+        async with self._bound:
+            await self._best_effort(artifact.acreate(self._client), f"the link artifact of {key}")
+
+    async def summary(self, markdown: str, description: str, *, key: str | None = None) -> None:
+        if self._client is not None:
+            artifact = MarkdownArtifact(markdown=markdown, description=description, key=key)
+            await self._best_effort(artifact.acreate(self._client), "the summary artifact")
+
+    async def outcomes_summary(self, outcomes: Sequence[EmployeeOutcome]) -> None:
+        """The summary table of a run of many employees (one employee's run has its links)."""
+        if len(outcomes) > 1:
+            await self.summary(
+                summary_markdown(self.process, outcomes, self.site),
+                f"{process_tag(self.process)}: {len(outcomes)} employees",
+            )
+
+    @staticmethod
+    async def _best_effort(write: Awaitable[object], what: str) -> None:
+        try:
+            await write
+        except Exception as error:
+            logger.warning("could not write {} of this run: {}", what, error)
+
+
+def markdown_cell(text: str) -> str:
+    """Text that stays in its Markdown table cell: pipes escaped, on one line."""
+    return " ".join(text.replace("|", "\\|").split()) or "-"
+
+
+def issue_link(site: str | None, key: str) -> str:
+    """A Jira key as a Markdown link, or the bare key when there is no site to link to."""
+    return f"[{key}]({browse_url(site, key)})" if site else key
 
 
 def summary_markdown(
     process: str | None, outcomes: Sequence[EmployeeOutcome], site: str | None
 ) -> str:
     """A table: each employee, what was applied, the Jira issues (linked), notes and errors."""
-
-    def cell(text: str) -> str:
-        return " ".join(text.replace("|", "\\|").split()) or "-"
-
-    def issue(key: str) -> str:
-        return f"[{key}]({browse_url(site, key)})" if site else key
-
     failed = sum(1 for outcome in outcomes if outcome.error)
     changed = sum(1 for outcome in outcomes if outcome.applied)
     lines = [
@@ -174,11 +201,11 @@ def summary_markdown(
         "| "
         + " | ".join(
             [
-                cell(outcome.who),
-                cell("; ".join(outcome.applied)),
-                ", ".join(issue(key) for key in dict.fromkeys(outcome.jira_keys)) or "-",
-                cell("; ".join([*outcome.notes, *outcome.left_for_others])),
-                cell(outcome.error or ""),
+                markdown_cell(outcome.who),
+                markdown_cell("; ".join(outcome.applied)),
+                ", ".join(issue_link(site, key) for key in dict.fromkeys(outcome.jira_keys)) or "-",
+                markdown_cell("; ".join([*outcome.notes, *outcome.left_for_others])),
+                markdown_cell(outcome.error or ""),
             ]
         )
         + " |"

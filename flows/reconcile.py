@@ -31,7 +31,7 @@ from core.reconcile import (
     plan_rows,
     safeguard,
 )
-from core.settings import Settings, get_settings
+from core.settings import get_settings
 from flows.employee_work import (
     ALL_PROCESSES,
     EmployeeOutcome,
@@ -39,6 +39,7 @@ from flows.employee_work import (
     Prefetched,
     sync_employees,
 )
+from flows.observability import RunArtifacts, issue_link, markdown_cell
 from tasks import jira, peopleforce, store
 from tasks.services import open_services
 
@@ -130,22 +131,26 @@ async def reconcile(dry_run: bool = False, force: bool = False, full: bool = Fal
             raise SafeguardStopped(verdict.explain())
         if verdict.stop:
             logger.warning("forced past the safeguard: {}", "; ".join(verdict.reasons))
-        outcomes = await sync_employees(
-            company.needs_work,
-            ALL_PROCESSES,
-            concurrency=settings.employee_concurrency,
-            today=today,
-            prefetched={
-                employee_id: Prefetched(employee, company.facts[employee_id].jira)
-                for employee_id in company.needs_work
-                if (employee := company.facts[employee_id].employee) is not None
-            },
-        )
-    await acreate_markdown_artifact(
-        _summary_markdown(company, verdict, outcomes, settings, forced=force and verdict.stop),
-        key=SUMMARY_ARTIFACT,
-        description=f"Reconciliation {company.today}",
-    )
+        async with RunArtifacts("reconcile") as artifacts:
+            outcomes = await sync_employees(
+                company.needs_work,
+                ALL_PROCESSES,
+                concurrency=settings.employee_concurrency,
+                today=today,
+                prefetched={
+                    employee_id: Prefetched(employee, company.facts[employee_id].jira)
+                    for employee_id in company.needs_work
+                    if (employee := company.facts[employee_id].employee) is not None
+                },
+                on_done=artifacts.links,
+            )
+            await artifacts.summary(
+                _summary_markdown(
+                    company, verdict, outcomes, artifacts.site, forced=force and verdict.stop
+                ),
+                f"Reconciliation {company.today}",
+                key=SUMMARY_ARTIFACT,
+            )
     failed = [outcome for outcome in outcomes if outcome.error]
     if failed:
         raise EmployeesFailed(
@@ -208,16 +213,6 @@ async def _publish_plan(company: CompanyPlan, verdict: Verdict, title: str) -> N
     )
 
 
-def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _browse(settings: Settings, key: str) -> str:
-    if settings.jira_base_url is None:
-        return key  # a cloud id only: no site address to link to
-    return f"[{key}]({str(settings.jira_base_url).rstrip('/')}/browse/{key})"
-
-
 def _reads_line(company: CompanyPlan) -> str:
     reads = company.reads
     return (
@@ -233,7 +228,7 @@ def _reports_markdown(company: CompanyPlan) -> list[str]:
     lines = ["", "### Reported (nothing changed in Jira)", ""]
     for employee_id, report in company.reports:
         name = company.plans[employee_id].employee_name or ""
-        lines.append(f"- {employee_id} {_cell(name)}: {_cell(report.why)}")
+        lines.append(f"- {employee_id} {markdown_cell(name)}: {markdown_cell(report.why)}")
     return lines
 
 
@@ -241,7 +236,7 @@ def _summary_markdown(
     company: CompanyPlan,
     verdict: Verdict,
     outcomes: list[EmployeeOutcome],
-    settings: Settings,
+    site: str | None,
     *,
     forced: bool,
 ) -> str:
@@ -259,8 +254,8 @@ def _summary_markdown(
     if applied:
         lines += ["", "| employee | done | Jira |", "|---|---|---|"]
         lines += [
-            f"| {_cell(outcome.who)} | {_cell('; '.join(outcome.applied))} | "
-            + ", ".join(_browse(settings, key) for key in outcome.jira_keys)
+            f"| {markdown_cell(outcome.who)} | {markdown_cell('; '.join(outcome.applied))} | "
+            + ", ".join(issue_link(site, key) for key in outcome.jira_keys)
             + " |"
             for outcome in applied
         ]
@@ -268,7 +263,10 @@ def _summary_markdown(
     failed = [outcome for outcome in outcomes if outcome.error]
     if failed:
         lines += ["", "### Failed (retry the run from the Prefect UI)", ""]
-        lines += [f"- {_cell(outcome.who)}: {_cell(outcome.error)}" for outcome in failed]
+        lines += [
+            f"- {markdown_cell(outcome.who)}: {markdown_cell(outcome.error or '')}"
+            for outcome in failed
+        ]
     return "\n".join(lines)
 
 

@@ -30,6 +30,7 @@ from core.peopleforce import PeopleForceClient
 from core.settings import Settings, get_settings
 from core.store import EffectAction, Leases, Lifecycle
 from deployments.definitions import ALL, RECONCILE
+from flows.observability import artifact_key
 from flows.offboarding import offboarding
 from flows.onboarding import onboarding
 from flows.reconcile import PLAN_ARTIFACT, SUMMARY_ARTIFACT, SafeguardStopped, reconcile
@@ -300,9 +301,14 @@ async def test_real_run_publishes_a_summary_with_links_to_the_issues(
     person = company.hire("Ada", "Lovelace", in_days=3)
     state = await run_state()
     (parent,) = company.parents_of(person.id)
-    summary = str((await artifacts(state))[SUMMARY_ARTIFACT].data)
+    found = await artifacts(state)
+    summary = str(found[SUMMARY_ARTIFACT].data)
     assert "create_issue (onboarding) 1" in summary
     assert f"[{parent.key}](https://acme.atlassian.net/browse/{parent.key})" in summary
+    # Like every run that touched Jira, a link artifact per issue.
+    assert found[artifact_key(parent.key)].data == (
+        f"[{parent.key}](https://acme.atlassian.net/browse/{parent.key})"
+    )
 
 
 async def test_reconcile_waits_while_a_webhook_run_holds_the_employee(
