@@ -320,8 +320,7 @@ class Stack:
             "prefect-server",
             [
                 "-m",
-                "prefect",
-                "server",
+                "deployments.prefect_server",
                 "start",
                 "--host",
                 PREFECT_HOST,
