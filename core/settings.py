@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     # Flow runs the served deployments run at once (each is a process of its own).
     serve_limit: int = Field(4, ge=1, le=64)
     # How often the served deployments ask the Prefect server for runs to start.
-    serve_poll_seconds: float = Field(1.0, gt=0, le=60)
+    serve_poll_seconds: float = Field(0.5, gt=0, le=60)
     # Most employees one dispatched flow run carries; a burst beyond it is split across runs.
     dispatch_batch_max: int = Field(200, ge=1, le=5000)
     # Dispatched runs not yet finished before new events wait for them (and then go together).

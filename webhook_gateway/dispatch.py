@@ -55,7 +55,7 @@ class Dispatcher:
         max_in_flight: int = 3,
         settle: float = 0.3,
         poll: float = 5.0,
-        busy_poll: float = 0.5,
+        busy_poll: float = 0.25,
         run_alone_for: timedelta = RUN_ALONE_FOR,
     ) -> None:
         self.inbox = inbox
