@@ -97,7 +97,13 @@ class PeakRss(threading.Thread):
             words = [w.decode() for w in command if w]
             name = next((words[i + 1] for i, w in enumerate(words[:-1]) if w == "-m"), "up")
             own, ended_children = self.cpu_seconds(pid)
-            label = {"prefect": "prefect server", "prefect.engine": "flow runs"}.get(name, name)
+            label = {
+                "deployments.prefect_server": "prefect server",
+                "prefect.engine": "flow runs",
+                "deployments.serve": "deployments server",
+                "webhook_gateway": "gateway",
+                "up": "up (simulators)",
+            }.get(name, name)
             parts[label] = parts.get(label, 0.0) + own
             if name == "deployments.serve":
                 parts["flow runs"] = parts.get("flow runs", 0.0) + ended_children
@@ -225,7 +231,7 @@ def report(
     started: float,
     window: tuple[float, float] | None = None,
 ) -> None:
-    """`window`: also count the events applied per minute within it (a steady rate)."""
+    """`window`: also the rate at which events were applied within it (a steady rate)."""
     applied = [e for e in events if e.applied_at is not None]
     latencies = sorted(e.applied_at - e.sent_at for e in applied if e.applied_at)
     last = max((e.applied_at for e in applied if e.applied_at), default=started)
@@ -240,11 +246,17 @@ def report(
     print(f"  applied                 {len(applied)} in {last - started:.1f} s")
     print(f"  events/min applied      {len(applied) / minutes:.0f}")
     if window is not None and window[1] > window[0]:
-        steady = sum(1 for e in applied if e.applied_at and window[0] <= e.applied_at < window[1])
-        print(
-            f"  steady events/min       {steady / ((window[1] - window[0]) / 60):.0f}"
-            f"  (applied from {window[0] - started:.0f} s to {window[1] - started:.0f} s)"
+        # Runs apply events in batches, so counting those applied within the window is off by
+        # up to a batch at each end; the slope through every applied event in it is not.
+        times = sorted(
+            e.applied_at for e in applied if e.applied_at and window[0] <= e.applied_at < window[1]
         )
+        if len(times) > 1:
+            steady = statistics.linear_regression(times, range(len(times))).slope * 60
+            print(
+                f"  steady events/min       {steady:.0f}  (slope of events applied from "
+                f"{window[0] - started:.0f} s to {window[1] - started:.0f} s)"
+            )
     if latencies:
         print(
             f"  webhook -> Jira write   p50 {statistics.median(latencies):.2f} s"
