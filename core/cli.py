@@ -623,7 +623,7 @@ def plan_employee(
     """
     from core.jira.client import JiraClient
     from core.peopleforce.client import PeopleForceClient
-    from core.plan import CreateIssue, Facts, Plan, plan, today_in
+    from core.plan import CreateIssue, Facts, Plan, plan_with_assets, today_in
     from core.reconcile import (
         ClientSources,
         ReadCounts,
@@ -631,7 +631,6 @@ def plan_employee(
         check_jira,
         describe_action,
         describe_inputs,
-        previous_link,
     )
     from core.store import MappingStore
 
@@ -650,21 +649,19 @@ def plan_employee(
             link = previous = None
             if url is not None:
                 async with await MappingStore.open(url) as store:
-                    link = await store.get(employee_id)
-                    if link is None and employee is not None and employee.email:
-                        same = await store.find_by_email(employee.email)
-                        previous = previous_link(employee_id, employee.email, same)
+                    link, previous = await store.link_and_previous(
+                        employee_id, employee.email if employee else None
+                    )
             checks = await check_jira(
                 sources, [link] if link else [], rules, asyncio.Semaphore(4), ReadCounts()
             )
             checked = checks.get(employee_id) if employee is not None else None
-            facts = Facts(employee_id, employee, link, previous, jira=checked)
-            result = plan(facts, rules, today)
-            if any(isinstance(a, CreateIssue) and a.kind == "offboarding" for a in result.actions):
-                assets = await peopleforce.list_assets(employee_id)
-                facts = Facts(employee_id, employee, link, previous, assets, jira=checked)
-                result = plan(facts, rules, today)
-            return facts, result
+            return await plan_with_assets(
+                Facts(employee_id, employee, link, previous, jira=checked),
+                rules,
+                today,
+                lambda: peopleforce.list_assets(employee_id),
+            )
 
     facts, result = run_reading(read)
     name = result.employee_name or "(unknown)"

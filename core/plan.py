@@ -8,10 +8,10 @@ instead of applying it is the dry run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -153,6 +153,12 @@ class Report(_Action):
 
 
 IssueKind = Literal["onboarding", "offboarding", "record"]
+ISSUE_KINDS: tuple[IssueKind, ...] = get_args(IssueKind)
+
+
+def linked_issues(link: EmployeeLink) -> dict[IssueKind, str]:
+    """The parent issues a link points at, by kind (subtasks follow their parent)."""
+    return {kind: key for kind in ISSUE_KINDS if (key := getattr(link, f"{kind}_issue_key"))}
 
 
 class RelinkIssue(_Action):
@@ -257,6 +263,20 @@ def _name(ref: object) -> str | None:
 # --- The plan -----------------------------------------------------------------------------
 
 
+async def plan_with_assets(
+    facts: Facts, rules: Rules, today: date, read_assets: Callable[[], Awaitable[Sequence[Asset]]]
+) -> tuple[Facts, Plan]:
+    """The plan, and when it offboards the employee, the plan again with their assets.
+
+    Assets (the equipment to return) only matter to offboarding: `read_assets` is called only
+    then. Returns the facts the plan was made from."""
+    result = plan(facts, rules, today)
+    if not any(isinstance(a, CreateIssue) and a.kind == "offboarding" for a in result.actions):
+        return facts, result
+    facts = replace(facts, assets=await read_assets())
+    return facts, plan(facts, rules, today)
+
+
 def plan(facts: Facts, rules: Rules, today: date) -> Plan:
     """Ordered actions that bring Jira in step with this employee's current record."""
     facts, checked, gone = _follow_jira(facts, rules)
@@ -284,11 +304,7 @@ def _follow_jira(facts: Facts, rules: Rules) -> tuple[Facts, list, set[str]]:
     changes: dict[str, str | None] = {}
     actions: list = []
     gone: set[str] = set()
-    kinds: tuple[IssueKind, ...] = ("onboarding", "offboarding", "record")
-    for kind in kinds:
-        key = getattr(link, f"{kind}_issue_key")
-        if key is None:
-            continue
+    for kind, key in linked_issues(link).items():
         if key in check.moved:
             new_key = check.moved[key]
             changes[f"{kind}_issue_key"] = new_key

@@ -36,7 +36,7 @@ from core.plan import (
     RelinkIssue,
     Report,
     UpdateFields,
-    plan,
+    plan_with_assets,
     today_in,
 )
 from core.rules import FieldType
@@ -117,13 +117,12 @@ async def sync_employee(
     link, previous = await inline(store.read_mapping)(
         employee_id, employee.email if employee else None, outcome.who
     )
-    facts = Facts(employee_id, employee, link, previous, jira=checked)
-    result = plan(facts, services.rules, today)
-    if any(isinstance(a, CreateIssue) and a.kind == "offboarding" for a in result.actions):
-        # Assets only matter to offboarding: read them only then, and plan again with them.
-        assets = await inline(peopleforce.read_assets)(employee_id, outcome.who)
-        facts = Facts(employee_id, employee, link, previous, assets, jira=checked)
-        result = plan(facts, services.rules, today)
+    _facts, result = await plan_with_assets(
+        Facts(employee_id, employee, link, previous, jira=checked),
+        services.rules,
+        today,
+        lambda: inline(peopleforce.read_assets)(employee_id, outcome.who),
+    )
     outcome.notes.extend(result.notes)
     await apply_plan(result, employee, link, previous, processes, today, outcome)
     return outcome

@@ -28,15 +28,7 @@ async def read_mapping(
     employee_id: int, email: str | None, who: str
 ) -> tuple[EmployeeLink | None, EmployeeLink | None]:
     """This employee's link, and an earlier employee's link with the same email (a rehire)."""
-    store = current().store
-    link = await store.get(employee_id)
-    previous = None
-    if link is None and email:
-        others = [
-            other for other in await store.find_by_email(email) if other.employee_id != employee_id
-        ]
-        previous = others[-1] if others else None
-    return link, previous
+    return await current().store.link_and_previous(employee_id, email)
 
 
 @store_task("read all mappings", "read all mappings")

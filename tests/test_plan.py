@@ -21,6 +21,7 @@ from core.plan import (
     UpdateFields,
     mapped_fields,
     plan,
+    plan_with_assets,
 )
 from core.rules import Rules, load_rules
 from core.store.models import EmployeeLink, Lifecycle
@@ -338,6 +339,38 @@ def test_offboarding_has_a_subtask_per_asset_and_is_due_on_the_last_day() -> Non
         "Collect Badge (B-17) from Zoë Łukasiewicz",
         "Collect asset 3 (no serial) from Zoë Łukasiewicz",
     ]
+
+
+@pytest.mark.parametrize(
+    ("changes", "linked", "assets_read", "kinds_planned"),
+    [
+        ({"termination_effective_on": days(10)}, True, 1, ["create_issue:offboarding"]),
+        ({}, False, 0, ["create_issue:onboarding"]),
+        ({}, True, 0, []),
+    ],
+    ids=["offboarding reads assets once", "onboarding reads none", "nothing to do reads none"],
+)
+async def test_assets_are_read_only_when_the_plan_offboards(
+    changes: dict[str, Any], linked: bool, assets_read: int, kinds_planned: list[str]
+) -> None:
+    emp = employee(**changes)
+    reads: list[int] = []
+
+    async def read_assets() -> list[Asset]:
+        reads.append(emp.id)
+        return [Asset(id=7, name="Laptop")]
+
+    link = onboarded(emp) if linked else None
+    facts, result = await plan_with_assets(
+        Facts(employee_id=emp.id, employee=emp, link=link), RULES, TODAY, read_assets
+    )
+    assert len(reads) == assets_read
+    assert kinds(result) == kinds_planned
+    assert list(facts.assets) == ([Asset(id=7, name="Laptop")] if assets_read else [])
+    if assets_read:
+        (create,) = result.actions
+        assert isinstance(create, CreateIssue)
+        assert any("Laptop" in subtask.summary for subtask in create.subtasks)
 
 
 def test_mover_comment_lists_old_and_new() -> None:

@@ -17,7 +17,13 @@ from core.store.models import (
     Lifecycle,
     snapshot_hash,
 )
-from core.store.repository import LinkUpdate, MappingStore, UnsupportedDatabase, normalize_email
+from core.store.repository import (
+    LinkUpdate,
+    MappingStore,
+    UnsupportedDatabase,
+    normalize_email,
+    previous_link,
+)
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
@@ -39,5 +45,6 @@ __all__ = [
     "head_revision",
     "migrate",
     "normalize_email",
+    "previous_link",
     "snapshot_hash",
 ]

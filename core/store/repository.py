@@ -6,7 +6,7 @@ are upserts (`INSERT ... ON CONFLICT`), so two tasks saving the same employee ne
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -48,6 +48,14 @@ def normalize_email(email: str | None) -> str | None:
     if email is None:
         return None
     return email.strip().lower() or None
+
+
+def previous_link(
+    employee_id: int, email: str | None, same_email: Sequence[EmployeeLink]
+) -> EmployeeLink | None:
+    """An earlier employee's link with the same email (a rehire under a new id), the latest."""
+    others = [link for link in same_email if link.employee_id != employee_id]
+    return others[-1] if email and others else None
 
 
 class MappingStore:
@@ -97,6 +105,16 @@ class MappingStore:
                 query = sa.select(EmployeeLink).where(col(EmployeeLink.employee_id).in_(chunk))
                 found.update((link.employee_id, link) for link in await session.scalars(query))
         return found
+
+    async def link_and_previous(
+        self, employee_id: int, email: str | None
+    ) -> tuple[EmployeeLink | None, EmployeeLink | None]:
+        """This employee's link, and (when they have none) an earlier employee's link with the
+        same email: a rehire under a new id."""
+        link = await self.get(employee_id)
+        if link is not None or not email:
+            return link, None
+        return None, previous_link(employee_id, email, await self.find_by_email(email))
 
     async def find_by_email(self, email: str) -> list[EmployeeLink]:
         """Every link with this email, case-insensitively, oldest employee id first.
