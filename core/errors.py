@@ -117,6 +117,17 @@ def retry_after_hint(error: BaseException) -> float | None:
     return getattr(error, "retry_after", None)
 
 
+# A Retry-After longer than this is not waited out in full (a retry then fails again, later).
+MAX_RETRY_AFTER_SECONDS = 300.0
+
+
+def retry_delay(error: BaseException, planned: float) -> float:
+    """How long to wait before retrying after `error`: the planned backoff, or what the server
+    asked for (Retry-After on a 429 or 503) when that is longer, up to a limit."""
+    wanted = retry_after_hint(error) if is_transient(error) else None
+    return max(planned, min(wanted, MAX_RETRY_AFTER_SECONDS)) if wanted else planned
+
+
 class ConfigurationError(Exception):
     """Jira or PeopleForce refused what the rules or settings asked for; retrying cannot help.
 

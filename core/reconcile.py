@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Protocol, TypeVar
 
-from core.errors import ApiError, NotFoundError, is_transient, retry_after_hint
+from core.errors import ApiError, NotFoundError, is_transient, retry_delay
 from core.jira.client import Issue, JiraClient
 from core.peopleforce.client import Page, PeopleForceClient
 from core.peopleforce.models import Employee, EmployeeSummary
@@ -44,17 +44,17 @@ from core.plan import (
     Report,
     UpdateFields,
     employee_label,
+    linked_issues,
     plan,
 )
 from core.rules import Rules
 from core.store.models import EmployeeLink
-from core.store.repository import normalize_email
+from core.store.repository import normalize_email, previous_link
 
 # One Jira search covers at most this many employees (the budget: one read per 50 employees)
 # and this many issues (one page of `search/jql` with fields).
 SEARCH_EMPLOYEES = 50
 SEARCH_ISSUES = 100
-ISSUE_KINDS: tuple[IssueKind, ...] = ("onboarding", "offboarding", "record")
 
 RecordT = TypeVar("RecordT", EmployeeSummary, Employee)
 T = TypeVar("T")
@@ -124,12 +124,7 @@ class CompanyPlan:
 
 def mapped_issues(link: EmployeeLink) -> dict[str, IssueKind]:
     """The parent issues a link points at, by key (subtasks follow their parent)."""
-    found: dict[str, IssueKind] = {}
-    for kind in ISSUE_KINDS:
-        key = getattr(link, f"{kind}_issue_key")
-        if key:
-            found[key] = kind
-    return found
+    return {key: kind for kind, key in linked_issues(link).items()}
 
 
 def as_employee(summary: EmployeeSummary, link: EmployeeLink | None) -> Employee:
@@ -149,14 +144,6 @@ def as_employee(summary: EmployeeSummary, link: EmployeeLink | None) -> Employee
     if data.get("status") is None and summary.active is False:
         data["status"] = "terminated"
     return Employee.model_validate(data)
-
-
-def previous_link(
-    employee_id: int, email: str | None, same_email: Sequence[EmployeeLink]
-) -> EmployeeLink | None:
-    """An earlier employee's link with the same email (a rehire under a new id), the latest."""
-    others = [link for link in same_email if link.employee_id != employee_id]
-    return others[-1] if email and others else None
 
 
 def plan_company(
@@ -566,11 +553,9 @@ def describe_inputs(facts: Facts, rules: Rules, today: date) -> list[tuple[str, 
         lines.append(("mapping", "none: this service has done nothing for them yet"))
     else:
         lines.append(("mapping", f"lifecycle {link.lifecycle.value}"))
-        for kind in ISSUE_KINDS:
-            key = getattr(link, f"{kind}_issue_key")
-            if key:
-                extra = f", last day {link.termination_on}" if kind == "offboarding" else ""
-                lines.append((f"{kind} issue", f"{key}{extra}{_jira_state(facts.jira, key)}"))
+        for kind, key in linked_issues(link).items():
+            extra = f", last day {link.termination_on}" if kind == "offboarding" else ""
+            lines.append((f"{kind} issue", f"{key}{extra}{_jira_state(facts.jira, key)}"))
         if link.synced_fields:
             synced = ", ".join(f"{k}={v}" for k, v in sorted(link.synced_fields.items()))
             lines.append(("fields as last synced", synced))
@@ -634,17 +619,10 @@ class ClientSources:
             return None
 
     async def search_issues(self, jql: str) -> list[Issue]:
-        async def search() -> list[Issue]:
-            found = self.jira.search(jql, fields=["labels"], max_results=SEARCH_ISSUES)
-            return [Issue.from_json(issue) async for issue in found]
-
-        return await self._retried(search)
+        return await self._retried(lambda: self.jira.search_issues(jql, SEARCH_ISSUES))
 
     async def issue_key(self, key: str) -> str | None:
-        try:
-            return (await self._retried(lambda: self.jira.get_issue(key, fields=["labels"]))).key
-        except NotFoundError:
-            return None
+        return await self._retried(lambda: self.jira.current_key(key))
 
     async def _retried(self, call: Callable[[], Awaitable[T]]) -> T:
         for attempt in range(self.ATTEMPTS):
@@ -653,5 +631,5 @@ class ClientSources:
             except ApiError as error:
                 if attempt == self.ATTEMPTS - 1 or not is_transient(error):
                     raise
-                await asyncio.sleep(min(retry_after_hint(error) or 0.5 * 2**attempt, 30.0))
+                await asyncio.sleep(retry_delay(error, 0.5 * 2**attempt))
         raise AssertionError("unreachable")

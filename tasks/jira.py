@@ -11,7 +11,6 @@ from typing import Any
 from core.errors import (
     ApiError,
     ConfigurationError,
-    NotFoundError,
     RequestRejectedError,
     is_transient,
 )
@@ -92,18 +91,13 @@ async def find_issue_by_label(label: str, who: str) -> str | None:
 @api_task("search issues", "search issues of {what}")
 async def search_issues(jql: str, what: str) -> list[Issue]:
     """Every issue a bounded JQL finds, with its labels (one request per 100 issues)."""
-    found = current().jira.search(jql, fields=["labels"], max_results=100)
-    return [Issue.from_json(issue) async for issue in found]
+    return await current().jira.search_issues(jql)
 
 
 @api_task("look up issue", "look up {key}")
 async def issue_key(key: str) -> str | None:
-    """The key the issue answers under now (Jira answers a moved issue's old key with its
-    new one); None when it does not answer at all (deleted, or hidden from this account)."""
-    try:
-        return (await current().jira.get_issue(key, fields=["labels"])).key
-    except NotFoundError:
-        return None
+    """The key the issue answers under now; None when it does not answer (deleted, hidden)."""
+    return await current().jira.current_key(key)
 
 
 @api_task("create issue", "create {action.kind} issue · {who}")

@@ -26,7 +26,7 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from prefect.utilities.math import clamped_poisson_interval
 
-from core.errors import is_transient, retry_after_hint
+from core.errors import is_transient, retry_after_hint, retry_delay
 
 # A step makes one API call, so with Jira refusing 30 % of calls, 10 retries leave about
 # 0.3**11 (2e-6) chance of giving up. Delays double from 0.5 s and stop growing at 10 s.
@@ -34,7 +34,6 @@ RETRIES = 10
 BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 10.0
 JITTER_FACTOR = 0.5
-MAX_RETRY_AFTER_SECONDS = 300.0
 RETRY_DELAYS = [
     min(BACKOFF_SECONDS * 2**attempt, MAX_BACKOFF_SECONDS) for attempt in range(RETRIES)
 ]
@@ -52,16 +51,15 @@ async def retry_when_transient(task: Any, task_run: TaskRun, state: State) -> bo
     error = await state.aresult(raise_on_failure=False)
     if not isinstance(error, BaseException) or not is_transient(error):
         return False
-    wanted = retry_after_hint(error)
-    if wanted:
-        extra = min(wanted, MAX_RETRY_AFTER_SECONDS) - _planned_delay(
-            task, max(task_run.run_count - 1, 0)
+    planned = _planned_delay(task, max(task_run.run_count - 1, 0))
+    extra = retry_delay(error, planned) - planned  # Prefect then waits the planned delay
+    if extra > 0:
+        logger.info(
+            "{} asked to wait {:.1f}s before retrying",
+            error.__class__.__name__,
+            retry_after_hint(error),
         )
-        if extra > 0:
-            logger.info(
-                "{} asked to wait {:.1f}s before retrying", error.__class__.__name__, wanted
-            )
-            await asyncio.sleep(extra)
+        await asyncio.sleep(extra)
     return True
 
 
@@ -126,9 +124,7 @@ def inline(
                 delay = _planned_delay(step, attempt)
                 if step.retry_jitter_factor and delay > 0:
                     delay = clamped_poisson_interval(delay, step.retry_jitter_factor)
-                wanted = retry_after_hint(error) if is_transient(error) else None
-                if wanted:
-                    delay = max(delay, min(wanted, MAX_RETRY_AFTER_SECONDS))
+                delay = retry_delay(error, delay)
                 attempt += 1
                 logger.warning(
                     "{} failed ({}: {}); retry {}/{} in {:.1f}s",

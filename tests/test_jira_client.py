@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from core.errors import (
+    MAX_RETRY_AFTER_SECONDS,
     ApiError,
     ApiTimeoutError,
     AuthenticationError,
@@ -27,6 +28,7 @@ from core.errors import (
     ServerError,
     TransportError,
     is_transient,
+    retry_delay,
 )
 from core.jira import (
     JiraClient,
@@ -249,12 +251,45 @@ async def test_bulk_interrupted_after_a_created_chunk_keeps_what_was_created() -
     assert all(is_transient(failure.error) for failure in result.failed if failure.error)
 
 
+@pytest.mark.parametrize(
+    ("error", "planned", "delay"),
+    [
+        (RateLimitedError("Jira", "429", retry_after=7), 2.0, 7.0),  # the server asks longer
+        (RateLimitedError("Jira", "429", retry_after=1), 2.0, 2.0),  # the backoff is longer
+        (RateLimitedError("Jira", "429"), 2.0, 2.0),  # no Retry-After
+        (ServerError("Jira", "503", retry_after=3600), 1.0, MAX_RETRY_AFTER_SECONDS),
+        (NotFoundError("Jira", "404"), 1.0, 1.0),  # not transient: the hint means nothing
+    ],
+    ids=["retry-after longer", "backoff longer", "no hint", "capped", "not transient"],
+)
+def test_retry_delay_honours_retry_after_within_a_limit(
+    error: Exception, planned: float, delay: float
+) -> None:
+    assert retry_delay(error, planned) == delay
+
+
 async def test_bulk_failing_before_anything_was_created_raises(
     jira: JiraClient, jira_sim: JiraSandbox
 ) -> None:
     jira_sim.state.set_faults(Faults(error_rate=1, error_statuses=[503], retry_after=None))
     with pytest.raises(ServerError):
         await jira.create_issues_bulk([issue_payload("HR", "Task", "x")])
+
+
+async def test_current_key_follows_a_moved_issue_and_search_issues_reads_labels(
+    jira: JiraClient, jira_sim: JiraSandbox
+) -> None:
+    kept = await jira.create_issue("HR", "Task", "Stays", labels=["pf-employee-8"])
+    moving = await jira.create_issue("HR", "Task", "Moves", labels=["pf-employee-8"])
+    moved = jira_sim.state.move_issue(moving.key, "IT")
+    assert await jira.current_key(kept.key) == kept.key
+    assert await jira.current_key(moving.key) == moved.key
+    assert await jira.current_key("HR-99999") is None
+    found = await jira.search_issues('labels = "pf-employee-8"')
+    assert {(issue.key, tuple(issue.labels)) for issue in found} == {
+        (kept.key, ("pf-employee-8",)),
+        (moved.key, ("pf-employee-8",)),
+    }
 
 
 async def test_edit_and_add_labels_keep_labels_people_added(

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
-from core.errors import ApiError, RequestRejectedError
+from core.errors import ApiError, NotFoundError, RequestRejectedError
 from core.http import DEFAULT_TIMEOUT, ApiClient, ErrorBodyParser, send
 from core.jira.adf import AdfNode, adf_to_text, text_to_adf
 from core.settings import Settings, SettingsError
@@ -456,6 +456,14 @@ class JiraClient(ApiClient):
         response = await self._request("GET", f"issue/{_segment(key)}", params=params)
         return Issue.from_json(response.json())
 
+    async def current_key(self, key: str) -> str | None:
+        """The key the issue answers under now (Jira answers a moved issue's old key with its
+        new one); None when it does not answer at all (deleted, or hidden from this account)."""
+        try:
+            return (await self.get_issue(key, fields=["labels"])).key
+        except NotFoundError:
+            return None
+
     async def edit_issue(
         self,
         key: str,
@@ -565,6 +573,10 @@ class JiraClient(ApiClient):
             if token == body.get("nextPageToken"):
                 raise ApiError(SERVICE, f"search returned the same page token twice for {jql!r}")
             body["nextPageToken"] = token
+
+    async def search_issues(self, jql: str, max_results: int = 100) -> list[Issue]:
+        """Every issue a bounded `jql` finds, with its labels (one request per page)."""
+        return [Issue.from_json(issue) async for issue in self.search(jql, ["labels"], max_results)]
 
 
 def _segment(value: str) -> str:
