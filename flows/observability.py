@@ -27,6 +27,7 @@ from prefect.artifacts import LinkArtifact, MarkdownArtifact
 from prefect.client.orchestration import PrefectClient
 from prefect.runtime import flow_run
 
+from core.run_tags import employee_tags
 from core.settings import get_settings
 from tasks.services import current
 
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
     from flows.employee_work import EmployeeOutcome
 
 EventKeys = Mapping[str, Sequence[str]]
-# As many `employee:<id>` tags as the dispatcher puts on a webhook run.
-MAX_EMPLOYEE_TAGS = 20
 ARTIFACT_CONCURRENCY = 5
 
 
@@ -66,8 +65,7 @@ def process_tag(process: str | None) -> str:
 
 def run_tags(process: str | None, employee_ids: Sequence[int]) -> list[str]:
     """The process and `employee:<id>` tags of a run for these employees."""
-    employees = [f"employee:{employee_id}" for employee_id in employee_ids[:MAX_EMPLOYEE_TAGS]]
-    return [process_tag(process), *employees]
+    return [process_tag(process), *employee_tags(employee_ids)]
 
 
 async def tag_run(process: str | None, employee_ids: Sequence[int]) -> None:

@@ -25,6 +25,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
 from prefect.settings import PREFECT_API_AUTH_STRING
 
+from core.run_tags import employee_tags
 from core.settings import Settings
 from core.store import EventStatus, InboxRepository, WebhookEvent
 from core.store.models import utc_now
@@ -224,13 +225,13 @@ def _event_keys(events: list[WebhookEvent]) -> dict[str, list[str]]:
 
 
 def _run_tags(employee_ids: list[int], events: list[WebhookEvent]) -> list[str]:
-    """Filterable in the UI: the service, the source, the employees (the first 20) and the
+    """Filterable in the UI: the service, the source, the employees (the first few) and the
     webhook actions."""
     actions = sorted({event.action for event in events})[:5]
     return [
         "pf-jira-sync",
         "webhook",
-        *(f"employee:{e}" for e in employee_ids[:20]),
+        *employee_tags(employee_ids),
         *(f"action:{action}" for action in actions),
     ]
 
