@@ -10,6 +10,8 @@ from types import TracebackType
 import uvicorn
 from starlette.types import ASGIApp
 
+GRACEFUL_SHUTDOWN_SECONDS = 3
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
@@ -25,7 +27,14 @@ class BackgroundServer:
         self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}"
         config = uvicorn.Config(
-            app, host=host, port=self.port, log_level="warning", lifespan="on", access_log=False
+            app,
+            host=host,
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+            # Uvicorn waits for open connections without limit by default; `stop` must not.
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

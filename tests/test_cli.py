@@ -153,7 +153,7 @@ def test_sandbox_command_serves_both_simulators_until_interrupted(tmp_path: Path
         assert me.status_code == 200
     finally:
         process.send_signal(signal.SIGINT)
-        returncode = process.wait(timeout=20)
+        returncode = process.wait(timeout=30)
     assert returncode == 0
 
 
