@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -1087,6 +1088,10 @@ def sandbox(ctx: typer.Context) -> None:
     from sandbox.stack import Simulators
 
     settings = load_settings()
+    # Ctrl-C and SIGTERM stop them, also when started as a background job of a script (which
+    # inherits SIGINT ignored, and Python then keeps it ignored).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
     with Simulators.from_settings(settings) as simulators:
         for line in simulators.describe():
             console.print(line, highlight=False, soft_wrap=True)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -121,8 +122,10 @@ def test_doctor_reports_invalid_settings_as_a_failed_check(tmp_path: Path) -> No
 
 def test_sandbox_command_serves_both_simulators_until_interrupted(tmp_path: Path) -> None:
     pf_port, jira_port = free_port(), free_port()
+    # Started as a script's background job would be: with SIGINT ignored (Python keeps it so
+    # unless the command takes it back). Ctrl-C must stop it all the same.
     process = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "sandbox"],
+        ["/bin/sh", "-c", f"trap '' INT; exec {shlex.quote(sys.executable)} -m core.cli sandbox"],
         env=cli_env(SANDBOX_PEOPLEFORCE_PORT=str(pf_port), SANDBOX_JIRA_PORT=str(jira_port)),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -153,7 +156,7 @@ def test_sandbox_command_serves_both_simulators_until_interrupted(tmp_path: Path
         assert me.status_code == 200
     finally:
         process.send_signal(signal.SIGINT)
-        returncode = process.wait(timeout=30)
+        returncode = process.wait(timeout=20)
     assert returncode == 0
 
 
