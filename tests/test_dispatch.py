@@ -219,15 +219,7 @@ async def test_a_new_run_waits_until_the_last_one_started_and_ran_alone_a_while(
     dispatcher = Dispatcher(inbox, pipeline.client, run_alone_for=timedelta(seconds=1))
 
     async def event(employee_id: int) -> None:
-        body = json.dumps({"employee": employee_id})
-        await inbox.add(
-            WebhookEvent(
-                event_key=f"e{employee_id}",
-                action="employee_update",
-                employee_id=employee_id,
-                body=body,
-            )
-        )
+        await add_update_event(inbox, employee_id)
 
     async def dispatched_after(state: State | None) -> int:
         if state is not None:
@@ -250,3 +242,35 @@ async def test_a_new_run_waits_until_the_last_one_started_and_ran_alone_a_while(
         assert await dispatched_after(Running()) == 1  # slow: the next goes beside it
     finally:
         await store.close()
+
+
+async def test_runs_go_side_by_side_from_the_start_when_none_runs_alone(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Work pools (`run_alone_for` 0): runs not started yet hold nothing back, so idle workers
+    find several to take; only `max_in_flight` bounds them."""
+    store = await MappingStore.open(f"sqlite+aiosqlite:///{tmp_path / 'inbox.db'}")
+    inbox = InboxRepository(store.engine)
+    dispatcher = Dispatcher(inbox, pipeline.client, run_alone_for=timedelta(0), max_in_flight=2)
+    try:
+        dispatched = []
+        for employee_id in (1, 2, 3):
+            await add_update_event(inbox, employee_id)
+            await dispatcher.close_finished()
+            dispatched.append(await dispatcher.dispatch_pending())
+        assert dispatched == [1, 1, 0]  # two runs scheduled, neither started: the third waits
+        events = [await inbox.get(f"e{n}") for n in (1, 2)]
+        assert len({event.flow_run_id for event in events if event and event.flow_run_id}) == 2
+    finally:
+        await store.close()
+
+
+async def add_update_event(inbox: InboxRepository, employee_id: int) -> None:
+    await inbox.add(
+        WebhookEvent(
+            event_key=f"e{employee_id}",
+            action="employee_update",
+            employee_id=employee_id,
+            body=json.dumps({"employee": employee_id}),
+        )
+    )

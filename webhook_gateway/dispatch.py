@@ -192,9 +192,17 @@ class Dispatcher:
         for run in runs:
             run_id, state = str(run.id), run.state
             waiting = state is None or state.type in NOT_STARTED_RUN_STATES
-            # A run that does not start (no runner, no free slot) must not stall dispatch for
-            # good: past the grace period only `max_in_flight` holds events back.
-            if waiting and run.created and utc_now() - run.created < START_GRACE:
+            # A run not started yet holds back the next (its events would make it larger),
+            # unless runs go side by side from the start (`run_alone_for` 0: idle workers of a
+            # pool must find runs to take). A run that does not start (no runner, no free
+            # slot) must not stall dispatch for good: past the grace period only
+            # `max_in_flight` holds events back.
+            if (
+                waiting
+                and self.run_alone_for
+                and run.created
+                and utc_now() - run.created < START_GRACE
+            ):
                 self._holding_back.add(run_id)
             if state is not None and state.type == StateType.RUNNING:
                 started = run.start_time or state.timestamp
