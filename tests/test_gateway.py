@@ -222,16 +222,19 @@ async def test_dispatch_then_outcome(inbox: InboxRepository) -> None:
     assert ignored is not None
     assert ignored.status is EventStatus.ignored
 
-    assert await inbox.mark_outcome(["p1"], EventStatus.done, "onboarding created HR-1") == 1
-    assert await inbox.mark_outcome(["p2"], "failed", "Jira 400: bad field") == 1
     with pytest.raises(ValueError, match="an outcome ends an event"):
-        await inbox.mark_outcome(["p1"], EventStatus.pending, None)
+        await inbox.close_run("run-1", EventStatus.pending, None)
+    assert await inbox.close_run("run-1", "done", "completed in flow run sync · 2 employees") == 2
+    # Closed once: a late second look at the run changes nothing.
+    assert await inbox.close_run("run-1", EventStatus.failed, "Crashed") == 0
 
-    done, failed = await inbox.get("p1"), await inbox.get("p2")
-    assert done is not None
-    assert failed is not None
-    assert (done.status, done.outcome) == (EventStatus.done, "onboarding created HR-1")
-    assert (failed.status, failed.outcome) == (EventStatus.failed, "Jira 400: bad field")
+    for key in ("p1", "p2"):
+        event = await inbox.get(key)
+        assert event is not None
+        assert (event.status, event.outcome) == (
+            EventStatus.done,
+            "completed in flow run sync · 2 employees",
+        )
 
 
 async def test_failed_attempts_count_and_defer(inbox: InboxRepository) -> None:
@@ -262,7 +265,7 @@ async def test_failed_attempts_count_and_defer(inbox: InboxRepository) -> None:
 async def test_requeue_sets_an_event_back_to_pending(inbox: InboxRepository) -> None:
     await inbox.add(new_event("r1", employee_id=7))
     await inbox.mark_dispatched(["r1"], "run-1")
-    await inbox.mark_outcome(["r1"], EventStatus.failed, "Jira down")
+    await inbox.close_run("run-1", EventStatus.failed, "Jira down")
     await inbox.add(new_event("leave", employee_id=None, status=EventStatus.ignored))
 
     requeued = await inbox.requeue("r1")

@@ -46,7 +46,7 @@ class EventStatus(StrEnum):
     failed = "failed"
 
 
-# What `mark_outcome` may set: the end of an event's way (`requeue` starts it again).
+# What `close_run` may set: the end of an event's way (`requeue` starts it again).
 FINAL_STATUSES = frozenset({EventStatus.ignored, EventStatus.done, EventStatus.failed})
 
 # Plain strings in the database, like the link's lifecycle: a new status needs no migration.
@@ -159,12 +159,6 @@ class InboxRepository:
             },
             only_status=EventStatus.pending,
         )
-
-    async def mark_outcome(
-        self, event_keys: Iterable[str], status: EventStatus | str, outcome: str | None
-    ) -> int:
-        """The end of the events' way (`done`, `failed` or `ignored`) and what came of it."""
-        return await self._update(event_keys, {"status": _final(status), "outcome": outcome})
 
     async def close_run(
         self, flow_run_id: str, status: EventStatus | str, outcome: str | None
