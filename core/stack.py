@@ -58,9 +58,9 @@ PREFECT_SERVER_TUNING = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "2",
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "200",
 }
-# SQLite lets one writer in at a time and the server answers an overlapping write with 503;
-# Prefect's client retries it 5 times (2 s to 32 s apart) and then fails the flow run, with a
-# whole batch of employees in it. Flow runs wait longer instead (7 retries: up to 4 minutes).
+# Prefect's client retries a 503 or an unanswered request 5 times (2 s to 32 s apart) and then
+# fails the flow run, with a whole batch of employees in it; a server busy for a while (or
+# restarting) should delay a batch, not fail it: 7 retries, up to 4 minutes.
 FLOW_RUN_TUNING = {"PREFECT_CLIENT_MAX_RETRIES": "7"}
 GATEWAY_START_TIMEOUT = 90.0
 DEPLOYMENTS_READY_TIMEOUT = 120.0

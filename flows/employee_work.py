@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Literal, TypeVar
+from typing import Literal
 from uuid import UUID, uuid4
 
 from loguru import logger
 from prefect import get_client
+from prefect.client.orchestration import PrefectClient
 from prefect.runtime import flow_run
 
 from core.errors import ConfigurationError
@@ -50,7 +50,6 @@ from tasks.services import current, open_services
 Process = Literal["onboarding", "offboarding", "field_sync"]
 ALL_PROCESSES: frozenset[Process] = frozenset({"onboarding", "offboarding", "field_sync"})
 SUBTASK_ROUNDS = 3
-T = TypeVar("T")
 
 
 def process_of(action: Action) -> Process | None:
@@ -487,54 +486,30 @@ def run_name(process: str):
     return name
 
 
-# Set by `run_subflows` for each subflow it starts; the subflow's body sets it once it runs.
-_subflow_started: ContextVar[asyncio.Event | None] = ContextVar("subflow_started", default=None)
-
-
-async def run_subflows(subflows: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
-    """Run subflows side by side, each created once the one before is running and tagged.
-
-    Prefect's SQLite server refuses writes that overlap a run's creation ("database is
-    locked": a 503 its client retries after 2 s, then 4 s ...). Started together, nearly every
-    subflow paid that wait, and under load some ran out of retries and failed their batch.
-    A failure is raised once all have finished."""
-    running: list[asyncio.Task[T]] = []
-    for subflow in subflows:
-        started = asyncio.Event()
-        token = _subflow_started.set(started)
-        try:
-            task = asyncio.ensure_future(subflow())  # the task copies the context, `started` too
-        finally:
-            _subflow_started.reset(token)
-        running.append(task)
-        waiter = asyncio.create_task(started.wait())
-        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-    return list(await asyncio.gather(*running))
-
-
 async def run_process(
     process: Process | None, employee_ids: list[int], event_keys: EventKeys | None = None
 ) -> list[EmployeeOutcome]:
     """The body of every per-employee flow: open the services, work everyone, report."""
     processes = ALL_PROCESSES if process is None else frozenset({process})
     settings = get_settings()
-    # Tagged once created, not at creation: every event of a run's task runs would carry the
-    # run's tags as related resources (six times the server's event rows, measured).
-    await tag_run(process, employee_ids)
-    if (started := _subflow_started.get()) is not None:
-        started.set()  # created and tagged: the sync flow may create the next subflow
-    async with open_services(settings), RunArtifacts(process) as artifacts:
-        outcomes = await sync_employees(
-            employee_ids,
-            processes,
-            concurrency=settings.employee_concurrency,
-            event_keys=event_keys,
-            on_done=artifacts.links,
-        )
-        await artifacts.outcomes_summary(outcomes)
-    if len(outcomes) == 1 and outcomes[0].name:
-        await _rename_run(f"{process or 'sync'} · {outcomes[0].name} ({outcomes[0].employee_id})")
+    # One Prefect client for the run's tags, artifacts and name.
+    async with get_client() as client:
+        # Tagged once created, not at creation: every event of a run's task runs would carry
+        # the run's tags as related resources (six times the server's event rows, measured).
+        await tag_run(client, process, employee_ids)
+        async with open_services(settings):
+            artifacts = RunArtifacts(process, client)
+            outcomes = await sync_employees(
+                employee_ids,
+                processes,
+                concurrency=settings.employee_concurrency,
+                event_keys=event_keys,
+                on_done=artifacts.links,
+            )
+            await artifacts.outcomes_summary(outcomes)
+        if len(outcomes) == 1 and outcomes[0].name:
+            name = f"{process or 'sync'} · {outcomes[0].name} ({outcomes[0].employee_id})"
+            await _rename_run(client, name)
     for outcome in outcomes:
         logger.bind(**employee_properties(outcome.employee_id, event_keys)).info(
             "{}: applied {} | left {} | notes {}",
@@ -552,8 +527,7 @@ async def run_process(
     return outcomes
 
 
-async def _rename_run(name: str) -> None:
+async def _rename_run(client: PrefectClient, name: str) -> None:
     run_id = flow_run.get_id()
     if run_id:
-        async with get_client() as client:
-            await client.update_flow_run(UUID(str(run_id)), name=name)
+        await client.update_flow_run(UUID(str(run_id)), name=name)

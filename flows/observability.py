@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 from loguru import logger
-from prefect import get_client
 from prefect.artifacts import LinkArtifact, MarkdownArtifact
 from prefect.client.orchestration import PrefectClient
 from prefect.runtime import flow_run
@@ -68,7 +67,7 @@ def run_tags(process: str | None, employee_ids: Sequence[int]) -> list[str]:
     return [process_tag(process), *employee_tags(employee_ids)]
 
 
-async def tag_run(process: str | None, employee_ids: Sequence[int]) -> None:
+async def tag_run(client: PrefectClient, process: str | None, employee_ids: Sequence[int]) -> None:
     """Add the process and `employee:<id>` tags to this flow run (the tags it has are kept)."""
     run_id = flow_run.get_id()
     if not run_id:
@@ -76,8 +75,7 @@ async def tag_run(process: str | None, employee_ids: Sequence[int]) -> None:
     wanted = run_tags(process, list(employee_ids))
     tags = list(dict.fromkeys([*flow_run.get_tags(), *wanted]))
     try:
-        async with get_client() as client:
-            await client.update_flow_run(UUID(str(run_id)), tags=tags)
+        await client.update_flow_run(UUID(str(run_id)), tags=tags)
     except Exception as error:
         logger.warning("could not tag flow run {}: {}", run_id, error)
 
@@ -105,28 +103,18 @@ def artifact_key(issue_key: str) -> str:
 
 
 class RunArtifacts:
-    """The artifacts of one run, over one Prefect client: each employee's link artifacts as soon
-    as their work is done (the run's end then waits for the summary only, and the server writes
-    them while other employees are still worked), and the summary at the end.
+    """The artifacts of one run, over the run's Prefect client: each employee's link artifacts
+    as soon as their work is done (the run's end then waits for the summary only, and the
+    server writes them while other employees are still worked), and the summary at the end.
 
     Best effort, like all artifacts: a failure is logged and fails no run. Outside a flow run
     (a test calling the flow's function) nothing is written."""
 
-    def __init__(self, process: str | None) -> None:
+    def __init__(self, process: str | None, client: PrefectClient) -> None:
         self.process = process
         self.site = jira_site()
         self._bound = asyncio.Semaphore(ARTIFACT_CONCURRENCY)
-        self._client: PrefectClient | None = None
-
-    async def __aenter__(self) -> RunArtifacts:
-        if flow_run.get_id():
-            self._client = await get_client().__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._client is not None:
-            await self._client.__aexit__(*exc_info)
-            self._client = None
+        self._client = client if flow_run.get_id() else None
 
     async def links(self, outcome: EmployeeOutcome) -> None:
         """A link artifact per Jira issue this employee's work touched."""

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loguru import logger
-from prefect import flow
+from prefect import flow, get_client
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.runtime import flow_run
 
@@ -131,7 +131,8 @@ async def reconcile(dry_run: bool = False, force: bool = False, full: bool = Fal
             raise SafeguardStopped(verdict.explain())
         if verdict.stop:
             logger.warning("forced past the safeguard: {}", "; ".join(verdict.reasons))
-        async with RunArtifacts("reconcile") as artifacts:
+        async with get_client() as client:
+            artifacts = RunArtifacts("reconcile", client)
             outcomes = await sync_employees(
                 company.needs_work,
                 ALL_PROCESSES,

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from functools import partial
 
 from loguru import logger
 from prefect import flow
 
 from core.plan import Facts, plan, today_in
 from core.settings import get_settings
-from flows.employee_work import Process, process_of, run_name, run_subflows
+from flows.employee_work import Process, process_of, run_name
 from flows.field_sync import field_sync
 from flows.observability import employee_properties, keys_of, publish_routing
 from flows.offboarding import offboarding
@@ -66,14 +65,18 @@ async def sync_employees(
         }
         await publish_routing(routed, unique)
         try:
-            # Each process flow reports its employees, and fails the run, on its own.
-            await run_subflows(
-                partial(
-                    PROCESS_FLOWS[process], employee_ids=ids, event_keys=keys_of(event_keys, ids)
-                )
-                for process, ids in routed.items()
-                if ids
+            # Each process flow reports its employees, and fails the run, on its own; this run
+            # fails with the first failure once all of them have finished.
+            finished = await asyncio.gather(
+                *(
+                    PROCESS_FLOWS[process](employee_ids=ids, event_keys=keys_of(event_keys, ids))
+                    for process, ids in routed.items()
+                    if ids
+                ),
+                return_exceptions=True,
             )
+            if failure := next((f for f in finished if isinstance(f, BaseException)), None):
+                raise failure
         finally:
             for employee_id in unique:  # triage's reads serve this run only
                 current().records.pop(employee_id, None)

@@ -218,9 +218,6 @@ async def test_a_new_run_waits_until_the_last_one_started_and_ran_alone_a_while(
     inbox = InboxRepository(store.engine)
     dispatcher = Dispatcher(inbox, pipeline.client, run_alone_for=timedelta(seconds=1))
 
-    async def event(employee_id: int) -> None:
-        await add_update_event(inbox, employee_id)
-
     async def dispatched_after(state: State | None) -> int:
         if state is not None:
             await pipeline.client.set_flow_run_state(first, state, force=True)
@@ -228,13 +225,13 @@ async def test_a_new_run_waits_until_the_last_one_started_and_ran_alone_a_while(
         return await dispatcher.dispatch_pending()
 
     try:
-        await event(1)
+        await add_update_event(inbox, 1)
         assert await dispatched_after(None) == 1
         stored = await inbox.get("e1")
         assert stored is not None
         assert stored.flow_run_id is not None
         first = UUID(stored.flow_run_id)
-        await event(2)
+        await add_update_event(inbox, 2)
         assert await dispatched_after(None) == 0  # scheduled, not started
         assert await dispatched_after(Pending()) == 0
         assert await dispatched_after(Running()) == 0  # started a moment ago

@@ -35,11 +35,8 @@ from webhook_gateway.app import GatewayConfigError, event_properties
 MAX_BACKOFF_SECONDS = 60.0
 NOT_STARTED_RUN_STATES = {StateType.SCHEDULED, StateType.PENDING}
 START_GRACE = timedelta(minutes=2)
-# A run that started less than this long ago holds back the next dispatch (the setting
-# DISPATCH_RUN_ALONE_SECONDS): runs go one at a time (each costs a process start: fewer,
-# larger runs leave the CPU to the work), and only a slow run (a Jira retry waiting, a big
-# backlog) lets the next one start beside it.
-RUN_ALONE_FOR = timedelta(seconds=15)
+# DISPATCH_RUN_ALONE_SECONDS' default, for a dispatcher built without settings (tests).
+RUN_ALONE_FOR = timedelta(seconds=Settings.model_fields["dispatch_run_alone_seconds"].default)
 FINAL_RUN_STATES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 
 
@@ -64,9 +61,11 @@ class Dispatcher:
         self.deployment = deployment
         self.batch_max = batch_max
         # Backpressure: while a dispatched run has not started yet, or has started less than
-        # RUN_ALONE_FOR ago, or this many runs are unfinished, new events wait in the inbox and
-        # the next run carries them all. Each run costs a process start (seconds of CPU here),
-        # so runs must be few and large.
+        # `run_alone_for` ago, or this many runs are unfinished, new events wait in the inbox
+        # and the next run carries them all. Each run costs a process start (seconds of CPU
+        # here), so on one host runs must be few and large; a slow run (a Jira retry waiting,
+        # a big backlog) lets the next start beside it. `run_alone_for` 0 (work pools): runs
+        # go side by side from the start, up to `max_in_flight`.
         self.max_in_flight = max_in_flight
         self.run_alone_for = run_alone_for
         self.settle = settle  # let a burst arrive before dispatching it as one batch
