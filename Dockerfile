@@ -29,6 +29,7 @@ COPY tasks ./tasks
 COPY webhook_gateway ./webhook_gateway
 COPY deployments ./deployments
 COPY sandbox ./sandbox
+COPY cli ./cli
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --locked --no-dev --no-editable
 

@@ -3,7 +3,7 @@
 
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTHON ?= python3
-PACKAGES = core flows tasks webhook_gateway deployments sandbox
+PACKAGES = core flows tasks webhook_gateway deployments sandbox cli
 
 .PHONY: run test sync lint fix
 

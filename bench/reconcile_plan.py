@@ -169,10 +169,10 @@ async def run_flow(pf_url: str, jira_url: str, database_url: str) -> tuple[float
 
 
 async def run_in_process(pf_url: str, jira_url: str, database_url: str) -> tuple[float, dict]:
+    from core.company import ClientSources, plan_reconciliation
     from core.jira import JiraClient
     from core.peopleforce import PeopleForceClient
     from core.plan import today_in
-    from core.reconcile import ClientSources, plan_reconciliation
     from core.rules import load_rules
     from core.settings import get_settings
     from core.store import MappingStore

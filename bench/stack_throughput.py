@@ -42,7 +42,7 @@ import httpx
 
 from core.peopleforce.signature import SIGNATURE_HEADER
 from core.settings import Settings
-from core.stack import descendants
+from deployments.stack import descendants
 from sandbox.server import free_port
 from sandbox.stack import WEBHOOK_SECRET
 

@@ -16,21 +16,10 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.names import employee_label, work_label
 from core.peopleforce.models import Asset, Employee
 from core.rules import ChecklistItem, FieldType, IssueRules, Route, Rules
 from core.store.models import EmployeeLink, Lifecycle
-
-EMPLOYEE_LABEL = "pf-employee-{id}"
-
-
-def employee_label(employee_id: int) -> str:
-    """On every issue this service creates: the guard searched when the mapping row is missing."""
-    return EMPLOYEE_LABEL.format(id=employee_id)
-
-
-def work_label(kind: str, employee_id: int, on: date) -> str:
-    """Names one piece of work (a hire or a leave on a date), so a rehire is new work."""
-    return f"pf-{kind}-{employee_id}-{on:%Y%m%d}"
 
 
 def today_in(zone: ZoneInfo, now: datetime) -> date:
@@ -618,3 +607,27 @@ def _create_record(employee: Employee, rules: Rules) -> CreateIssue:
         fields=fields,
         snapshot=snapshot,
     )
+
+
+# --- Which business process an action belongs to ------------------------------------------
+
+Process = Literal["onboarding", "offboarding", "field_sync"]
+ALL_PROCESSES: frozenset[Process] = frozenset({"onboarding", "offboarding", "field_sync"})
+
+
+def process_of(action: Action) -> Process | None:
+    """Which business process an action belongs to (None: a report, any process may give it)."""
+    match action:
+        case CreateIssue(kind="onboarding"):
+            return "onboarding"
+        case CreateIssue(kind="offboarding") | MoveDueDate() | CancelOffboarding():
+            return "offboarding"
+        case CreateIssue(kind="record") | UpdateFields() | AddComment():
+            return "field_sync"
+        case RelinkIssue(kind="onboarding"):
+            return "onboarding"
+        case RelinkIssue(kind="offboarding"):
+            return "offboarding"
+        case RelinkIssue():
+            return "field_sync"
+    return None

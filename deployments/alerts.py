@@ -35,11 +35,11 @@ from prefect.events.schemas.events import ResourceSpecification
 from prefect.types import SecretDict
 from pydantic import SecretStr
 
-from deployments.definitions import TAGS
+from core.names import SERVICE
 
 AUTOMATION_NAME = "pf-jira-sync: failed runs"
 BLOCK_NAME = "pf-jira-sync-alerts"
-SERVICE_TAG = TAGS[0]
+
 FAILED_EVENTS = {"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"}
 MESSAGE_CHARACTERS = 600
 
@@ -73,7 +73,7 @@ def failed_runs_trigger() -> EventTrigger:
             ResourceSpecification(
                 {
                     "prefect.resource.role": "tag",
-                    "prefect.resource.id": f"prefect.tag.{SERVICE_TAG}",
+                    "prefect.resource.id": f"prefect.tag.{SERVICE}",
                 }
             ),
             ResourceSpecification({"prefect.resource.role": "deployment"}),

@@ -10,6 +10,13 @@ from prefect import Flow
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron, Schedule
 
+from core.names import (
+    MANUAL_DEPLOYMENT,
+    SCHEDULED_DEPLOYMENT,
+    SERVICE_TAGS,
+    WEBHOOK_DEPLOYMENT,
+    full_deployment_name,
+)
 from core.settings import Settings
 from flows.field_sync import field_sync
 from flows.offboarding import offboarding
@@ -17,15 +24,13 @@ from flows.onboarding import onboarding
 from flows.reconcile import reconcile
 from flows.sync import sync_employees
 
-TAGS = ["pf-jira-sync"]
-
 
 @dataclass(frozen=True)
 class DeploymentSpec:
     flow: Flow
     name: str
     description: str
-    tags: list[str] = field(default_factory=lambda: list(TAGS))
+    tags: list[str] = field(default_factory=lambda: list(SERVICE_TAGS))
     parameters: dict = field(default_factory=dict)
     # When it runs on its own (from the settings), and how many of its runs may go at once.
     schedule: Callable[[Settings], Schedule] | None = None
@@ -34,7 +39,7 @@ class DeploymentSpec:
     @property
     def full_name(self) -> str:
         """`<flow name>/<deployment name>`, as `run_deployment` and the CLI name it."""
-        return f"{self.flow.name}/{self.name}"
+        return full_deployment_name(self.flow.name, self.name)
 
     def options(self, settings: Settings) -> dict[str, Any]:
         """What every way of deploying it passes to Prefect (`Flow.ato_deployment`,
@@ -59,19 +64,23 @@ def reconcile_schedule(settings: Settings) -> Schedule:
 # Webhook events are dispatched here: many employees per run (see DESIGN, "Throughput").
 WEBHOOK = DeploymentSpec(
     sync_employees,
-    "webhook",
+    WEBHOOK_DEPLOYMENT,
     "Triage employees named by webhooks and run the process flows their plans need.",
 )
 MANUAL = [
-    DeploymentSpec(onboarding, "manual", "Onboard the given employees (run from the UI or CLI)."),
-    DeploymentSpec(offboarding, "manual", "Offboard the given employees (run from the UI or CLI)."),
-    DeploymentSpec(field_sync, "manual", "Sync mapped fields of the given employees."),
+    DeploymentSpec(
+        onboarding, MANUAL_DEPLOYMENT, "Onboard the given employees (run from the UI or CLI)."
+    ),
+    DeploymentSpec(
+        offboarding, MANUAL_DEPLOYMENT, "Offboard the given employees (run from the UI or CLI)."
+    ),
+    DeploymentSpec(field_sync, MANUAL_DEPLOYMENT, "Sync mapped fields of the given employees."),
 ]
 # The nightly reconciliation, also run by hand (Prefect UI, `pf-jira-sync reconcile`). One run
 # at a time: a run started while another goes waits for it (Prefect's deployment limit).
 RECONCILE = DeploymentSpec(
     reconcile,
-    "scheduled",
+    SCHEDULED_DEPLOYMENT,
     "Bring Jira in step with every PeopleForce employee (dry_run: plan only; force: past the "
     "safeguard; full: read every full record).",
     schedule=reconcile_schedule,

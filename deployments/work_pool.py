@@ -9,7 +9,7 @@ and no code storage or image build is involved.
 
 Each worker runs its flow runs as processes that inherit its environment: the settings of this
 service (DATABASE_URL on PostgreSQL, the API credentials, RULES_FILE) must be in that
-environment. `pf-jira-sync worker` starts a worker that way (see core/cli.py).
+environment. `pf-jira-sync worker` starts a worker that way (see cli/running.py).
 """
 
 from __future__ import annotations

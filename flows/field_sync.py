@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.employee_work import EmployeeOutcome, run_name, run_process
+from core.names import FIELD_SYNC_FLOW
+from flows.outcome import EmployeeOutcome
+from flows.work import run_name, run_process
 
 
-@flow(name="field-sync", flow_run_name=run_name("field-sync"))
+@flow(name=FIELD_SYNC_FLOW, flow_run_name=run_name(FIELD_SYNC_FLOW))
 async def field_sync(
     employee_ids: list[int], event_keys: dict[str, list[str]] | None = None
 ) -> list[EmployeeOutcome]:

@@ -26,12 +26,12 @@ from prefect.artifacts import LinkArtifact, MarkdownArtifact
 from prefect.client.orchestration import PrefectClient
 from prefect.runtime import flow_run
 
-from core.run_tags import employee_tags
+from core.names import employee_tags
 from core.settings import get_settings
 from tasks.services import current
 
 if TYPE_CHECKING:
-    from flows.employee_work import EmployeeOutcome
+    from flows.outcome import EmployeeOutcome
 
 EventKeys = Mapping[str, Sequence[str]]
 ARTIFACT_CONCURRENCY = 5

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.employee_work import EmployeeOutcome, run_name, run_process
+from core.names import OFFBOARDING_FLOW
+from flows.outcome import EmployeeOutcome
+from flows.work import run_name, run_process
 
 
-@flow(name="offboarding", flow_run_name=run_name("offboarding"))
+@flow(name=OFFBOARDING_FLOW, flow_run_name=run_name(OFFBOARDING_FLOW))
 async def offboarding(
     employee_ids: list[int], event_keys: dict[str, list[str]] | None = None
 ) -> list[EmployeeOutcome]:

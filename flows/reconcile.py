@@ -1,8 +1,8 @@
 """Reconcile: the whole company on a schedule, so that Jira gets whatever webhooks missed.
 
 Reads every PeopleForce employee, every mapping row and the mapped Jira issues in bulk
-(`core.reconcile`), plans each employee with the pure plan the webhook path uses, checks the
-safeguard, and applies through the per-employee path of `flows.employee_work`: under each
+(`core.company`), plans each employee with the pure plan the webhook path uses, checks the
+safeguard, and applies through the per-employee path of `flows.work`: under each
 employee's lease, so a webhook run and the reconciliation never act on one person at once.
 Only employees whose plan changes something get task runs of their own.
 """
@@ -18,11 +18,7 @@ from prefect import flow, get_client
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.runtime import flow_run
 
-from core.jira.client import Issue
-from core.peopleforce.client import Page
-from core.peopleforce.models import Employee, EmployeeSummary
-from core.plan import today_in
-from core.reconcile import (
+from core.company import (
     CompanyPlan,
     Verdict,
     action_counts,
@@ -31,15 +27,15 @@ from core.reconcile import (
     plan_rows,
     safeguard,
 )
+from core.jira.client import Issue
+from core.names import RECONCILE_FLOW
+from core.peopleforce.client import Page
+from core.peopleforce.models import Employee, EmployeeSummary
+from core.plan import ALL_PROCESSES, today_in
 from core.settings import get_settings
-from flows.employee_work import (
-    ALL_PROCESSES,
-    EmployeeOutcome,
-    EmployeesFailed,
-    Prefetched,
-    sync_employees,
-)
 from flows.observability import RunArtifacts, issue_link, markdown_cell
+from flows.outcome import EmployeeOutcome
+from flows.work import EmployeesFailed, Prefetched, work_employees
 from tasks import jira, peopleforce, store
 from tasks.services import open_services
 
@@ -54,7 +50,7 @@ class SafeguardStopped(Exception):
 
 
 class TaskSources:
-    """What `core.reconcile` reads, through retried tasks (one request each)."""
+    """What `core.company` reads, through retried tasks (one request each)."""
 
     def __init__(self) -> None:
         self._searches = 0
@@ -83,10 +79,10 @@ def run_name() -> str:
     flags = [
         name.replace("_", " ") for name in ("dry_run", "force", "full") if parameters.get(name)
     ]
-    return " · ".join(["reconcile", *flags])
+    return " · ".join([RECONCILE_FLOW, *flags])
 
 
-@flow(name="reconcile", flow_run_name=run_name)
+@flow(name=RECONCILE_FLOW, flow_run_name=run_name)
 async def reconcile(dry_run: bool = False, force: bool = False, full: bool = False) -> dict:
     """Bring Jira in step with every PeopleForce employee: hires due for onboarding, missed
     hires and terminations, reverted terminations, changed fields, issues deleted or moved in
@@ -133,7 +129,7 @@ async def reconcile(dry_run: bool = False, force: bool = False, full: bool = Fal
             logger.warning("forced past the safeguard: {}", "; ".join(verdict.reasons))
         async with get_client() as client:
             artifacts = RunArtifacts("reconcile", client)
-            outcomes = await sync_employees(
+            outcomes = await work_employees(
                 company.needs_work,
                 ALL_PROCESSES,
                 concurrency=settings.employee_concurrency,

@@ -9,13 +9,14 @@ from datetime import UTC, datetime
 from loguru import logger
 from prefect import flow
 
-from core.plan import Facts, plan, today_in
+from core.names import SYNC_FLOW
+from core.plan import Facts, Process, plan, process_of, today_in
 from core.settings import get_settings
-from flows.employee_work import Process, process_of, run_name
 from flows.field_sync import field_sync
 from flows.observability import employee_properties, keys_of, publish_routing
 from flows.offboarding import offboarding
 from flows.onboarding import onboarding
+from flows.work import run_name
 from tasks import peopleforce, store
 from tasks.retry import inline
 from tasks.services import current, open_services
@@ -39,7 +40,7 @@ async def triage(employee_id: int) -> set[Process]:
     return {process for action in result.actions if (process := process_of(action)) is not None}
 
 
-@flow(name="sync-employees", flow_run_name=run_name("sync"))
+@flow(name=SYNC_FLOW, flow_run_name=run_name("sync"))
 async def sync_employees(
     employee_ids: list[int], event_keys: dict[str, list[str]] | None = None
 ) -> dict[str, list[int]]:

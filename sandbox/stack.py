@@ -64,6 +64,11 @@ class Simulators:
         return self._servers[0].url + peopleforce.API_PREFIX
 
     @property
+    def peopleforce_control_url(self) -> str:
+        """Where the PeopleForce simulator takes `/_sandbox/...` commands (hire, update, ...)."""
+        return self._servers[0].url
+
+    @property
     def jira_url(self) -> str:
         return self._servers[1].url
 

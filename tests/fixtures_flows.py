@@ -24,10 +24,11 @@ from tasks.services import Services, use
 from tests.contract import SpecContract
 from tests.fixtures_jira import JiraSandbox
 from tests.fixtures_peopleforce import PeopleForceSandbox
+from tests.paths import RULES_EXAMPLE
 from webhook_gateway import create_app
 from webhook_gateway.dispatch import Dispatching
 
-RULES_FILE = Path(__file__).resolve().parents[1] / "rules.example.toml"
+RULES_FILE = RULES_EXAMPLE
 
 
 @pytest.fixture(scope="session")

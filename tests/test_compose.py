@@ -13,7 +13,6 @@ import importlib.util
 import re
 import shlex
 import tomllib
-from pathlib import Path
 from typing import Any
 
 import prefect
@@ -22,11 +21,11 @@ import typer
 import yaml
 from typer.core import TyperGroup
 
-from core.cli import app as cli_app
+from cli import app as cli_app
+from core.names import WEBHOOK_PATH
 from core.settings import Settings
-from webhook_gateway.app import WEBHOOK_PATH
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 PROJECT_IMAGE = "pf-jira-sync:local"
@@ -232,7 +231,7 @@ def project_command_exists(args: list[str], monkeypatch: pytest.MonkeyPatch) -> 
         return
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert args[0] in scripts, args[0]
-    assert scripts[args[0]] == "core.cli:app"
+    assert scripts[args[0]] == "cli:app"
     group = typer.main.get_command(cli_app)
     assert isinstance(group, TyperGroup)
     subcommand = group.get_command(group.make_context("pf-jira-sync", [args[1]]), args[1])

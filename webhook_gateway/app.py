@@ -28,12 +28,12 @@ from loguru import logger
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 
+from core.names import WEBHOOK_PATH
 from core.peopleforce.signature import SIGNATURE_HEADER, verify
 from core.settings import Settings, get_settings
 from core.store import EventStatus, InboxRepository, MappingStore, WebhookEvent
 from webhook_gateway.envelope import NotAnEnvelope, classify, parse_envelope
 
-WEBHOOK_PATH = "/webhooks/peopleforce"
 MAX_BODY_BYTES = 1024 * 1024
 READINESS_TIMEOUT_SECONDS = 5.0
 

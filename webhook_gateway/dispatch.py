@@ -25,11 +25,10 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
 from prefect.settings import PREFECT_API_AUTH_STRING
 
-from core.run_tags import employee_tags
+from core.names import SERVICE_TAGS, WEBHOOK_RUNS, WEBHOOK_TAG, action_tag, employee_tags
 from core.settings import Settings
 from core.store import EventStatus, InboxRepository, WebhookEvent
 from core.store.models import utc_now
-from deployments.definitions import WEBHOOK
 from webhook_gateway.app import GatewayConfigError, event_properties
 
 MAX_BACKOFF_SECONDS = 60.0
@@ -48,7 +47,7 @@ class Dispatcher:
         inbox: InboxRepository,
         client: PrefectClient,
         *,
-        deployment: str = WEBHOOK.full_name,
+        deployment: str = WEBHOOK_RUNS,
         batch_max: int = 200,
         max_in_flight: int = 3,
         settle: float = 0.3,
@@ -236,10 +235,10 @@ def _run_tags(employee_ids: list[int], events: list[WebhookEvent]) -> list[str]:
     webhook actions."""
     actions = sorted({event.action for event in events})[:5]
     return [
-        "pf-jira-sync",
-        "webhook",
+        *SERVICE_TAGS,
+        WEBHOOK_TAG,
         *employee_tags(employee_ids),
-        *(f"action:{action}" for action in actions),
+        *(action_tag(action) for action in actions),
     ]
 
 

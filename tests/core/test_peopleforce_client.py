@@ -11,7 +11,6 @@ import email.utils
 import json
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,13 +39,13 @@ from core.settings import Settings, SettingsError
 from sandbox.server import free_port
 from tests.contract import ContractTransport, SpecContract
 from tests.fixtures_peopleforce import PEOPLEFORCE_TODAY, PeopleForceSandbox
+from tests.paths import PEOPLEFORCE_FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "peopleforce"
 MOCK_BASE = "https://tenant.example.test/api/public/v3"
 
 
 def fixture(name: str) -> Any:
-    return json.loads((FIXTURES / name).read_text())
+    return json.loads((PEOPLEFORCE_FIXTURES / name).read_text())
 
 
 def employees_requests(contract: SpecContract, since: int) -> int:
@@ -588,7 +587,7 @@ def test_every_fixture_is_understood() -> None:
         "webhook_employee_create.json": WebhookEnvelope.model_validate,
         "webhook_leave_request_create.json": WebhookEnvelope.model_validate,
     }
-    assert {p.name for p in FIXTURES.glob("*.json")} == set(parsers)
+    assert {p.name for p in PEOPLEFORCE_FIXTURES.glob("*.json")} == set(parsers)
     for name, parse in parsers.items():
         assert parse(fixture(name)), name
 

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import PrefectClient
@@ -28,8 +27,8 @@ from deployments.alerts import AUTOMATION_NAME, install_alerts, uninstall_alerts
 from flows.onboarding import onboarding
 from sandbox.server import BackgroundServer
 from tests.fixtures_flows import World
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}
 
 
@@ -119,7 +118,7 @@ async def test_the_cli_installs_the_alerts_and_posts_a_test_message(
 
     def cli(*args: str, without: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "core.cli", "alerts", *args],
+            [sys.executable, "-m", "cli", "alerts", *args],
             env={name: value for name, value in env.items() if name != without},
             cwd=ROOT,
             capture_output=True,

@@ -23,11 +23,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.names import WEBHOOK_PATH
 from core.settings import Settings
-from core.stack import WEBHOOK_PATH, ChildProcess, descendants
+from deployments.stack import ChildProcess, descendants
 from sandbox.server import free_port
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}
 READY_LINE = "Ctrl-C stops everything."
 START_TIMEOUT = 300  # a fresh Prefect server alone takes 20-30 s on the 2-core box
@@ -113,7 +114,7 @@ class RunningStack:
     def cli(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
         """`pf-jira-sync ARGS` with the settings the stack runs with (same ports, DATA_DIR)."""
         return subprocess.run(
-            [sys.executable, "-m", "core.cli", *args],
+            [sys.executable, "-m", "cli", *args],
             env=self.env,
             cwd=self.cwd,
             capture_output=True,
@@ -132,7 +133,7 @@ class RunningStack:
 
 def start_up(env: dict[str, str], cwd: Path) -> RunningStack:
     process = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "up", "--sandbox"],
+        [sys.executable, "-m", "cli", "up", "--sandbox"],
         env=env,
         cwd=cwd,
         stdout=subprocess.PIPE,
@@ -205,10 +206,8 @@ def test_up_answers_on_every_url_it_prints(stack: RunningStack) -> None:
 
 def test_up_serves_every_deployment(stack: RunningStack) -> None:
     from deployments.definitions import ALL
-    from webhook_gateway.app import WEBHOOK_PATH as GATEWAY_WEBHOOK_PATH
 
     stack.require_running()
-    assert WEBHOOK_PATH == GATEWAY_WEBHOOK_PATH
     served = stack.line("Deployments:").removeprefix("Deployments:").split("(")[0]
     assert {name.strip() for name in served.split(",")} == {spec.full_name for spec in ALL}
     deployments = httpx.post(
@@ -275,7 +274,7 @@ def test_up_refuses_a_port_in_use_before_starting_anything(tmp_path: Path) -> No
         port = taken.getsockname()[1]
         env = stack_env(tmp_path, GATEWAY_PORT=str(port))
         result = subprocess.run(
-            [sys.executable, "-m", "core.cli", "up", "--sandbox"],
+            [sys.executable, "-m", "cli", "up", "--sandbox"],
             env=env,
             cwd=tmp_path,
             capture_output=True,
@@ -317,7 +316,7 @@ def test_a_child_gets_sigterm_when_the_supervisor_dies_without_cleaning_up(tmp_p
             "-c",
             "import os, sys, time\n"
             "from pathlib import Path\n"
-            "from core.stack import ChildProcess\n"
+            "from deployments.stack import ChildProcess\n"
             "child = ChildProcess.start('sleeper', [sys.executable, '-c', 'import time; time.sleep(120)'],"
             f" env=dict(os.environ), log_path=Path({str(tmp_path / 'sleeper.log')!r}))\n"
             "print(child.pid, flush=True)\n"

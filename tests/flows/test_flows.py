@@ -10,10 +10,10 @@ import pytest
 
 from core.jira.adf import adf_to_text
 from core.store import EffectAction, Lifecycle
-from flows.employee_work import EmployeesFailed
 from flows.field_sync import field_sync
 from flows.offboarding import offboarding
 from flows.onboarding import onboarding
+from flows.work import EmployeesFailed
 from sandbox.faults import Faults
 from sandbox.jira import account_id_for
 from tests.fixtures_flows import World

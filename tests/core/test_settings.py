@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from core.settings import Settings, SettingsError, get_settings
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SETTING_NAMES = [name.upper() for name in Settings.model_fields]
 
 
@@ -30,7 +30,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytes
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env={**base, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **env},
         cwd=cwd,
         capture_output=True,

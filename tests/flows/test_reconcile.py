@@ -39,8 +39,8 @@ from sandbox.server import free_port
 from sandbox.stack import Simulators
 from tests.fixtures_flows import World
 from tests.fixtures_peopleforce import PeopleForceSandbox
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 QUIET = 12
 LONG_AGO = datetime(2024, 1, 8, 9, 0, tzinfo=UTC)
 
@@ -384,7 +384,7 @@ def run_cli(*args: str, cwd: Path, **settings: str) -> subprocess.CompletedProce
     env |= {"PYTHONPATH": str(ROOT), "COLUMNS": "250", **settings}
     env["RULES_FILE"] = str(ROOT / "rules.example.toml")
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env=env,
         cwd=cwd,
         capture_output=True,

@@ -28,6 +28,7 @@ from typing import Protocol, TypeVar
 
 from core.errors import ApiError, NotFoundError, is_transient, retry_delay
 from core.jira.client import Issue, JiraClient
+from core.names import employee_label
 from core.peopleforce.client import Page, PeopleForceClient
 from core.peopleforce.models import Employee, EmployeeSummary
 from core.plan import (
@@ -43,7 +44,6 @@ from core.plan import (
     RelinkIssue,
     Report,
     UpdateFields,
-    employee_label,
     linked_issues,
     plan,
 )

@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from uuid import UUID
 
 import pytest
@@ -60,16 +59,16 @@ from core.logging import (
 )
 from core.seq import SeqSink
 from core.store import EffectAction, InboxRepository
-from flows.employee_work import EmployeesFailed
 from flows.observability import artifact_key
 from flows.onboarding import onboarding
 from flows.sync import sync_employees
+from flows.work import EmployeesFailed
 from sandbox.server import BackgroundServer
 from tests.fixtures_flows import RULES_FILE, World, webhook_gateway
 from tests.fixtures_jira import JIRA_API_TOKEN, JIRA_EMAIL
 from tests.fixtures_peopleforce import PEOPLEFORCE_API_KEY
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 WEBHOOK_SECRET = "obs-webhook-secret-5f2c9a"
 SEQ_API_KEY = "obs-seq-api-key-77d1e0"
 ALERT_URL = "https://hooks.example.com/services/T000/B000/obs-alert-token-91ab"

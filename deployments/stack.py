@@ -31,19 +31,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 
+from core.names import WEBHOOK_PATH
 from core.rules import RulesError, load_rules
 from core.settings import Settings
 
-if TYPE_CHECKING:
-    from sandbox.stack import Simulators
-
 PREFECT_HOST = "127.0.0.1"
-# The gateway's `WEBHOOK_PATH` (core imports nothing of the gateway; tests check they agree).
-WEBHOOK_PATH = "/webhooks/peopleforce"
 TRY_COMMAND = 'uv run pf-jira-sync sandbox hire "Ada Lovelace" --department Engineering'
 
 # Measured on the 2-core box: the Prefect server needs 20-30 s on a fresh home, a child that
@@ -81,6 +77,22 @@ if os.getppid() != int(sys.argv[1]):
     sys.exit("the supervisor exited before this process started")
 os.execv(sys.argv[2], sys.argv[2:])
 """
+
+
+class LocalSimulators(Protocol):
+    """The PeopleForce and Jira stand-ins `up --sandbox` runs in this process (`sandbox.stack.
+    Simulators`). The command line hands them over: this floor does not import the sandbox."""
+
+    @property
+    def peopleforce_url(self) -> str: ...
+    @property
+    def peopleforce_control_url(self) -> str: ...
+    @property
+    def jira_url(self) -> str: ...
+    def start(self) -> object: ...
+    def stop(self) -> None: ...
+    def alive(self) -> bool: ...
+    def environment(self) -> dict[str, str]: ...
 
 
 class StackFailure(Exception):
@@ -222,16 +234,17 @@ class ChildProcess:
 class Stack:
     """One run of the stack; `run()` returns the process exit code."""
 
-    def __init__(self, settings: Settings, *, sandbox: bool) -> None:
+    def __init__(self, settings: Settings, *, simulators: LocalSimulators | None = None) -> None:
         self.settings = settings
-        self.sandbox = sandbox
+        self.sandbox = simulators is not None
         self.data_dir = settings.data_dir.resolve()
         self.log_dir = self.data_dir / "logs"
         self.prefect_home = self.data_dir / "prefect"
         self.prefect_url = f"http://{PREFECT_HOST}:{settings.prefect_server_port}"
-        self.gateway_url = f"http://{url_host(settings.gateway_host)}:{settings.gateway_port}"
+        self.gateway_url = gateway_url(settings)
         self.webhook_url = self.gateway_url + WEBHOOK_PATH
-        self.simulators: Simulators | None = None
+        self._simulators = simulators
+        self.simulators: LocalSimulators | None = None  # once started
         self.children: list[ChildProcess] = []
         self.deployment_names: list[str] = []
         self._stop_signal: int | None = None
@@ -356,7 +369,7 @@ class Stack:
         say(f"  Prefect API:         {self.api_url}  (health: {self.api_url}/health)")
         say(f"  Webhook gateway:     {self.webhook_url}  (health: {self.gateway_url}/healthz)")
         if self.simulators is not None:
-            peopleforce = self.peopleforce_control_url
+            peopleforce = self.simulators.peopleforce_control_url
             say(
                 f"  PeopleForce sandbox: {self.simulators.peopleforce_url}  (control: {peopleforce}/_sandbox/employees)"
             )
@@ -397,27 +410,13 @@ class Stack:
     def api_url(self) -> str:
         return f"{self.prefect_url}/api"
 
-    @property
-    def peopleforce_control_url(self) -> str:
-        from sandbox.peopleforce import API_PREFIX
-
-        assert self.simulators is not None
-        return self.simulators.peopleforce_url.removesuffix(API_PREFIX)
-
     def _start_simulators(self) -> None:
-        from sandbox.stack import Simulators
-
-        settings = self.settings
-        simulators = Simulators(
-            host=settings.sandbox_host,
-            peopleforce_port=settings.sandbox_peopleforce_port,
-            jira_port=settings.sandbox_jira_port,
-            webhook_url=self.webhook_url,
-        )
+        assert self._simulators is not None
         try:
-            self.simulators = simulators.start()
+            self._simulators.start()
         except RuntimeError as error:
             raise StackFailure(f"the simulators did not start: {error}") from None
+        self.simulators = self._simulators
 
     def child_environment(self) -> dict[str, str]:
         """This process's environment, pointed at the stack's Prefect server and data."""
@@ -577,6 +576,16 @@ def port_is_free(host: str, port: int) -> bool:
         return False
 
 
-def run_stack(settings: Settings, *, sandbox: bool) -> int:
-    """Run the one-host stack until a signal (exit code 0) or a failure (non-zero)."""
-    return Stack(settings, sandbox=sandbox).run()
+def gateway_url(settings: Settings) -> str:
+    return f"http://{url_host(settings.gateway_host)}:{settings.gateway_port}"
+
+
+def webhook_url(settings: Settings) -> str:
+    """Where the stack's gateway takes PeopleForce webhooks (the sandbox sends them there)."""
+    return gateway_url(settings) + WEBHOOK_PATH
+
+
+def run_stack(settings: Settings, *, simulators: LocalSimulators | None = None) -> int:
+    """Run the one-host stack until a signal (exit code 0) or a failure (non-zero); with
+    `simulators` (not started yet), next to them and pointed at them."""
+    return Stack(settings, simulators=simulators).run()

@@ -1,6 +1,6 @@
 """The reconciliation's pure parts: reading strategy, per-employee plans, safeguard, renderings.
 
-`core.reconcile` does no I/O of its own, so a `Sources` in memory drives it here: no Prefect,
+`core.company` does no I/O of its own, so a `Sources` in memory drives it here: no Prefect,
 no HTTP. The flow and the commands are tested against the simulators in test_reconcile.py.
 """
 
@@ -10,16 +10,11 @@ import asyncio
 from collections import Counter
 from collections.abc import Set as AbstractSet
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from core.jira.client import Issue
-from core.peopleforce.client import Page
-from core.peopleforce.models import Employee, EmployeeSummary
-from core.plan import CreateIssue, IssueCheck, Plan, Report, mapped_fields, today_in
-from core.reconcile import (
+from core.company import (
     SEARCH_EMPLOYEES,
     CompanyPlan,
     ListingError,
@@ -34,10 +29,15 @@ from core.reconcile import (
     safeguard,
     search_batches,
 )
+from core.jira.client import Issue
+from core.peopleforce.client import Page
+from core.peopleforce.models import Employee, EmployeeSummary
+from core.plan import CreateIssue, IssueCheck, Plan, Report, mapped_fields, today_in
 from core.rules import load_rules
 from core.store.models import EmployeeLink, Lifecycle
+from tests.paths import RULES_EXAMPLE
 
-RULES = load_rules(Path(__file__).resolve().parents[1] / "rules.example.toml")
+RULES = load_rules(RULES_EXAMPLE)
 TODAY = date(2026, 11, 26)
 NOW = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from core.rules import Rules, RulesError, load_rules
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = (ROOT / "rules.example.toml").read_text()
 
 

@@ -36,20 +36,20 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterNam
 from prefect.client.schemas.objects import FlowRun, StateType
 from sqlalchemy.engine import make_url
 
-from core.cli import worker_environment
+from cli.running import worker_environment
 from core.plan import today_in
 from core.rules import load_rules
 from core.settings import Settings
-from core.stack import ChildProcess
 from core.store import EffectAction, EventStatus, InboxRepository, MappingStore
 from deployments.definitions import ALL, WEBHOOK
+from deployments.stack import ChildProcess
 from deployments.work_pool import work_pool_deployment
 from sandbox.peopleforce import PeopleForceState
 from sandbox.server import free_port
 from sandbox.stack import Simulators
 from tests.fixtures_database import POSTGRES_ADMIN_URL
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 RULES_FILE = ROOT / "rules.example.toml"
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}
 EMPLOYEES = 100
@@ -61,7 +61,7 @@ WORK_TIMEOUT = 360.0
 DEPARTMENTS = ("Engineering", "Finance", "Sales", "Marketing")
 WORKER_COMMAND = [
     "-m",
-    "core.cli",
+    "cli",
     "worker",
     "--work-pool",
     "pool",
@@ -411,7 +411,7 @@ def run_cli(*args: str, cwd: Path, **settings: str) -> subprocess.CompletedProce
         if name not in SETTING_NAMES and not name.startswith("PREFECT_")
     }
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env={**base, "PYTHONPATH": str(ROOT), "COLUMNS": "250", **settings},
         cwd=cwd,
         capture_output=True,

@@ -11,7 +11,6 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,9 +24,9 @@ from sandbox.seed import SeedPerson, seed_people
 from sandbox.server import BackgroundServer, free_port
 from tests.contract import SpecContract
 from tests.fixtures_peopleforce import PEOPLEFORCE_API_KEY, PEOPLEFORCE_TODAY, PeopleForceSandbox
+from tests.paths import PEOPLEFORCE_FIXTURES, SPECS
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "peopleforce"
-SPEC = Path(__file__).resolve().parents[1].parent / "shared" / "specs" / "peopleforce-v3.json"
+SPEC = SPECS / "peopleforce-v3.json"
 SECRET = "hook-secret"
 
 VECTOR_SECRET = "s3cr3t"
@@ -36,7 +35,7 @@ VECTOR_SIGNATURE = "sha256=f3c4866cebb32651fcc87827fe20e40f798e9dd4498b970d45d5c
 
 
 def fixture(name: str) -> Any:
-    return json.loads((FIXTURES / name).read_text())
+    return json.loads((PEOPLEFORCE_FIXTURES / name).read_text())
 
 
 # --- signatures -------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ from core.settings import Settings
 from core.store import EventStatus, InboxRepository, MappingStore, WebhookEvent
 from sandbox.server import BackgroundServer, free_port
 from sandbox.stack import WEBHOOK_SECRET, Simulators
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}
 
 
@@ -38,7 +38,7 @@ def cli_env(**settings: str) -> dict[str, str]:
 
 def run_cli(*args: str, cwd: Path, **settings: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env=cli_env(**settings),
         cwd=cwd,
         capture_output=True,
@@ -125,7 +125,7 @@ def test_sandbox_command_serves_both_simulators_until_interrupted(tmp_path: Path
     # Started as a script's background job would be: with SIGINT ignored (Python keeps it so
     # unless the command takes it back). Ctrl-C must stop it all the same.
     process = subprocess.Popen(
-        ["/bin/sh", "-c", f"trap '' INT; exec {shlex.quote(sys.executable)} -m core.cli sandbox"],
+        ["/bin/sh", "-c", f"trap '' INT; exec {shlex.quote(sys.executable)} -m cli sandbox"],
         env=cli_env(SANDBOX_PEOPLEFORCE_PORT=str(pf_port), SANDBOX_JIRA_PORT=str(jira_port)),
         cwd=tmp_path,
         stdout=subprocess.PIPE,

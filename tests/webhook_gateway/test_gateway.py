@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from core.database import create_engine
+from core.names import WEBHOOK_PATH
 from core.peopleforce.signature import SIGNATURE_HEADER, sign
 from core.settings import Settings
 from core.store import (
@@ -47,10 +48,10 @@ from sandbox.peopleforce import create_app as create_peopleforce_app
 from sandbox.server import BackgroundServer, free_port
 from tests.fixtures_database import table_names
 from tests.fixtures_peopleforce import PEOPLEFORCE_API_KEY, PEOPLEFORCE_TODAY
+from tests.paths import PEOPLEFORCE_FIXTURES
 from webhook_gateway import GatewayConfigError, create_app
-from webhook_gateway.app import MAX_BODY_BYTES, WEBHOOK_PATH
+from webhook_gateway.app import MAX_BODY_BYTES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "peopleforce"
 SECRET = "gateway-test-secret"
 
 
@@ -548,7 +549,7 @@ async def test_json_that_is_not_an_envelope_is_422(
 async def test_employee_create_is_stored_pending_and_a_repeat_changes_nothing(
     client: httpx.AsyncClient, inbox_of: InboxRepository
 ) -> None:
-    body = (FIXTURES / "webhook_employee_create.json").read_bytes()
+    body = (PEOPLEFORCE_FIXTURES / "webhook_employee_create.json").read_bytes()
 
     first = await post(client, body)
     repeat = await post(client, body)
@@ -582,7 +583,7 @@ async def test_a_repeat_answers_with_the_status_the_event_has_now(
 async def test_leave_request_is_stored_as_ignored(
     client: httpx.AsyncClient, inbox_of: InboxRepository
 ) -> None:
-    body = (FIXTURES / "webhook_leave_request_create.json").read_bytes()
+    body = (PEOPLEFORCE_FIXTURES / "webhook_leave_request_create.json").read_bytes()
 
     response = await post(client, body)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +24,9 @@ from core.plan import (
 )
 from core.rules import Rules, load_rules
 from core.store.models import EmployeeLink, Lifecycle
+from tests.paths import RULES_EXAMPLE
 
-RULES = load_rules(Path(__file__).resolve().parents[1] / "rules.example.toml")
+RULES = load_rules(RULES_EXAMPLE)
 TODAY = date(2026, 11, 26)
 
 

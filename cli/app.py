@@ -1,0 +1,85 @@
+"""`pf-jira-sync`: the operator's command line. This module holds the Typer app and what every
+command shares (settings, one-line failures, reaching Prefect); the commands live beside it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn
+
+import httpx
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from core.logging import configure_logging
+from core.settings import Settings, SettingsError, get_settings
+
+app = typer.Typer(
+    name="pf-jira-sync",
+    help="Keep Jira in step with PeopleForce.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+
+def load_settings() -> Settings:
+    """The settings, or one line naming what is wrong and exit code 2 (never a traceback)."""
+    try:
+        settings = get_settings()
+    except SettingsError as error:
+        errors.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    configure_logging(settings, component="cli")
+    return settings
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One line on stderr and the exit code: the way every command reports a failure."""
+    errors.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def prefect_api_url(
+    settings: Settings,
+    why: str = "give the Prefect server's API, e.g. http://prefect-server:4200/api",
+) -> str:
+    """PREFECT_API_URL, or exit 2 saying why the command needs it."""
+    if not settings.prefect_api_url:
+        fail(f"PREFECT_API_URL is not set: {why}", code=2)
+    return str(settings.prefect_api_url).rstrip("/")
+
+
+def describe_prefect_error(error: Exception, api_url: str) -> str:
+    """One line for what went wrong talking to the Prefect server."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    if isinstance(error, httpx.TransportError):
+        return f"no Prefect server answers at {api_url} ({type(error).__name__}: {error})"
+    if isinstance(error, PrefectHTTPStatusError) and error.response.status_code == 401:
+        return (
+            f"the Prefect server at {api_url} refused the credentials: set PREFECT_API_AUTH_STRING "
+            "to the server's PREFECT_SERVER_API_AUTH_STRING"
+        )
+    return f"the Prefect server at {api_url} refused: {type(error).__name__}: {error}"
+
+
+def run_on_prefect(api_url: str, work: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """Run `work` against the Prefect server at `api_url`; exit 1 with one line if it fails
+    (an exit `work` asks for itself passes through)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            return asyncio.run(work())
+    except typer.Exit:
+        raise
+    except Exception as error:
+        fail(describe_prefect_error(error, api_url))

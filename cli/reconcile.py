@@ -1,0 +1,333 @@
+"""Reconciliation from the terminal: `plan EMPLOYEE_ID` and `reconcile [--dry-run] [--force] [--full]`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cli.app import app, console, errors, fail, load_settings, run_on_prefect
+from cli.doctor import explain
+from core.errors import ApiError
+from core.names import RECONCILE_FLOW, SCHEDULED_DEPLOYMENT, full_deployment_name
+from core.settings import Settings, SettingsError
+
+RECONCILE_DEPLOYMENT = full_deployment_name(RECONCILE_FLOW, SCHEDULED_DEPLOYMENT)
+
+
+def existing_store_url(settings: Settings) -> str | None:
+    """The mapping store's URL; None for a SQLite file that does not exist yet (nothing was
+    done yet), so that a read-only command does not create it."""
+    from sqlalchemy.engine import make_url
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    url = settings.effective_database_url
+    parsed = make_url(url)
+    is_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (
+        None,
+        "",
+        ":memory:",
+    )
+    if is_file and not Path(parsed.database or "").exists():
+        return None
+    return url
+
+
+def load_reconcile_rules(settings: Settings) -> Any:
+    from core.rules import RulesError, load_rules
+
+    try:
+        return load_rules(settings.rules_file)
+    except RulesError as error:
+        fail(str(error), code=2)
+
+
+def run_reading(work: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """Run a read against PeopleForce, Jira and the store; one line and exit 1 if it fails."""
+    from core.company import ListingError
+
+    try:
+        return asyncio.run(work())
+    except SettingsError as error:
+        fail(str(error), code=2)
+    except ApiError as error:
+        fail(explain(error.service, error))
+    except ListingError as error:
+        fail(str(error))
+
+
+@app.command("plan")
+def plan_employee(
+    employee_id: Annotated[int, typer.Argument(metavar="EMPLOYEE_ID", help="PeopleForce id.")],
+) -> None:
+    """Show what would be done in Jira for one employee now, and why. Changes nothing.
+
+    Reads the employee from PeopleForce, what this service already did (the mapping store)
+    and whether those Jira issues still answer, then prints the inputs, the actions with their
+    reasons, and the notes for what is not (yet) due.
+    """
+    from core.company import (
+        ClientSources,
+        ReadCounts,
+        action_label,
+        check_jira,
+        describe_action,
+        describe_inputs,
+    )
+    from core.jira.client import JiraClient
+    from core.peopleforce.client import PeopleForceClient
+    from core.plan import CreateIssue, Facts, Plan, plan_with_assets, today_in
+    from core.store import MappingStore
+
+    settings = load_settings()
+    rules = load_reconcile_rules(settings)
+    today = today_in(rules.zone, datetime.now().astimezone())
+    url = existing_store_url(settings)
+
+    async def read() -> tuple[Facts, Plan]:
+        async with (
+            PeopleForceClient.from_settings(settings) as peopleforce,
+            JiraClient.from_settings(settings) as jira,
+        ):
+            sources = ClientSources(peopleforce, jira)
+            employee = await sources.employee(employee_id)
+            link = previous = None
+            if url is not None:
+                async with await MappingStore.open(url) as store:
+                    link, previous = await store.link_and_previous(
+                        employee_id, employee.email if employee else None
+                    )
+            checks = await check_jira(
+                sources, [link] if link else [], rules, asyncio.Semaphore(4), ReadCounts()
+            )
+            checked = checks.get(employee_id) if employee is not None else None
+            return await plan_with_assets(
+                Facts(employee_id, employee, link, previous, jira=checked),
+                rules,
+                today,
+                lambda: peopleforce.list_assets(employee_id),
+            )
+
+    facts, result = run_reading(read)
+    name = result.employee_name or "(unknown)"
+    console.print(f"[bold]Employee {employee_id} {escape(name)}[/]", highlight=False)
+    console.print("[bold]Inputs[/]")
+    inputs = describe_inputs(facts, rules, today)
+    width = max(len(label) for label, _ in inputs)
+    for label, value in inputs:
+        console.print(f"  {label:<{width}}  {escape(value)}", highlight=False, soft_wrap=True)
+    console.print("[bold]Actions[/]")
+    if not result.actions:
+        console.print("  none: Jira is in step for this employee", highlight=False)
+    for number, action in enumerate(result.actions, 1):
+        console.print(
+            f"  {number}. {action_label(action)}: {escape(describe_action(action))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        console.print(f"     why: {escape(action.why)}", highlight=False, soft_wrap=True)
+        if isinstance(action, CreateIssue):
+            for subtask in action.subtasks:
+                console.print(f"     - {escape(subtask.summary)}", highlight=False, soft_wrap=True)
+    if result.notes:
+        console.print("[bold]Notes[/]")
+        for note in result.notes:
+            console.print(f"  - {escape(note)}", highlight=False, soft_wrap=True)
+    if url is None:
+        print_no_store_note(settings)
+
+
+def print_no_store_note(settings: Settings) -> None:
+    console.print(
+        f"(no mapping store at {settings.effective_database_url} yet: planned as if this "
+        "service had done nothing)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def print_company_plan(company: Any, verdict: Any) -> None:
+    from core.company import action_counts, counts_line, plan_rows
+
+    rows = plan_rows(company)
+    if rows:
+        table = Table("employee", "name", "action", "what", "why", header_style="bold")
+        for row in rows:
+            table.add_row(*(escape(value) for value in row.values()))
+        console.print(table)
+    reads = company.reads
+    console.print(
+        f"{company.today}: {len(company.needs_work)} of {company.returned} employees need work "
+        f"({counts_line(action_counts(company))}). Read {reads.peopleforce_requests} "
+        f"PeopleForce requests ({reads.full_records} full records), {reads.jira_searches} Jira "
+        f"searches and {reads.jira_lookups} lookups.",
+        highlight=False,
+        soft_wrap=True,
+    )
+    mark = "[red]safeguard:[/]" if verdict.stop else "[green]safeguard:[/]"
+    console.print(f"{mark} {escape(verdict.explain())}", highlight=False, soft_wrap=True)
+
+
+def dry_run_reconcile(settings: Settings, full: bool) -> None:
+    """Plan the whole company in this process (no Prefect) and print it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+    from core.company import ClientSources, plan_reconciliation, safeguard
+    from core.jira.client import JiraClient
+    from core.peopleforce.client import PeopleForceClient
+    from core.plan import today_in
+    from core.store import EmployeeLink, MappingStore
+
+    rules = load_reconcile_rules(settings)
+    url = existing_store_url(settings)
+    now = datetime.now().astimezone()
+    today = today_in(rules.zone, now)
+
+    async def read(progress: Progress) -> Any:
+        bars: dict[str, TaskID] = {}
+
+        def advance(what: str, done: int, total: int | None) -> None:
+            if what not in bars:
+                bars[what] = progress.add_task(what, total=total)
+            progress.update(bars[what], completed=done, total=total)
+
+        links: list[EmployeeLink] = []
+        if url is not None:
+            async with await MappingStore.open(url) as store:
+                links = [link async for link in store.all_links()]
+        async with (
+            PeopleForceClient.from_settings(settings) as peopleforce,
+            JiraClient.from_settings(settings) as jira,
+        ):
+            return await plan_reconciliation(
+                ClientSources(peopleforce, jira),
+                links,
+                rules,
+                today,
+                now=now,
+                concurrency=settings.reconcile_read_concurrency,
+                lookback_days=settings.reconcile_lookback_days,
+                full=full,
+                progress=advance,
+            )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=errors, transient=True) as progress:
+        company = run_reading(lambda: read(progress))
+    verdict = safeguard(
+        company,
+        max_share=settings.safeguard_max_share,
+        max_offboard=settings.safeguard_max_offboard,
+    )
+    print_company_plan(company, verdict)
+    if url is None:
+        print_no_store_note(settings)
+
+
+def reconcile_api_url(settings: Settings) -> str:
+    """PREFECT_API_URL, or the Prefect server `pf-jira-sync up` starts on this host."""
+    if settings.prefect_api_url:
+        return str(settings.prefect_api_url).rstrip("/")
+    return f"http://127.0.0.1:{settings.prefect_server_port}/api"
+
+
+async def run_reconcile_deployment(force: bool, full: bool) -> Any:
+    """Start a run of the reconcile deployment and follow it to its end, printing its states."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            deployment = await client.read_deployment_by_name(RECONCILE_DEPLOYMENT)
+        except ObjectNotFound:
+            fail(
+                f"the Prefect server has no deployment {RECONCILE_DEPLOYMENT}: start the service "
+                "(`pf-jira-sync up`) or register it on a work pool (`pf-jira-sync deploy`)"
+            )
+        run = await client.create_flow_run_from_deployment(
+            deployment.id,
+            parameters={"dry_run": False, "force": force, "full": full},
+            tags=["manual"],
+        )
+        console.print(f"started flow run {run.name} ({run.id})", highlight=False)
+        seen, waited = "", 0.0
+        while True:
+            run = await client.read_flow_run(run.id)
+            state = run.state
+            if state is not None and state.name != seen:
+                seen = state.name
+                console.print(f"  {seen}", highlight=False)
+            if state is not None and state.is_final():
+                return run
+            if waited >= 30 and state is not None and state.is_scheduled():
+                errors.print(
+                    "still waiting to start: another reconciliation may be running (they go one "
+                    "at a time), or nothing serves the deployments (`pf-jira-sync up`)",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                waited = -600.0  # say it again in ten minutes
+            await asyncio.sleep(2)
+            waited += 2
+
+
+@app.command("reconcile")
+def reconcile_command(
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Plan the whole company and print it as a table; change nothing."
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Apply even when the safeguard would stop the run (look at --dry-run first).",
+        ),
+    ] = False,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full",
+            help="Read every employee's full record, not only those changed in the last "
+            "RECONCILE_LOOKBACK_DAYS days (slower; catches future terminations entered earlier).",
+        ),
+    ] = False,
+) -> None:
+    """Bring Jira in step with every PeopleForce employee, as the nightly schedule does.
+
+    With --dry-run the plan is computed here (no Prefect needed). Without it, a run of the
+    reconcile deployment is started on the Prefect server (PREFECT_API_URL, default the one
+    `up` starts) and followed to its end; runs go one at a time.
+    """
+    settings = load_settings()
+    if dry_run:
+        if force:
+            fail("--force has no meaning with --dry-run, which changes nothing", code=2)
+        dry_run_reconcile(settings, full)
+        return
+    try:
+        run = run_on_prefect(
+            reconcile_api_url(settings), lambda: run_reconcile_deployment(force, full)
+        )
+    except KeyboardInterrupt:
+        errors.print("stopped following; the run goes on (see the Prefect UI)")
+        raise typer.Exit(130) from None
+    state = run.state
+    message = f": {state.message}" if state and state.message else ""
+    if state is None or not state.is_completed():
+        fail(f"reconciliation {state.name if state else 'unknown'}{message} (flow run {run.id})")
+    console.print(
+        f"reconciliation completed{message}; its summary is the `reconcile-summary` artifact "
+        f"of flow run {run.name} in the Prefect UI",
+        highlight=False,
+        soft_wrap=True,
+    )

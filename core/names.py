@@ -1,0 +1,69 @@
+"""The names other systems see, defined once: Prefect flow and deployment names, run tags, the
+Jira labels on every issue created, the webhook path.
+
+The gateway (which dispatches to a deployment by name), the deployments (which register under
+these names), the flows (which tag their runs) and the CLI all read them here, so none of them
+needs to import another to agree on a string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+
+SERVICE = "pf-jira-sync"
+# Where PeopleForce posts its webhooks (the gateway's route; the tunnel lets only /webhooks/ in).
+WEBHOOK_PATH = "/webhooks/peopleforce"
+
+# Prefect flows: the webhook entry (triage), the three business processes, the reconciliation.
+SYNC_FLOW = "sync-employees"
+ONBOARDING_FLOW = "onboarding"
+OFFBOARDING_FLOW = "offboarding"
+FIELD_SYNC_FLOW = "field-sync"
+RECONCILE_FLOW = "reconcile"
+
+# Deployments, by the name they have under their flow (`<flow>/<deployment>` in full).
+WEBHOOK_DEPLOYMENT = "webhook"
+MANUAL_DEPLOYMENT = "manual"
+SCHEDULED_DEPLOYMENT = "scheduled"
+
+
+def full_deployment_name(flow: str, deployment: str) -> str:
+    """`<flow name>/<deployment name>`, as `run_deployment`, the UI and the CLI name it."""
+    return f"{flow}/{deployment}"
+
+
+# The deployment the gateway's dispatcher creates runs of.
+WEBHOOK_RUNS = full_deployment_name(SYNC_FLOW, WEBHOOK_DEPLOYMENT)
+
+# Run tags: every deployment carries the service tag; webhook runs also `webhook` and one
+# `action:<webhook action>` per action; every run the `employee:<id>` of its employees.
+SERVICE_TAGS = [SERVICE]
+WEBHOOK_TAG = "webhook"
+MANUAL_TAG = "manual"
+# A run of hundreds of employees is tagged with the first ones only: the tag is for finding
+# runs, and its summary artifact lists everyone.
+MAX_EMPLOYEE_TAGS = 20
+
+
+def employee_tags(employee_ids: Sequence[int]) -> list[str]:
+    """The `employee:<id>` tags by which the Prefect UI finds every run that worked on someone."""
+    return [f"employee:{employee_id}" for employee_id in employee_ids[:MAX_EMPLOYEE_TAGS]]
+
+
+def action_tag(action: str) -> str:
+    return f"action:{action}"
+
+
+# Jira: every issue created carries this label, searched before creating when the store does not
+# know the issue (a crash between the create and the record, a store restored from a backup).
+EMPLOYEE_LABEL = "pf-employee-{id}"
+
+
+def employee_label(employee_id: int) -> str:
+    return EMPLOYEE_LABEL.format(id=employee_id)
+
+
+def work_label(kind: str, employee_id: int, on: date) -> str:
+    """Names one piece of work (a hire or a leave on a date), so a rehire is new work."""
+    return f"pf-{kind}-{employee_id}-{on:%Y%m%d}"

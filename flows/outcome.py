@@ -1,0 +1,21 @@
+"""What one employee's work came to: the actions applied, what was left to other processes,
+the notes, the Jira issues touched, or the error. Runs log it, summarise it and return it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EmployeeOutcome:
+    employee_id: int
+    name: str | None = None
+    applied: list[str] = field(default_factory=list)
+    left_for_others: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    jira_keys: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def who(self) -> str:
+        return f"{self.employee_id} {self.name}" if self.name else str(self.employee_id)

@@ -1,0 +1,190 @@
+"""The one path every piece of work takes for one employee: read, plan, apply.
+
+Whatever started it (a webhook, the reconciliation, a retry from the UI), the work for an
+employee reads their current PeopleForce record and mapping, plans with the pure `core.plan`,
+and applies each action through retryable tasks, recording every Jira effect in the store as
+soon as it happened. Running it again converges: nothing is created twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from uuid import UUID, uuid4
+
+from loguru import logger
+from prefect import get_client
+from prefect.client.orchestration import PrefectClient
+from prefect.runtime import flow_run
+
+from core.peopleforce.models import Employee
+from core.plan import ALL_PROCESSES, Facts, IssueCheck, Process, plan_with_assets, today_in
+from core.settings import get_settings
+from core.store import Leases
+from flows.actions import apply_plan
+from flows.observability import EventKeys, RunArtifacts, employee_properties, tag_run
+from flows.outcome import EmployeeOutcome
+from tasks import peopleforce, store
+from tasks.retry import inline
+from tasks.services import current, open_services
+
+
+@dataclass(frozen=True)
+class Prefetched:
+    """What a caller already read for an employee (reconciliation reads the company in bulk):
+    the PeopleForce record, and what Jira answered for the issues the link points at. The
+    mapping is always read again, under the employee's lease."""
+
+    employee: Employee
+    jira: IssueCheck | None = None
+
+
+async def work_employee(
+    employee_id: int,
+    processes: frozenset[Process] = ALL_PROCESSES,
+    *,
+    today: date | None = None,
+    prefetched: Prefetched | None = None,
+) -> EmployeeOutcome:
+    """Read, plan and apply for one employee; the actions of other processes are left alone."""
+    services = current()
+    today = today or today_in(services.rules.zone, datetime.now(UTC))
+    outcome = EmployeeOutcome(employee_id)
+    if prefetched is None and (record := services.records.pop(employee_id, None)):
+        prefetched = Prefetched(record)  # the sync flow's triage read it moments ago
+    employee = (
+        prefetched.employee if prefetched else await inline(peopleforce.read_employee)(employee_id)
+    )
+    checked = prefetched.jira if prefetched else None
+    outcome.name = employee.display_name if employee else None
+    link, previous = await inline(store.read_mapping)(
+        employee_id, employee.email if employee else None, outcome.who
+    )
+    _facts, result = await plan_with_assets(
+        Facts(employee_id, employee, link, previous, jira=checked),
+        services.rules,
+        today,
+        lambda: inline(peopleforce.read_assets)(employee_id, outcome.who),
+    )
+    outcome.notes.extend(result.notes)
+    await apply_plan(result, employee, link, previous, processes, today, outcome)
+    return outcome
+
+
+async def work_employees(
+    employee_ids: Iterable[int],
+    processes: frozenset[Process],
+    *,
+    concurrency: int,
+    event_keys: EventKeys | None = None,
+    today: date | None = None,
+    prefetched: Mapping[int, Prefetched] | None = None,
+    on_done: Callable[[EmployeeOutcome], Awaitable[None]] | None = None,
+) -> list[EmployeeOutcome]:
+    """Work many employees at once, at most `concurrency` at a time; one failure stops no other.
+
+    `on_done` is given each employee's outcome as soon as their work is done (and their slot
+    and lease are free), while the others are still worked."""
+    bound = asyncio.Semaphore(concurrency)
+    leases = Leases(current().store.engine)
+    holder = f"{flow_run.get_id() or 'local'}:{uuid4().hex[:8]}"
+
+    # No per-employee tags on task runs: Prefect treats every task-run tag as a concurrency
+    # limit and asks its server for a slot per tag and task run (an extra round trip, and 503s
+    # under load). Task runs carry the employee in their names instead.
+    async def work(employee_id: int) -> EmployeeOutcome:
+        async with bound:
+            try:
+                # Never two runs on one employee: a webhook run, the reconciliation and a
+                # retry from the UI take turns.
+                async with leases.hold(employee_id, holder):
+                    return await work_employee(
+                        employee_id,
+                        processes,
+                        today=today,
+                        prefetched=(prefetched or {}).get(employee_id),
+                    )
+            except Exception as error:  # reported per employee; the run fails at the end
+                logger.error("employee {}: {}", employee_id, error)
+                return EmployeeOutcome(employee_id, error=f"{type(error).__name__}: {error}")
+
+    async def one(employee_id: int) -> EmployeeOutcome:
+        # Every line of this employee's work carries the employee and its webhook events.
+        with logger.contextualize(**employee_properties(employee_id, event_keys)):
+            outcome = await work(employee_id)
+            if on_done is not None:
+                await on_done(outcome)
+            return outcome
+
+    unique = list(dict.fromkeys(employee_ids))
+    return list(await asyncio.gather(*(one(employee_id) for employee_id in unique)))
+
+
+class EmployeesFailed(Exception):
+    """Some employees' work failed; the others were done. The run fails so it shows and can be retried."""
+
+
+def run_name(process: str):
+    """A flow-run name from the parameters: the employee for one, the count for many."""
+
+    def name() -> str:
+        given = flow_run.get_name()
+        if given and given.startswith(f"{process} · "):
+            return given  # named at creation (the dispatcher knows the name from the webhook)
+        ids = list(flow_run.parameters.get("employee_ids") or [])
+        return (
+            f"{process} · employee {ids[0]}"
+            if len(ids) == 1
+            else f"{process} · {len(ids)} employees"
+        )
+
+    return name
+
+
+async def run_process(
+    process: Process | None, employee_ids: list[int], event_keys: EventKeys | None = None
+) -> list[EmployeeOutcome]:
+    """The body of every per-employee flow: open the services, work everyone, report."""
+    processes = ALL_PROCESSES if process is None else frozenset({process})
+    settings = get_settings()
+    # One Prefect client for the run's tags, artifacts and name.
+    async with get_client() as client:
+        # Tagged once created, not at creation: every event of a run's task runs would carry
+        # the run's tags as related resources (six times the server's event rows, measured).
+        await tag_run(client, process, employee_ids)
+        async with open_services(settings):
+            artifacts = RunArtifacts(process, client)
+            outcomes = await work_employees(
+                employee_ids,
+                processes,
+                concurrency=settings.employee_concurrency,
+                event_keys=event_keys,
+                on_done=artifacts.links,
+            )
+            await artifacts.outcomes_summary(outcomes)
+        if len(outcomes) == 1 and outcomes[0].name:
+            name = f"{process or 'sync'} · {outcomes[0].name} ({outcomes[0].employee_id})"
+            await _rename_run(client, name)
+    for outcome in outcomes:
+        logger.bind(**employee_properties(outcome.employee_id, event_keys)).info(
+            "{}: applied {} | left {} | notes {}",
+            outcome.who,
+            outcome.applied or "nothing",
+            outcome.left_for_others or "nothing",
+            outcome.notes or "none",
+        )
+    failed = [outcome for outcome in outcomes if outcome.error]
+    if failed:
+        raise EmployeesFailed(
+            f"{len(failed)} of {len(outcomes)} employee(s) failed: "
+            + "; ".join(f"{outcome.employee_id}: {outcome.error}" for outcome in failed[:5])
+        )
+    return outcomes
+
+
+async def _rename_run(client: PrefectClient, name: str) -> None:
+    run_id = flow_run.get_id()
+    if run_id:
+        await client.update_flow_run(UUID(str(run_id)), name=name)
