@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Protocol, TypeVar
 
-from core.errors import ApiError, NotFoundError, is_transient, retry_delay
+from core.errors import NotFoundError
 from core.jira.client import Issue, JiraClient
 from core.names import employee_label
 from core.peopleforce.client import Page, PeopleForceClient
@@ -47,6 +47,7 @@ from core.plan import (
     linked_issues,
     plan,
 )
+from core.retry import INTERACTIVE_READ
 from core.rules import Rules
 from core.store.models import EmployeeLink
 from core.store.repository import normalize_email, previous_link
@@ -57,7 +58,6 @@ SEARCH_EMPLOYEES = 50
 SEARCH_ISSUES = 100
 
 RecordT = TypeVar("RecordT", EmployeeSummary, Employee)
-T = TypeVar("T")
 # (what is being read, done, total when known): the CLI draws progress bars from it.
 Progress = Callable[[str, int, int | None], None]
 
@@ -593,10 +593,8 @@ def _name(ref: object) -> str:
 
 
 class ClientSources:
-    """`Sources` over the two clients, for the command line. Transient errors (429 with its
-    Retry-After, 5xx, timeouts) are tried again a few times; the flows retry through tasks."""
-
-    ATTEMPTS = 4
+    """`Sources` over the two clients, for the command line: transient errors (429 with its
+    Retry-After, 5xx, timeouts) are tried again by `core.retry.INTERACTIVE_READ`."""
 
     def __init__(self, peopleforce: PeopleForceClient, jira: JiraClient) -> None:
         self.peopleforce = peopleforce
@@ -605,31 +603,29 @@ class ClientSources:
     async def employees_page(
         self, page: int, updated_since: datetime | None
     ) -> Page[EmployeeSummary]:
-        return await self._retried(
-            lambda: self.peopleforce.employees_page(page, updated_since=updated_since)
+        return await INTERACTIVE_READ.call(
+            f"read employees page {page}",
+            lambda: self.peopleforce.employees_page(page, updated_since=updated_since),
         )
 
     async def terminated_page(self, page: int) -> Page[Employee]:
-        return await self._retried(lambda: self.peopleforce.terminated_page(page))
+        return await INTERACTIVE_READ.call(
+            f"read leavers page {page}", lambda: self.peopleforce.terminated_page(page)
+        )
 
     async def employee(self, employee_id: int) -> Employee | None:
         try:
-            return await self._retried(lambda: self.peopleforce.get_employee(employee_id))
+            return await INTERACTIVE_READ.call(
+                f"read employee {employee_id}",
+                lambda: self.peopleforce.get_employee(employee_id),
+            )
         except NotFoundError:
             return None
 
     async def search_issues(self, jql: str) -> list[Issue]:
-        return await self._retried(lambda: self.jira.search_issues(jql, SEARCH_ISSUES))
+        return await INTERACTIVE_READ.call(
+            "search Jira", lambda: self.jira.search_issues(jql, SEARCH_ISSUES)
+        )
 
     async def issue_key(self, key: str) -> str | None:
-        return await self._retried(lambda: self.jira.current_key(key))
-
-    async def _retried(self, call: Callable[[], Awaitable[T]]) -> T:
-        for attempt in range(self.ATTEMPTS):
-            try:
-                return await call()
-            except ApiError as error:
-                if attempt == self.ATTEMPTS - 1 or not is_transient(error):
-                    raise
-                await asyncio.sleep(retry_delay(error, 0.5 * 2**attempt))
-        raise AssertionError("unreachable")
+        return await INTERACTIVE_READ.call(f"look up {key}", lambda: self.jira.current_key(key))

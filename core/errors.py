@@ -1,9 +1,13 @@
 """Typed errors for the two APIs, and the one place that decides what is worth retrying.
 
-Clients raise these; tasks hand `is_transient` to Prefect as their retry condition.
+Clients raise these; `core.retry` retries what `is_transient` (or, for the store,
+`is_transient_store_error`) accepts.
 """
 
 from __future__ import annotations
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 
 class ApiError(Exception):
@@ -106,10 +110,18 @@ class ApiTimeoutError(TransportError):
 def is_transient(error: BaseException) -> bool:
     """True when the same call may succeed if made again later.
 
-    The single decision for the whole service: tasks use it as Prefect's retry condition,
-    the gateway's dispatcher and the CLI use it to tell operators whether to wait or to fix.
+    The single decision for the whole service: `core.retry` retries what it accepts, the
+    gateway's dispatcher and the CLI use it to tell operators whether to wait or to fix.
     """
     return isinstance(error, ApiError) and error.transient
+
+
+def is_transient_store_error(error: BaseException) -> bool:
+    """True for a database error that passes by itself (a lock, a dropped connection, a
+    restart); a refused write (a constraint, an undeclared lifecycle move) is not retried."""
+    return isinstance(
+        error, OperationalError | InterfaceError | PoolTimeout | OSError | TimeoutError
+    ) or bool(getattr(error, "connection_invalidated", False))
 
 
 def retry_after_hint(error: BaseException) -> float | None:

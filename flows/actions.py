@@ -8,10 +8,13 @@ soon as it happened, so running the same plan again converges instead of repeati
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import date
+from typing import Any, ParamSpec, TypeVar
 
 from loguru import logger
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
 
 from core.errors import ConfigurationError
 from core.peopleforce.models import Employee
@@ -29,14 +32,34 @@ from core.plan import (
     UpdateFields,
     process_of,
 )
+from core.retry import ACTION
 from core.rules import FieldType
 from core.store import EffectAction, EmployeeLink, Lifecycle, snapshot_hash
 from flows.outcome import EmployeeOutcome
 from tasks import jira, store
-from tasks.retry import action_task, inline
 from tasks.services import current
 
 SUBTASK_ROUNDS = 3
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def action_task(
+    name: str, task_run_name: str
+) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Task[P, Coroutine[Any, Any, R]]]:
+    """One planned action as a task run of its own, named after the employee in the UI. Prefect
+    does not retry it (`retries=0`): `core.retry.ACTION` tries a whole action again after a long
+    outage, as each of its steps is retried on its own (why, in `core.retry`)."""
+
+    def decorate(
+        function: Callable[P, Coroutine[Any, Any, R]],
+    ) -> Task[P, Coroutine[Any, Any, R]]:
+        return task(name=name, task_run_name=task_run_name, retries=0, cache_policy=NO_CACHE)(
+            ACTION(task_run_name)(function)
+        )
+
+    return decorate
 
 
 async def apply_plan(
@@ -93,7 +116,7 @@ async def apply_plan(
 
 async def _account_ids(emails: Iterable[str | None], who: str) -> dict[str, str | None]:
     wanted = sorted({email.casefold() for email in emails if email})
-    found = await asyncio.gather(*(inline(jira.find_account_id)(email, who) for email in wanted))
+    found = await asyncio.gather(*(jira.find_account_id(email, who) for email in wanted))
     return dict(zip(wanted, found, strict=True))
 
 
@@ -118,14 +141,14 @@ async def _create_issue(
         employee.email,
     ]
     accounts = await _account_ids(emails, who)
-    key = await inline(jira.find_issue_by_label)(action.guard_label, who)
+    key = await jira.find_issue_by_label(action.guard_label, who)
     effect = EffectAction.adopt_existing
     if key is None:
-        key = await inline(jira.create_issue)(
+        key = await jira.create_issue(
             action, who, _assignee_id(action.assignee, accounts), accounts
         )
         effect = EffectAction(f"create_{action.kind}")
-    await inline(store.record_effect)(
+    await store.record_effect(
         employee.id,
         effect,
         who,
@@ -199,10 +222,10 @@ async def _create_subtasks(
     for round_number in range(SUBTASK_ROUNDS):
         # A parent created a moment ago has no subtasks yet: no need to ask Jira.
         first_of_new = round_number == 0 and parent_is_new
-        existing = {} if first_of_new else await inline(jira.find_subtasks)(parent_key, who)
+        existing = {} if first_of_new else await jira.find_subtasks(parent_key, who)
         missing = [n for n, subtask in enumerate(subtasks) if subtask.summary not in existing]
         done = (
-            await inline(jira.create_subtasks)(
+            await jira.create_subtasks(
                 parent_key,
                 action.project,
                 action.subtask_type,
@@ -217,7 +240,7 @@ async def _create_subtasks(
         )
         created = done.created if done else []
         if created or keys_field:
-            await inline(store.record_effect)(
+            await store.record_effect(
                 employee_id,
                 EffectAction.create_subtask,
                 who,
@@ -238,10 +261,8 @@ async def _create_subtasks(
 
 @action_task("comment", "comment on {action.issue_key} · {who}")
 async def _add_comment(action: AddComment, employee_id: int, who: str) -> str:
-    await inline(jira.add_comment)(action.issue_key, action.text, who)
-    await inline(store.record_effect)(
-        employee_id, EffectAction.comment, who, issue_key=action.issue_key
-    )
+    await jira.add_comment(action.issue_key, action.text, who)
+    await store.record_effect(employee_id, EffectAction.comment, who, issue_key=action.issue_key)
     return action.issue_key
 
 
@@ -253,10 +274,8 @@ async def _update_fields(action: UpdateFields, employee_id: int, who: str) -> st
         for source, old, _new in action.changes
         if old and any(v.source == source and v.type == FieldType.labels for v in action.fields)
     ]
-    await inline(jira.update_fields)(
-        action.issue_key, list(action.fields), old_labels, accounts, who
-    )
-    await inline(store.record_effect)(
+    await jira.update_fields(action.issue_key, list(action.fields), old_labels, accounts, who)
+    await store.record_effect(
         employee_id,
         EffectAction.update_fields,
         who,
@@ -272,11 +291,11 @@ async def _update_fields(action: UpdateFields, employee_id: int, who: str) -> st
 
 @action_task("move due date", "move due date of {action.issue_key} · {who}")
 async def _move_due_date(action: MoveDueDate, employee_id: int, today: date, who: str) -> str:
-    await inline(jira.set_due_date)(action.issue_key, action.new, who)
-    await inline(jira.add_comment)(
+    await jira.set_due_date(action.issue_key, action.new, who)
+    await jira.add_comment(
         action.issue_key, f"The last day moved from {action.old} to {action.new}.", who
     )
-    await inline(store.record_effect)(
+    await store.record_effect(
         employee_id,
         EffectAction.update_fields,
         who,
@@ -296,9 +315,9 @@ async def _cancel_offboarding(
 ) -> str:
     keys = [action.issue_key, *subtask_keys]
     for key in keys:
-        await inline(jira.transition_issue)(key, "Cancelled", who)
-    await inline(jira.add_comment)(action.issue_key, action.comment, who)
-    await inline(store.record_effect)(
+        await jira.transition_issue(key, "Cancelled", who)
+    await jira.add_comment(action.issue_key, action.comment, who)
+    await store.record_effect(
         employee_id,
         EffectAction.transition,
         who,
@@ -317,7 +336,7 @@ async def _cancel_offboarding(
 @action_task("relink issue", "relink {action.kind} issue {action.new_key} · {who}")
 async def _relink(action: RelinkIssue, employee_id: int, who: str) -> str:
     # Nothing changes in Jira: the store follows the issue to its new key.
-    await inline(store.record_effect)(
+    await store.record_effect(
         employee_id,
         EffectAction.relink,
         who,

@@ -50,7 +50,7 @@ class SafeguardStopped(Exception):
 
 
 class TaskSources:
-    """What `core.company` reads, through retried tasks (one request each)."""
+    """What `core.company` reads, through the retried steps of `tasks` (one request each)."""
 
     def __init__(self) -> None:
         self._searches = 0

@@ -18,7 +18,6 @@ from flows.offboarding import offboarding
 from flows.onboarding import onboarding
 from flows.work import run_name
 from tasks import peopleforce, store
-from tasks.retry import inline
 from tasks.services import current, open_services
 
 PROCESS_FLOWS = {"onboarding": onboarding, "offboarding": offboarding, "field_sync": field_sync}
@@ -26,13 +25,13 @@ PROCESS_FLOWS = {"onboarding": onboarding, "offboarding": offboarding, "field_sy
 
 async def triage(employee_id: int) -> set[Process]:
     """Which processes this employee's plan needs now (reads only: nothing changes here; the
-    reads run inline, as the process flows' reads do, so triage costs no task runs)."""
+    reads are plain calls, as the process flows' reads are, so triage costs no task runs)."""
     services = current()
-    employee = await inline(peopleforce.read_employee)(employee_id)
+    employee = await peopleforce.read_employee(employee_id)
     if employee is not None:
         services.records[employee_id] = employee
     who = f"{employee_id} {employee.display_name}" if employee else str(employee_id)
-    link, previous = await inline(store.read_mapping)(
+    link, previous = await store.read_mapping(
         employee_id, employee.email if employee else None, who
     )
     today = today_in(services.rules.zone, datetime.now(UTC))

@@ -27,7 +27,6 @@ from flows.actions import apply_plan
 from flows.observability import EventKeys, RunArtifacts, employee_properties, tag_run
 from flows.outcome import EmployeeOutcome
 from tasks import peopleforce, store
-from tasks.retry import inline
 from tasks.services import current, open_services
 
 
@@ -54,19 +53,17 @@ async def work_employee(
     outcome = EmployeeOutcome(employee_id)
     if prefetched is None and (record := services.records.pop(employee_id, None)):
         prefetched = Prefetched(record)  # the sync flow's triage read it moments ago
-    employee = (
-        prefetched.employee if prefetched else await inline(peopleforce.read_employee)(employee_id)
-    )
+    employee = prefetched.employee if prefetched else await peopleforce.read_employee(employee_id)
     checked = prefetched.jira if prefetched else None
     outcome.name = employee.display_name if employee else None
-    link, previous = await inline(store.read_mapping)(
+    link, previous = await store.read_mapping(
         employee_id, employee.email if employee else None, outcome.who
     )
     _facts, result = await plan_with_assets(
         Facts(employee_id, employee, link, previous, jira=checked),
         services.rules,
         today,
-        lambda: inline(peopleforce.read_assets)(employee_id, outcome.who),
+        lambda: peopleforce.read_assets(employee_id, outcome.who),
     )
     outcome.notes.extend(result.notes)
     await apply_plan(result, employee, link, previous, processes, today, outcome)

@@ -16,8 +16,8 @@ from core.errors import (
 )
 from core.jira.client import Issue, subtask_payload
 from core.plan import CreateIssue, FieldValue, Subtask
+from core.retry import API_CALL
 from core.rules import FieldType
-from tasks.retry import api_task
 from tasks.services import current
 
 # What to look at when Jira refuses a system field.
@@ -70,7 +70,7 @@ def jira_field_values(
     return fields, labels
 
 
-@api_task("find user", "find Jira user · {who}")
+@API_CALL("find Jira user · {who}")
 async def find_account_id(email: str, who: str) -> str | None:
     """The Jira accountId for an email (exact match); cached for the rest of the run."""
     services = current()
@@ -80,7 +80,7 @@ async def find_account_id(email: str, who: str) -> str | None:
     return services.account_ids[key]
 
 
-@api_task("search label guard", "search {label} · {who}")
+@API_CALL("search {label} · {who}")
 async def find_issue_by_label(label: str, who: str) -> str | None:
     """An issue this service created but may not have recorded (a crash between the two)."""
     async for issue in current().jira.search(f'labels = "{label}" ORDER BY key', fields=["labels"]):
@@ -88,19 +88,19 @@ async def find_issue_by_label(label: str, who: str) -> str | None:
     return None
 
 
-@api_task("search issues", "search issues of {what}")
+@API_CALL("search issues of {what}")
 async def search_issues(jql: str, what: str) -> list[Issue]:
     """Every issue a bounded JQL finds, with its labels (one request per 100 issues)."""
     return await current().jira.search_issues(jql)
 
 
-@api_task("look up issue", "look up {key}")
+@API_CALL("look up {key}")
 async def issue_key(key: str) -> str | None:
     """The key the issue answers under now; None when it does not answer (deleted, hidden)."""
     return await current().jira.current_key(key)
 
 
-@api_task("create issue", "create {action.kind} issue · {who}")
+@API_CALL("create {action.kind} issue · {who}")
 async def create_issue(
     action: CreateIssue, who: str, assignee_id: str | None, account_ids: dict[str, str | None]
 ) -> str:
@@ -126,7 +126,7 @@ async def create_issue(
     return created.key
 
 
-@api_task("read subtasks", "read subtasks of {parent_key} · {who}")
+@API_CALL("read subtasks of {parent_key} · {who}")
 async def find_subtasks(parent_key: str, who: str) -> dict[str, str]:
     """The parent's subtasks by summary, so that a rerun creates only the missing ones."""
     found: dict[str, str] = {}
@@ -147,7 +147,7 @@ class SubtaskOutcome:
     retryable: bool  # the refusals were transient (a rate limit or timeout part-way)
 
 
-@api_task("create subtasks", "create {count} subtasks of {parent_key} · {who}")
+@API_CALL("create {count} subtasks of {parent_key} · {who}")
 async def create_subtasks(
     parent_key: str,
     project: str,
@@ -183,7 +183,7 @@ async def create_subtasks(
     return SubtaskOutcome([c.key for c in result.created], refused, retryable=transient)
 
 
-@api_task("update fields", "update fields of {issue_key} · {who}")
+@API_CALL("update fields of {issue_key} · {who}")
 async def update_fields(
     issue_key: str,
     values: list[FieldValue],
@@ -204,18 +204,18 @@ async def update_fields(
         raise ConfigurationError(explain_rejection(error, values, services.rules_file)) from error
 
 
-@api_task("comment", "comment on {issue_key} · {who}")
+@API_CALL("comment on {issue_key} · {who}")
 async def add_comment(issue_key: str, text: str, who: str) -> str:
     return await current().jira.add_comment(issue_key, text)
 
 
-@api_task("transition", "move {issue_key} to {status} · {who}")
+@API_CALL("move {issue_key} to {status} · {who}")
 async def transition_issue(issue_key: str, status: str, who: str) -> bool:
     """Move the issue to `status`; False when it is already there."""
     return await current().jira.transition_to(issue_key, status)
 
 
-@api_task("set due date", "set due date of {issue_key} · {who}")
+@API_CALL("set due date of {issue_key} · {who}")
 async def set_due_date(issue_key: str, due: date, who: str) -> None:
     await current().jira.edit_issue(issue_key, fields={"duedate": due.isoformat()})
 

@@ -7,11 +7,11 @@ from datetime import datetime
 from core.errors import NotFoundError
 from core.peopleforce.client import Page
 from core.peopleforce.models import Asset, Employee, EmployeeSummary
-from tasks.retry import api_task
+from core.retry import API_CALL
 from tasks.services import current
 
 
-@api_task("read employee", "read employee {employee_id}")
+@API_CALL("read employee {employee_id}")
 async def read_employee(employee_id: int) -> Employee | None:
     """The employee's current record; None when PeopleForce does not know the id."""
     try:
@@ -20,13 +20,13 @@ async def read_employee(employee_id: int) -> Employee | None:
         return None
 
 
-@api_task("read assets", "read assets · {who}")
+@API_CALL("read assets · {who}")
 async def read_assets(employee_id: int, who: str) -> list[Asset]:
     """Assets assigned to the employee (one offboarding subtask each)."""
     return await current().peopleforce.list_assets(employee_id)
 
 
-@api_task("read employees page", "read employees page {page}")
+@API_CALL("read employees page {page}")
 async def read_employees_page(
     page: int, updated_since: datetime | None = None
 ) -> Page[EmployeeSummary]:
@@ -34,7 +34,7 @@ async def read_employees_page(
     return await current().peopleforce.employees_page(page, updated_since=updated_since)
 
 
-@api_task("read leavers page", "read terminated employees page {page}")
+@API_CALL("read terminated employees page {page}")
 async def read_terminated_page(page: int) -> Page[Employee]:
     """One page of full records of people whose termination took effect."""
     return await current().peopleforce.terminated_page(page)

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from core.retry import STORE_CALL
 from core.store import EmployeeLink
 from tasks.services import current
 
 
-def store_task(name: str, task_run_name: str):
-    """`@task` for a store step: the store is local, its errors (a lock, a restart) pass quickly."""
-    return task(
-        name=name,
-        task_run_name=task_run_name,
-        retries=3,
-        retry_delay_seconds=[0.5, 2, 5],
-        cache_policy=NO_CACHE,
-    )
-
-
-@store_task("read mapping", "read mapping · {who}")
+@STORE_CALL("read mapping · {who}")
 async def read_mapping(
     employee_id: int, email: str | None, who: str
 ) -> tuple[EmployeeLink | None, EmployeeLink | None]:
@@ -31,13 +19,13 @@ async def read_mapping(
     return await current().store.link_and_previous(employee_id, email)
 
 
-@store_task("read all mappings", "read all mappings")
+@STORE_CALL("read all mappings")
 async def read_all_links() -> list[EmployeeLink]:
     """Every employee link, for the reconciliation (read in pages of 500)."""
     return [link async for link in current().store.all_links()]
 
 
-@store_task("record in store", "record {action} · {who}")
+@STORE_CALL("record {action} · {who}")
 async def record_effect(
     employee_id: int,
     action: str,
