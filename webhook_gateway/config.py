@@ -1,0 +1,59 @@
+"""What one gateway app runs with: its settings checked once, and what its builder plugged in.
+
+`create_app` builds a `GatewayConfig` and keeps it as `app.state.config`; the lifespan and the
+routes' dependencies read it from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+
+from core.settings import Settings
+from webhook_gateway.errors import GatewayConfigError
+
+# A readiness check fails by raising (or returning False); its function name names it.
+ReadinessCheck = Callable[[], Awaitable[object]]
+LifespanExtension = Callable[[FastAPI], AbstractAsyncContextManager[object]]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The inbox's database, the webhook secret (None: unsigned webhooks are accepted) and the
+    hooks `create_app` documents."""
+
+    database_url: str
+    secret: str | None
+    on_stored: Callable[[], None] | None = None
+    readiness_checks: Sequence[ReadinessCheck] = ()
+    extra_lifespan: LifespanExtension | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        store_url: str | None = None,
+        on_stored: Callable[[], None] | None = None,
+        readiness_checks: Sequence[ReadinessCheck] = (),
+        extra_lifespan: LifespanExtension | None = None,
+    ) -> GatewayConfig:
+        """Raises `GatewayConfigError` when no webhook secret is set and unsigned webhooks are
+        not explicitly allowed."""
+        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+        if secret is None and not settings.allow_unsigned_webhooks:
+            raise GatewayConfigError(
+                "WEBHOOK_SECRET is not set: set it to the secret configured in PeopleForce "
+                "(Settings -> Webhooks), or set ALLOW_UNSIGNED_WEBHOOKS=true on a closed test "
+                "network"
+            )
+        return cls(
+            database_url=store_url or settings.effective_database_url,
+            secret=secret,
+            on_stored=on_stored,
+            readiness_checks=readiness_checks,
+            extra_lifespan=extra_lifespan,
+        )
