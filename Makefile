@@ -25,6 +25,7 @@ lint: sync
 	$(UV) run --locked ruff check .
 	$(UV) run --locked ruff format --check .
 	$(UV) run --locked ty check
+	$(UV) run --locked lint-imports --no-cache
 
 test: lint
 	$(UV) run --locked pytest
