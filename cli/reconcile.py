@@ -73,17 +73,11 @@ def plan_employee(
     and whether those Jira issues still answer, then prints the inputs, the actions with their
     reasons, and the notes for what is not (yet) due.
     """
-    from core.company import (
-        ClientSources,
-        ReadCounts,
-        action_label,
-        check_jira,
-        describe_action,
-        describe_inputs,
-    )
+    from core.company import ClientSources, ReadCounts, check_jira
     from core.jira.client import JiraClient
     from core.peopleforce.client import PeopleForceClient
     from core.plan import CreateIssue, Facts, Plan, plan_with_assets, today_in
+    from core.render import action_label, describe_action, describe_inputs
     from core.store import MappingStore
 
     settings = load_settings()
@@ -154,25 +148,17 @@ def print_no_store_note(settings: Settings) -> None:
 
 
 def print_company_plan(company: Any, verdict: Any) -> None:
-    from core.company import action_counts, counts_line, plan_rows
+    from core.render import PLAN_COLUMNS, company_line, explain, plan_rows
 
     rows = plan_rows(company)
     if rows:
-        table = Table("employee", "name", "action", "what", "why", header_style="bold")
+        table = Table(*PLAN_COLUMNS, header_style="bold")
         for row in rows:
-            table.add_row(*(escape(value) for value in row.values()))
+            table.add_row(*(escape(row[column]) for column in PLAN_COLUMNS))
         console.print(table)
-    reads = company.reads
-    console.print(
-        f"{company.today}: {len(company.needs_work)} of {company.returned} employees need work "
-        f"({counts_line(action_counts(company))}). Read {reads.peopleforce_requests} "
-        f"PeopleForce requests ({reads.full_records} full records), {reads.jira_searches} Jira "
-        f"searches and {reads.jira_lookups} lookups.",
-        highlight=False,
-        soft_wrap=True,
-    )
+    console.print(company_line(company), highlight=False, soft_wrap=True)
     mark = "[red]safeguard:[/]" if verdict.stop else "[green]safeguard:[/]"
-    console.print(f"{mark} {escape(verdict.explain())}", highlight=False, soft_wrap=True)
+    console.print(f"{mark} {escape(explain(verdict))}", highlight=False, soft_wrap=True)
 
 
 def dry_run_reconcile(settings: Settings, full: bool) -> None:

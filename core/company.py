@@ -14,13 +14,13 @@ Jira is read in batches: one label search per 50 mapped employees, and one looku
 mapped issue the search did not return (moved, deleted, or not indexed yet).
 
 No I/O of its own: a `Sources` reads, so the flow passes retried Prefect tasks and the CLI the
-clients themselves. The safeguard and the renderings (table rows, counts, inputs) live here too.
+clients themselves. The safeguard lives here too; `core.render` turns plans and verdicts into text.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -32,18 +32,12 @@ from core.names import employee_label
 from core.peopleforce.client import Page, PeopleForceClient
 from core.peopleforce.models import Employee, EmployeeSummary
 from core.plan import (
-    Action,
-    AddComment,
-    CancelOffboarding,
     CreateIssue,
     Facts,
     IssueCheck,
     IssueKind,
-    MoveDueDate,
     Plan,
-    RelinkIssue,
     Report,
-    UpdateFields,
     linked_issues,
     plan,
 )
@@ -435,20 +429,6 @@ class Verdict:
     def stop(self) -> bool:
         return bool(self.reasons)
 
-    def explain(self) -> str:
-        if not self.stop:
-            return (
-                f"within the safeguard: touches {self.touched} of {self.employees} employees, "
-                f"creates {self.offboardings} offboarding(s)"
-            )
-        return (
-            "stopped by the safeguard before applying anything: "
-            + "; ".join(self.reasons)
-            + ". Look at the dry run (`pf-jira-sync reconcile --dry-run`); if the plan is "
-            "right, run it with force (`pf-jira-sync reconcile --force`, or force=true in the "
-            "Prefect UI)."
-        )
-
 
 def safeguard(company: CompanyPlan, *, max_share: float, max_offboard: int) -> Verdict:
     """Stop a run that would change too many people at once: a mass change is more often a
@@ -473,120 +453,6 @@ def safeguard(company: CompanyPlan, *, max_share: float, max_offboard: int) -> V
             f"({max_offboard})"
         )
     return Verdict(company.returned, touched, offboardings, tuple(reasons))
-
-
-# --- Renderings: dry run, artifacts, `plan EMPLOYEE_ID` ------------------------------------
-
-
-def action_label(action: Action) -> str:
-    return f"{action.action} ({action.kind})" if isinstance(action, CreateIssue) else action.action
-
-
-def describe_action(action: Action) -> str:
-    """What the action does, on one line."""
-    match action:
-        case CreateIssue():
-            due = f", due {action.due_date}" if action.due_date else ""
-            return f"{action.project}: {action.summary!r}{due}, {len(action.subtasks)} subtask(s)"
-        case UpdateFields():
-            return f"{action.issue_key}: " + ", ".join(
-                f"{source} {old or '(none)'} -> {new or '(none)'}"
-                for source, old, new in action.changes
-            )
-        case AddComment():
-            return f"{action.issue_key}: comment"
-        case MoveDueDate():
-            return f"{action.issue_key}: due {action.old} -> {action.new}"
-        case CancelOffboarding():
-            return f"{action.issue_key}: to Cancelled, with a comment"
-        case RelinkIssue():
-            return f"{action.kind} issue {action.old_key} -> {action.new_key} (store only)"
-        case Report():
-            return "nothing changes"
-    return ""
-
-
-def plan_rows(company: CompanyPlan) -> list[dict[str, str]]:
-    """One row per action (reports included), for the dry-run table and its artifact."""
-    return [
-        {
-            "employee": str(employee_id),
-            "name": p.employee_name or "",
-            "action": action_label(action),
-            "what": describe_action(action),
-            "why": action.why,
-        }
-        for employee_id, p in company.plans.items()
-        for action in p.actions
-    ]
-
-
-def action_counts(company: CompanyPlan) -> Counter[str]:
-    return Counter(action_label(action) for p in company.plans.values() for action in p.actions)
-
-
-def counts_line(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{label} {count}" for label, count in sorted(counts.items())) or "nothing"
-
-
-def describe_inputs(facts: Facts, rules: Rules, today: date) -> list[tuple[str, str]]:
-    """The inputs the plan read, as (what, value) lines: why it says what it says."""
-    lines = [("today", f"{today} in {rules.timezone}")]
-    employee, link = facts.employee, facts.link
-    if employee is None:
-        lines.append(("PeopleForce", "does not return this employee"))
-    else:
-        manager = employee.reporting_to
-        lines += [
-            ("PeopleForce", f"{employee.display_name} <{employee.email or 'no email'}>"),
-            ("status", employee.status or "(not given)"),
-            ("hired on", str(employee.hired_on or "(none)")),
-            ("last day", str(employee.termination_effective_on or "(none)")),
-            (
-                "department / position",
-                f"{_name(employee.department)} / {_name(employee.position)}",
-            ),
-            ("location", _name(employee.location)),
-            ("manager", (manager.email or manager.full_name or "?") if manager else "(none)"),
-        ]
-    if link is None:
-        lines.append(("mapping", "none: this service has done nothing for them yet"))
-    else:
-        lines.append(("mapping", f"lifecycle {link.lifecycle.value}"))
-        for kind, key in linked_issues(link).items():
-            extra = f", last day {link.termination_on}" if kind == "offboarding" else ""
-            lines.append((f"{kind} issue", f"{key}{extra}{_jira_state(facts.jira, key)}"))
-        if link.synced_fields:
-            synced = ", ".join(f"{k}={v}" for k, v in sorted(link.synced_fields.items()))
-            lines.append(("fields as last synced", synced))
-    if facts.previous is not None:
-        lines.append(("former record (rehire)", str(facts.previous.employee_id)))
-    if facts.assets:
-        lines.append(("assets", ", ".join(asset.name or str(asset.id) for asset in facts.assets)))
-    lines.append(
-        (
-            "rules",
-            f"onboarding from {rules.prehire_lead_days} days before the hire date; none for "
-            f"people who started over {rules.onboard_started_within_days} days ago or left "
-            f"over {rules.offboard_left_within_days} days ago unknown to this service; "
-            f"missing issues: {rules.missing_issue}",
-        )
-    )
-    return lines
-
-
-def _jira_state(check: IssueCheck | None, key: str) -> str:
-    if check is None:
-        return ""
-    if key in check.missing:
-        return " (no longer answers in Jira)"
-    if key in check.moved:
-        return f" (moved in Jira: now {check.moved[key]})"
-    return " (answers in Jira)"
-
-
-def _name(ref: object) -> str:
-    return getattr(ref, "name", None) or "(none)"
 
 
 # --- Reading with the clients alone (the CLI: no Prefect) ----------------------------------

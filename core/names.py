@@ -46,6 +46,11 @@ MANUAL_TAG = "manual"
 MAX_EMPLOYEE_TAGS = 20
 
 
+def process_tag(process: str | None) -> str:
+    """A process as its runs are tagged and titled: `field-sync`; `sync` for the triage run."""
+    return (process or "sync").replace("_", "-")
+
+
 def employee_tags(employee_ids: Sequence[int]) -> list[str]:
     """The `employee:<id>` tags by which the Prefect UI finds every run that worked on someone."""
     return [f"employee:{employee_id}" for employee_id in employee_ids[:MAX_EMPLOYEE_TAGS]]

@@ -26,7 +26,8 @@ from prefect.artifacts import LinkArtifact, MarkdownArtifact
 from prefect.client.orchestration import PrefectClient
 from prefect.runtime import flow_run
 
-from core.names import employee_tags
+from core.names import employee_tags, process_tag
+from core.render import browse_url, link_description, routing_markdown, summary_markdown
 from core.settings import get_settings
 from tasks.services import current
 
@@ -56,10 +57,6 @@ def keys_of(
         return None
     wanted = {str(employee_id) for employee_id in employee_ids}
     return {employee: list(keys) for employee, keys in event_keys.items() if employee in wanted}
-
-
-def process_tag(process: str | None) -> str:
-    return (process or "sync").replace("_", "-")
 
 
 def run_tags(process: str | None, employee_ids: Sequence[int]) -> list[str]:
@@ -93,10 +90,6 @@ def jira_site() -> str | None:
     return None if "api.atlassian.com" in base else base.rstrip("/")
 
 
-def browse_url(site: str, issue_key: str) -> str:
-    return f"{site}/browse/{issue_key}"
-
-
 def artifact_key(issue_key: str) -> str:
     """`jira-it-42`: artifact keys take lowercase letters, digits and dashes only."""
     return "jira-" + re.sub(r"[^a-z0-9-]+", "-", issue_key.lower()).strip("-")
@@ -127,12 +120,11 @@ class RunArtifacts:
     async def _link(self, outcome: EmployeeOutcome, key: str) -> None:
         assert self._client is not None
         assert self.site is not None
-        applied = "; ".join(done for done in outcome.applied if done.endswith(key))
         artifact = LinkArtifact(
             key=artifact_key(key),
             link=browse_url(self.site, key),
             link_text=key,
-            description=f"{process_tag(self.process)} · {outcome.who}: {applied}",
+            description=link_description(self.process, outcome, key),
         )
         async with self._bound:
             await self._best_effort(artifact.acreate(self._client), f"the link artifact of {key}")
@@ -158,65 +150,15 @@ class RunArtifacts:
             logger.warning("could not write {} of this run: {}", what, error)
 
 
-def markdown_cell(text: str) -> str:
-    """Text that stays in its Markdown table cell: pipes escaped, on one line."""
-    return " ".join(text.replace("|", "\\|").split()) or "-"
-
-
-def issue_link(site: str | None, key: str) -> str:
-    """A Jira key as a Markdown link, or the bare key when there is no site to link to."""
-    return f"[{key}]({browse_url(site, key)})" if site else key
-
-
-def summary_markdown(
-    process: str | None, outcomes: Sequence[EmployeeOutcome], site: str | None
-) -> str:
-    """A table: each employee, what was applied, the Jira issues (linked), notes and errors."""
-    failed = sum(1 for outcome in outcomes if outcome.error)
-    changed = sum(1 for outcome in outcomes if outcome.applied)
-    lines = [
-        f"## {process_tag(process)} · {len(outcomes)} employees",
-        "",
-        f"{changed} changed in Jira, {len(outcomes) - changed - failed} unchanged, "
-        f"{failed} failed.",
-        "",
-        "| employee | applied | Jira | notes | error |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [
-        "| "
-        + " | ".join(
-            [
-                markdown_cell(outcome.who),
-                markdown_cell("; ".join(outcome.applied)),
-                ", ".join(issue_link(site, key) for key in dict.fromkeys(outcome.jira_keys)) or "-",
-                markdown_cell("; ".join([*outcome.notes, *outcome.left_for_others])),
-                markdown_cell(outcome.error or ""),
-            ]
-        )
-        + " |"
-        for outcome in sorted(outcomes, key=lambda o: (o.error is None, o.employee_id))
-    ]
-    return "\n".join(lines)
-
-
 async def publish_routing(routed: Mapping[str, Sequence[int]], employee_ids: Sequence[int]) -> None:
     """The summary of a sync run of many employees: which process flow each one went to."""
     unique = list(dict.fromkeys(employee_ids))
     if not flow_run.get_id() or len(unique) <= 1:
         return
-    went = {employee for ids in routed.values() for employee in ids}
-    lines = [f"## sync · {len(unique)} employees", "", "| process | employees |", "|---|---|"]
-    lines += [
-        f"| {process_tag(process)} | {len(ids)}: {', '.join(map(str, ids))} |"
-        for process, ids in routed.items()
-        if ids
-    ]
-    idle = [employee for employee in unique if employee not in went]
-    lines.append(f"| nothing to do | {len(idle)}: {', '.join(map(str, idle)) or '-'} |")
     try:
         await MarkdownArtifact(
-            markdown="\n".join(lines), description=f"sync: {len(unique)} employees routed"
+            markdown=routing_markdown(routed, unique),
+            description=f"sync: {len(unique)} employees routed",
         ).acreate()
     except Exception as error:
         logger.warning("could not write the routing summary of this run: {}", error)

@@ -18,22 +18,15 @@ from prefect import flow, get_client
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.runtime import flow_run
 
-from core.company import (
-    CompanyPlan,
-    Verdict,
-    action_counts,
-    counts_line,
-    plan_reconciliation,
-    plan_rows,
-    safeguard,
-)
+from core import render
+from core.company import CompanyPlan, Verdict, plan_reconciliation, safeguard
 from core.jira.client import Issue
 from core.names import RECONCILE_FLOW
 from core.peopleforce.client import Page
 from core.peopleforce.models import Employee, EmployeeSummary
 from core.plan import ALL_PROCESSES, today_in
 from core.settings import get_settings
-from flows.observability import RunArtifacts, issue_link, markdown_cell
+from flows.observability import RunArtifacts
 from flows.outcome import EmployeeOutcome
 from flows.work import EmployeesFailed, Prefetched, work_employees
 from tasks import jira, peopleforce, store
@@ -117,14 +110,14 @@ async def reconcile(dry_run: bool = False, force: bool = False, full: bool = Fal
             await _publish_plan(company, verdict, "Dry run")
             return _result(company, verdict, applied=False)
         if verdict.stop and not force:
-            logger.error(verdict.explain())
+            logger.error(render.explain(verdict))
             await _publish_plan(company, verdict, "Stopped by the safeguard")
             await acreate_markdown_artifact(
-                _stopped_markdown(company, verdict),
+                render.stopped_markdown(company, verdict, PLAN_ARTIFACT),
                 key=SUMMARY_ARTIFACT,
                 description="Reconciliation stopped by the safeguard",
             )
-            raise SafeguardStopped(verdict.explain())
+            raise SafeguardStopped(render.explain(verdict))
         if verdict.stop:
             logger.warning("forced past the safeguard: {}", "; ".join(verdict.reasons))
         async with get_client() as client:
@@ -142,39 +135,22 @@ async def reconcile(dry_run: bool = False, force: bool = False, full: bool = Fal
                 on_done=artifacts.links,
             )
             await artifacts.summary(
-                _summary_markdown(
+                render.reconcile_summary_markdown(
                     company, verdict, outcomes, artifacts.site, forced=force and verdict.stop
                 ),
                 f"Reconciliation {company.today}",
                 key=SUMMARY_ARTIFACT,
             )
-    failed = [outcome for outcome in outcomes if outcome.error]
-    if failed:
-        raise EmployeesFailed(
-            f"{len(failed)} of {len(outcomes)} employee(s) failed: "
-            + "; ".join(f"{outcome.employee_id}: {outcome.error}" for outcome in failed[:5])
-        )
+    if any(outcome.error for outcome in outcomes):
+        raise EmployeesFailed(render.failures_line(outcomes))
     return _result(company, verdict, applied=True, outcomes=outcomes)
 
 
 def _log_plan(company: CompanyPlan, verdict: Verdict) -> None:
-    reads = company.reads
-    logger.info(
-        "reconcile {}: {} employees from PeopleForce ({} requests, {} full records), "
-        "{} Jira searches and {} lookups; {} need work: {}",
-        company.today,
-        company.returned,
-        reads.peopleforce_requests,
-        reads.full_records,
-        reads.jira_searches,
-        reads.jira_lookups,
-        len(company.needs_work),
-        counts_line(action_counts(company)),
-    )
-    for employee_id, report in company.reports:
-        name = company.plans[employee_id].employee_name
-        logger.warning("{}{}: {}", employee_id, f" {name}" if name else "", report.why)
-    logger.info(verdict.explain())
+    logger.info(render.plan_log_line(company))
+    for line in render.report_lines(company):
+        logger.warning(line)
+    logger.info(render.explain(verdict))
 
 
 def _result(
@@ -188,7 +164,7 @@ def _result(
         "today": company.today.isoformat(),
         "employees": company.returned,
         "need_work": len(company.needs_work),
-        "actions": dict(action_counts(company)),
+        "actions": dict(render.action_counts(company)),
         "safeguard": list(verdict.reasons),
         "reads": asdict(company.reads),
         "applied": applied,
@@ -197,88 +173,5 @@ def _result(
 
 
 async def _publish_plan(company: CompanyPlan, verdict: Verdict, title: str) -> None:
-    rows = plan_rows(company)
-    shown = rows[:MAX_TABLE_ROWS]
-    cut = f" (first {MAX_TABLE_ROWS} of {len(rows)} rows)" if len(rows) > len(shown) else ""
-    await acreate_table_artifact(
-        shown or [{"employee": "", "name": "", "action": "nothing to do", "what": "", "why": ""}],
-        key=PLAN_ARTIFACT,
-        description=(
-            f"{title} {company.today}: {len(company.needs_work)} of {company.returned} employees "
-            f"need work ({counts_line(action_counts(company))}){cut}. {verdict.explain()}"
-        ),
-    )
-
-
-def _reads_line(company: CompanyPlan) -> str:
-    reads = company.reads
-    return (
-        f"Read {company.returned} employees from PeopleForce ({reads.peopleforce_requests} "
-        f"requests, {reads.full_records} full records); {reads.jira_searches} Jira searches, "
-        f"{reads.jira_lookups} lookups."
-    )
-
-
-def _reports_markdown(company: CompanyPlan) -> list[str]:
-    if not company.reports:
-        return []
-    lines = ["", "### Reported (nothing changed in Jira)", ""]
-    for employee_id, report in company.reports:
-        name = company.plans[employee_id].employee_name or ""
-        lines.append(f"- {employee_id} {markdown_cell(name)}: {markdown_cell(report.why)}")
-    return lines
-
-
-def _summary_markdown(
-    company: CompanyPlan,
-    verdict: Verdict,
-    outcomes: list[EmployeeOutcome],
-    site: str | None,
-    *,
-    forced: bool,
-) -> str:
-    applied = [outcome for outcome in outcomes if outcome.applied]
-    lines = [
-        f"## Reconciliation {company.today}",
-        "",
-        _reads_line(company),
-        "",
-        f"Applied to {len(applied)} of {company.returned} employees: "
-        f"{counts_line(action_counts(company))}.",
-    ]
-    if forced:
-        lines += ["", f"**Forced past the safeguard**: {'; '.join(verdict.reasons)}."]
-    if applied:
-        lines += ["", "| employee | done | Jira |", "|---|---|---|"]
-        lines += [
-            f"| {markdown_cell(outcome.who)} | {markdown_cell('; '.join(outcome.applied))} | "
-            + ", ".join(issue_link(site, key) for key in outcome.jira_keys)
-            + " |"
-            for outcome in applied
-        ]
-    lines += _reports_markdown(company)
-    failed = [outcome for outcome in outcomes if outcome.error]
-    if failed:
-        lines += ["", "### Failed (retry the run from the Prefect UI)", ""]
-        lines += [
-            f"- {markdown_cell(outcome.who)}: {markdown_cell(outcome.error or '')}"
-            for outcome in failed
-        ]
-    return "\n".join(lines)
-
-
-def _stopped_markdown(company: CompanyPlan, verdict: Verdict) -> str:
-    lines = [
-        f"## Reconciliation {company.today}: stopped by the safeguard",
-        "",
-        "Nothing was applied: " + "; ".join(verdict.reasons) + ".",
-        "",
-        f"Planned: {counts_line(action_counts(company))}. The whole plan is in the "
-        f"`{PLAN_ARTIFACT}` table artifact.",
-        "",
-        "If the plan is right, run the `reconcile` deployment again with `force` set "
-        "(Prefect UI: Run > Custom run), or `pf-jira-sync reconcile --force`.",
-        "",
-        _reads_line(company),
-    ]
-    return "\n".join(lines + _reports_markdown(company))
+    rows, description = render.plan_table(company, verdict, title, MAX_TABLE_ROWS)
+    await acreate_table_artifact(rows, key=PLAN_ARTIFACT, description=description)

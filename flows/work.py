@@ -19,6 +19,7 @@ from prefect import get_client
 from prefect.client.orchestration import PrefectClient
 from prefect.runtime import flow_run
 
+from core import render
 from core.peopleforce.models import Employee
 from core.plan import ALL_PROCESSES, Facts, IssueCheck, Process, plan_with_assets, today_in
 from core.settings import get_settings
@@ -172,12 +173,8 @@ async def run_process(
             outcome.left_for_others or "nothing",
             outcome.notes or "none",
         )
-    failed = [outcome for outcome in outcomes if outcome.error]
-    if failed:
-        raise EmployeesFailed(
-            f"{len(failed)} of {len(outcomes)} employee(s) failed: "
-            + "; ".join(f"{outcome.employee_id}: {outcome.error}" for outcome in failed[:5])
-        )
+    if any(outcome.error for outcome in outcomes):
+        raise EmployeesFailed(render.failures_line(outcomes))
     return outcomes
 
 

@@ -1,4 +1,4 @@
-"""The reconciliation's pure parts: reading strategy, per-employee plans, safeguard, renderings.
+"""The reconciliation's pure parts: reading strategy, per-employee plans, safeguard.
 
 `core.company` does no I/O of its own, so a `Sources` in memory drives it here: no Prefect,
 no HTTP. The flow and the commands are tested against the simulators in test_reconcile.py.
@@ -19,12 +19,10 @@ from core.company import (
     CompanyPlan,
     ListingError,
     as_employee,
-    describe_inputs,
     issue_checks,
     label_search,
     plan_company,
     plan_reconciliation,
-    plan_rows,
     read_pages,
     safeguard,
     search_batches,
@@ -33,6 +31,7 @@ from core.jira.client import Issue
 from core.peopleforce.client import Page
 from core.peopleforce.models import Employee, EmployeeSummary
 from core.plan import CreateIssue, IssueCheck, Plan, Report, mapped_fields, today_in
+from core.render import explain
 from core.rules import load_rules
 from core.store.models import EmployeeLink, Lifecycle
 from tests.paths import RULES_EXAMPLE
@@ -315,7 +314,7 @@ def test_lead_time_counts_days_in_the_rules_time_zone() -> None:
     assert "beyond the 14-day lead time" in in_utc[1].notes[0]
 
 
-# --- the safeguard and the renderings --------------------------------------------------------
+# --- the safeguard ---------------------------------------------------------------------------
 
 
 def company_of(plans: dict[int, Plan], returned: int) -> CompanyPlan:
@@ -350,31 +349,11 @@ def test_safeguard(
     for found, wanted in zip(verdict.reasons, reasons, strict=True):
         assert wanted in found
     if verdict.stop:
-        assert "--force" in verdict.explain()
-        assert "--dry-run" in verdict.explain()
+        assert "--force" in explain(verdict)
+        assert "--dry-run" in explain(verdict)
 
 
 def test_reports_alone_touch_nobody() -> None:
     plans = {n: Plan(employee_id=n, employee_name=None, actions=(Report(why="x"),)) for n in (1, 2)}
     verdict = safeguard(company_of(plans, 2), max_share=0.2, max_offboard=10)
     assert (verdict.touched, verdict.stop) == (0, False)
-
-
-def test_plan_rows_and_inputs_say_what_and_why() -> None:
-    plans = {7: offboarding_plan(7)}
-    (row,) = plan_rows(company_of(plans, 1))
-    assert row["action"] == "create_issue (offboarding)"
-    assert row["what"].startswith(
-        "HR: 'Offboarding: Person 7 (last day 2026-12-01)', due 2026-12-01"
-    )
-    assert row["why"] == "termination effective 2026-12-01"
-    employee = full(7)
-    link = link_for(employee, offboarding_issue_key="HR-70", termination_on=TODAY)
-    facts, _ = plan_company(
-        {}, {7: employee}, {7: link}, {7: IssueCheck(missing=frozenset({"HR-70"}))}, RULES, TODAY
-    )
-    inputs = dict(describe_inputs(facts[7], RULES, TODAY))
-    assert inputs["today"] == "2026-11-26 in Europe/Kyiv"
-    assert inputs["onboarding issue"] == "HR-7 (answers in Jira)"
-    assert inputs["offboarding issue"] == "HR-70, last day 2026-11-26 (no longer answers in Jira)"
-    assert "missing issues: report" in inputs["rules"]

@@ -1,0 +1,394 @@
+"""Renderings: plans, verdicts, outcomes and inputs as text, Markdown and table rows.
+
+One place for what people read: the dry-run table (CLI and artifact share its rows), the
+artifacts' Markdown, the log lines of a reconciliation and `plan EMPLOYEE_ID`'s inputs. Pure:
+text in, text out, no Prefect and no I/O; callers publish or print what it returns.
+
+Outcomes belong to the flow layer, so they are read here through `Outcome`, the shape they
+have (`flows.outcome.EmployeeOutcome` is one).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import date
+from typing import Protocol
+
+from core.company import CompanyPlan, Verdict
+from core.names import process_tag
+from core.plan import (
+    Action,
+    AddComment,
+    CancelOffboarding,
+    CreateIssue,
+    Facts,
+    IssueCheck,
+    MoveDueDate,
+    RelinkIssue,
+    Report,
+    UpdateFields,
+    linked_issues,
+)
+from core.rules import Rules
+
+# The dry-run table's columns: `plan_rows` keys, the CLI's headers, the artifact's columns.
+PLAN_COLUMNS = ("employee", "name", "action", "what", "why")
+
+
+class Outcome(Protocol):
+    """What one employee's work came to, as far as a rendering reads it."""
+
+    @property
+    def employee_id(self) -> int: ...
+
+    @property
+    def who(self) -> str: ...
+
+    @property
+    def applied(self) -> Sequence[str]: ...
+
+    @property
+    def left_for_others(self) -> Sequence[str]: ...
+
+    @property
+    def notes(self) -> Sequence[str]: ...
+
+    @property
+    def jira_keys(self) -> Sequence[str]: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+
+# --- Actions and plans: the dry run, `plan EMPLOYEE_ID` -------------------------------------
+
+
+def action_label(action: Action) -> str:
+    return f"{action.action} ({action.kind})" if isinstance(action, CreateIssue) else action.action
+
+
+def describe_action(action: Action) -> str:
+    """What the action does, on one line."""
+    match action:
+        case CreateIssue():
+            due = f", due {action.due_date}" if action.due_date else ""
+            return f"{action.project}: {action.summary!r}{due}, {len(action.subtasks)} subtask(s)"
+        case UpdateFields():
+            return f"{action.issue_key}: " + ", ".join(
+                f"{source} {old or '(none)'} -> {new or '(none)'}"
+                for source, old, new in action.changes
+            )
+        case AddComment():
+            return f"{action.issue_key}: comment"
+        case MoveDueDate():
+            return f"{action.issue_key}: due {action.old} -> {action.new}"
+        case CancelOffboarding():
+            return f"{action.issue_key}: to Cancelled, with a comment"
+        case RelinkIssue():
+            return f"{action.kind} issue {action.old_key} -> {action.new_key} (store only)"
+        case Report():
+            return "nothing changes"
+    return ""
+
+
+def plan_rows(company: CompanyPlan) -> list[dict[str, str]]:
+    """One row per action (reports included), keyed by `PLAN_COLUMNS`: the dry-run table and
+    its artifact."""
+    return [
+        {
+            "employee": str(employee_id),
+            "name": p.employee_name or "",
+            "action": action_label(action),
+            "what": describe_action(action),
+            "why": action.why,
+        }
+        for employee_id, p in company.plans.items()
+        for action in p.actions
+    ]
+
+
+def action_counts(company: CompanyPlan) -> Counter[str]:
+    return Counter(action_label(action) for p in company.plans.values() for action in p.actions)
+
+
+def counts_line(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{label} {count}" for label, count in sorted(counts.items())) or "nothing"
+
+
+def describe_inputs(facts: Facts, rules: Rules, today: date) -> list[tuple[str, str]]:
+    """The inputs the plan read, as (what, value) lines: why it says what it says."""
+    lines = [("today", f"{today} in {rules.timezone}")]
+    employee, link = facts.employee, facts.link
+    if employee is None:
+        lines.append(("PeopleForce", "does not return this employee"))
+    else:
+        manager = employee.reporting_to
+        lines += [
+            ("PeopleForce", f"{employee.display_name} <{employee.email or 'no email'}>"),
+            ("status", employee.status or "(not given)"),
+            ("hired on", str(employee.hired_on or "(none)")),
+            ("last day", str(employee.termination_effective_on or "(none)")),
+            (
+                "department / position",
+                f"{_name(employee.department)} / {_name(employee.position)}",
+            ),
+            ("location", _name(employee.location)),
+            ("manager", (manager.email or manager.full_name or "?") if manager else "(none)"),
+        ]
+    if link is None:
+        lines.append(("mapping", "none: this service has done nothing for them yet"))
+    else:
+        lines.append(("mapping", f"lifecycle {link.lifecycle.value}"))
+        for kind, key in linked_issues(link).items():
+            extra = f", last day {link.termination_on}" if kind == "offboarding" else ""
+            lines.append((f"{kind} issue", f"{key}{extra}{_jira_state(facts.jira, key)}"))
+        if link.synced_fields:
+            synced = ", ".join(f"{k}={v}" for k, v in sorted(link.synced_fields.items()))
+            lines.append(("fields as last synced", synced))
+    if facts.previous is not None:
+        lines.append(("former record (rehire)", str(facts.previous.employee_id)))
+    if facts.assets:
+        lines.append(("assets", ", ".join(asset.name or str(asset.id) for asset in facts.assets)))
+    lines.append(
+        (
+            "rules",
+            f"onboarding from {rules.prehire_lead_days} days before the hire date; none for "
+            f"people who started over {rules.onboard_started_within_days} days ago or left "
+            f"over {rules.offboard_left_within_days} days ago unknown to this service; "
+            f"missing issues: {rules.missing_issue}",
+        )
+    )
+    return lines
+
+
+def _jira_state(check: IssueCheck | None, key: str) -> str:
+    if check is None:
+        return ""
+    if key in check.missing:
+        return " (no longer answers in Jira)"
+    if key in check.moved:
+        return f" (moved in Jira: now {check.moved[key]})"
+    return " (answers in Jira)"
+
+
+def _name(ref: object) -> str:
+    return getattr(ref, "name", None) or "(none)"
+
+
+# --- The reconciliation: safeguard, log lines, CLI, artifacts -------------------------------
+
+
+def explain(verdict: Verdict) -> str:
+    """The safeguard's verdict, and what to do when it stopped the run."""
+    if not verdict.stop:
+        return (
+            f"within the safeguard: touches {verdict.touched} of {verdict.employees} employees, "
+            f"creates {verdict.offboardings} offboarding(s)"
+        )
+    return (
+        "stopped by the safeguard before applying anything: "
+        + "; ".join(verdict.reasons)
+        + ". Look at the dry run (`pf-jira-sync reconcile --dry-run`); if the plan is "
+        "right, run it with force (`pf-jira-sync reconcile --force`, or force=true in the "
+        "Prefect UI)."
+    )
+
+
+def plan_log_line(company: CompanyPlan) -> str:
+    """The reconciliation's log line: what was read, and what needs work."""
+    reads = company.reads
+    return (
+        f"reconcile {company.today}: {company.returned} employees from PeopleForce "
+        f"({reads.peopleforce_requests} requests, {reads.full_records} full records), "
+        f"{reads.jira_searches} Jira searches and {reads.jira_lookups} lookups; "
+        f"{len(company.needs_work)} need work: {counts_line(action_counts(company))}"
+    )
+
+
+def report_lines(company: CompanyPlan) -> list[str]:
+    """One line per report (what changes nothing but an operator should know)."""
+    lines = []
+    for employee_id, report in company.reports:
+        name = company.plans[employee_id].employee_name
+        lines.append(f"{employee_id}{f' {name}' if name else ''}: {report.why}")
+    return lines
+
+
+def company_line(company: CompanyPlan) -> str:
+    """Under the dry-run table of the CLI: who needs work, and what was read."""
+    reads = company.reads
+    return (
+        f"{company.today}: {len(company.needs_work)} of {company.returned} employees need work "
+        f"({counts_line(action_counts(company))}). Read {reads.peopleforce_requests} "
+        f"PeopleForce requests ({reads.full_records} full records), {reads.jira_searches} Jira "
+        f"searches and {reads.jira_lookups} lookups."
+    )
+
+
+def plan_table(
+    company: CompanyPlan, verdict: Verdict, title: str, max_rows: int
+) -> tuple[list[dict[str, str]], str]:
+    """The plan's table artifact: its rows (the first `max_rows`; one row saying so when there
+    is nothing to do) and its description."""
+    rows = plan_rows(company)
+    shown = rows[:max_rows]
+    cut = f" (first {max_rows} of {len(rows)} rows)" if len(rows) > len(shown) else ""
+    description = (
+        f"{title} {company.today}: {len(company.needs_work)} of {company.returned} employees "
+        f"need work ({counts_line(action_counts(company))}){cut}. {explain(verdict)}"
+    )
+    nothing = dict.fromkeys(PLAN_COLUMNS, "") | {"action": "nothing to do"}
+    return shown or [nothing], description
+
+
+def reads_line(company: CompanyPlan) -> str:
+    reads = company.reads
+    return (
+        f"Read {company.returned} employees from PeopleForce ({reads.peopleforce_requests} "
+        f"requests, {reads.full_records} full records); {reads.jira_searches} Jira searches, "
+        f"{reads.jira_lookups} lookups."
+    )
+
+
+def reports_markdown(company: CompanyPlan) -> list[str]:
+    if not company.reports:
+        return []
+    lines = ["", "### Reported (nothing changed in Jira)", ""]
+    for employee_id, report in company.reports:
+        name = company.plans[employee_id].employee_name or ""
+        lines.append(f"- {employee_id} {markdown_cell(name)}: {markdown_cell(report.why)}")
+    return lines
+
+
+def reconcile_summary_markdown(
+    company: CompanyPlan,
+    verdict: Verdict,
+    outcomes: Sequence[Outcome],
+    site: str | None,
+    *,
+    forced: bool,
+) -> str:
+    """The summary of a reconciliation that applied its plan."""
+    applied = [outcome for outcome in outcomes if outcome.applied]
+    lines = [
+        f"## Reconciliation {company.today}",
+        "",
+        reads_line(company),
+        "",
+        f"Applied to {len(applied)} of {company.returned} employees: "
+        f"{counts_line(action_counts(company))}.",
+    ]
+    if forced:
+        lines += ["", f"**Forced past the safeguard**: {'; '.join(verdict.reasons)}."]
+    if applied:
+        lines += ["", "| employee | done | Jira |", "|---|---|---|"]
+        lines += [
+            f"| {markdown_cell(outcome.who)} | {markdown_cell('; '.join(outcome.applied))} | "
+            + ", ".join(issue_link(site, key) for key in outcome.jira_keys)
+            + " |"
+            for outcome in applied
+        ]
+    lines += reports_markdown(company)
+    failed = [outcome for outcome in outcomes if outcome.error]
+    if failed:
+        lines += ["", "### Failed (retry the run from the Prefect UI)", ""]
+        lines += [
+            f"- {markdown_cell(outcome.who)}: {markdown_cell(outcome.error or '')}"
+            for outcome in failed
+        ]
+    return "\n".join(lines)
+
+
+def stopped_markdown(company: CompanyPlan, verdict: Verdict, plan_artifact: str) -> str:
+    """The summary of a reconciliation the safeguard stopped; the plan is `plan_artifact`."""
+    lines = [
+        f"## Reconciliation {company.today}: stopped by the safeguard",
+        "",
+        "Nothing was applied: " + "; ".join(verdict.reasons) + ".",
+        "",
+        f"Planned: {counts_line(action_counts(company))}. The whole plan is in the "
+        f"`{plan_artifact}` table artifact.",
+        "",
+        "If the plan is right, run the `reconcile` deployment again with `force` set "
+        "(Prefect UI: Run > Custom run), or `pf-jira-sync reconcile --force`.",
+        "",
+        reads_line(company),
+    ]
+    return "\n".join(lines + reports_markdown(company))
+
+
+# --- Runs of many employees: Markdown cells, Jira links, summaries --------------------------
+
+
+def markdown_cell(text: str) -> str:
+    """Text that stays in its Markdown table cell: pipes escaped, on one line."""
+    return " ".join(text.replace("|", "\\|").split()) or "-"
+
+
+def browse_url(site: str, issue_key: str) -> str:
+    return f"{site}/browse/{issue_key}"
+
+
+def issue_link(site: str | None, key: str) -> str:
+    """A Jira key as a Markdown link, or the bare key when there is no site to link to."""
+    return f"[{key}]({browse_url(site, key)})" if site else key
+
+
+def link_description(process: str | None, outcome: Outcome, issue_key: str) -> str:
+    """The description of an issue's link artifact: the process, who, what was done to it."""
+    applied = "; ".join(done for done in outcome.applied if done.endswith(issue_key))
+    return f"{process_tag(process)} · {outcome.who}: {applied}"
+
+
+def summary_markdown(process: str | None, outcomes: Sequence[Outcome], site: str | None) -> str:
+    """A table: each employee, what was applied, the Jira issues (linked), notes and errors."""
+    failed = sum(1 for outcome in outcomes if outcome.error)
+    changed = sum(1 for outcome in outcomes if outcome.applied)
+    lines = [
+        f"## {process_tag(process)} · {len(outcomes)} employees",
+        "",
+        f"{changed} changed in Jira, {len(outcomes) - changed - failed} unchanged, "
+        f"{failed} failed.",
+        "",
+        "| employee | applied | Jira | notes | error |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        "| "
+        + " | ".join(
+            [
+                markdown_cell(outcome.who),
+                markdown_cell("; ".join(outcome.applied)),
+                ", ".join(issue_link(site, key) for key in dict.fromkeys(outcome.jira_keys)) or "-",
+                markdown_cell("; ".join([*outcome.notes, *outcome.left_for_others])),
+                markdown_cell(outcome.error or ""),
+            ]
+        )
+        + " |"
+        for outcome in sorted(outcomes, key=lambda o: (o.error is None, o.employee_id))
+    ]
+    return "\n".join(lines)
+
+
+def routing_markdown(routed: Mapping[str, Sequence[int]], employee_ids: Sequence[int]) -> str:
+    """The summary of a sync run: which process flow each employee went to (`employee_ids`
+    each once, in order)."""
+    went = {employee for ids in routed.values() for employee in ids}
+    lines = [f"## sync · {len(employee_ids)} employees", "", "| process | employees |", "|---|---|"]
+    lines += [
+        f"| {process_tag(process)} | {len(ids)}: {', '.join(map(str, ids))} |"
+        for process, ids in routed.items()
+        if ids
+    ]
+    idle = [employee for employee in employee_ids if employee not in went]
+    lines.append(f"| nothing to do | {len(idle)}: {', '.join(map(str, idle)) or '-'} |")
+    return "\n".join(lines)
+
+
+def failures_line(outcomes: Sequence[Outcome]) -> str:
+    """Why a run of many employees failed: how many, and the first five errors."""
+    failed = [outcome for outcome in outcomes if outcome.error]
+    return f"{len(failed)} of {len(outcomes)} employee(s) failed: " + "; ".join(
+        f"{outcome.employee_id}: {outcome.error}" for outcome in failed[:5]
+    )
