@@ -2,7 +2,7 @@
 
 - The console gets human-readable lines.
 - Seq (when `SEQ_URL` is set) gets every line as a structured CLEF event (`core.seq.SeqSink`:
-  never blocks, drops and counts when Seq is down; `seq_dropped()` tells how many).
+  never blocks, drops and counts when Seq is down).
 - A line logged inside a Prefect flow or task run also goes to that run's log in the Prefect UI.
 - The standard library's `logging` (uvicorn, httpx, Prefect) is routed into loguru.
 
@@ -11,9 +11,10 @@ the code binds them (`logger.contextualize`), `FlowRunId` and `TaskRunId` inside
 (added here), `Logger` for lines from the standard library, `Component` for the process.
 
 Secrets never leave: one patcher masks the values of the secret settings (and the database
-password), the Prefect API credentials, credential headers and webhook signatures in every line
-and property; every sink masks the traceback text it writes, and a filter does the same for
-what Prefect's own loggers send to the run logs.
+password), the Prefect API credentials, credential headers and webhook signatures in every line,
+property and traceback, once, before any sink sees the record (it renders the traceback itself,
+as the `@x` property, and takes the exception off the record, so no sink renders it unmasked).
+A filter does the same for what Prefect's own loggers send to the run logs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import logging
 import os
 import re
 import sys
+import traceback
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -53,7 +55,8 @@ PREFECT_SECRET_VARIABLES = ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
 _configured = False
 _secrets: set[str] = set()
 _secret_pattern: re.Pattern[str] = re.compile("|".join(_CREDENTIAL_PATTERNS))
-_seq_sink: SeqSink | None = None
+# Where the patcher puts the masked traceback text: CLEF's name for it, so Seq gets it as is.
+TRACEBACK = "@x"
 
 
 # --- Redaction --------------------------------------------------------------------------------
@@ -148,6 +151,12 @@ def patch_record(record: Record) -> None:
     record["message"] = redact(record["message"])
     for name, value in extra.items():
         extra[name] = _redact_value(value)
+    exception = record["exception"]
+    if exception is not None:
+        if exception.type is not None:
+            text = "".join(traceback.format_exception(*exception))
+            extra[TRACEBACK] = redact(text.rstrip("\n"))
+        record["exception"] = None
 
 
 # --- Sinks ------------------------------------------------------------------------------------
@@ -157,9 +166,14 @@ CONSOLE_FORMAT = (
 )
 
 
+def console_format(record: Record) -> str:
+    """`CONSOLE_FORMAT`, and the masked traceback below it when the line has one."""
+    return CONSOLE_FORMAT + ("\n{extra[@x]}\n" if TRACEBACK in record["extra"] else "\n")
+
+
 def console_sink(message: Message) -> None:
-    """stderr, looked up at each line (tests capture it), with the traceback text masked too."""
-    sys.stderr.write(redact(str(message)))
+    """stderr, looked up at each line (tests capture it)."""
+    sys.stderr.write(message)
 
 
 def prefect_run_sink(message: Message) -> None:
@@ -176,19 +190,21 @@ def prefect_run_sink(message: Message) -> None:
     context = sys.modules.get("prefect.context")
     if context is None or (context.TaskRunContext.get() or context.FlowRunContext.get()) is None:
         return
-    handler = _api_log_handler()
+    text = record["message"]
+    if TRACEBACK in record["extra"]:
+        text += "\n" + record["extra"][TRACEBACK]
     line = logging.LogRecord(
         name=record["name"] or "pf-jira-sync",
         level=record["level"].no,
         pathname=record["file"].path,
         lineno=record["line"],
-        msg=redact(str(message).rstrip("\n")),
+        msg=text,
         args=None,
         exc_info=None,
         func=record["function"],
     )
     line.created = record["time"].timestamp()
-    handler.handle(line)
+    _api_log_handler().handle(line)
 
 
 _api_handler: logging.Handler | None = None
@@ -253,31 +269,18 @@ def add_seq_sink(
     url: str, api_key: str | None = None, *, level: str = "INFO", **options: Any
 ) -> tuple[int, SeqSink]:
     """Ship lines at `level` and above to Seq; returns the loguru handler id and the sink."""
-    global _seq_sink
-    sink = SeqSink(url, api_key, redact=redact, **options)
-    handler_id = logger.add(sink, level=level, format="{message}", backtrace=False, diagnose=False)
-    _seq_sink = sink
-    return handler_id, sink
+    sink = SeqSink(url, api_key, **options)
+    return logger.add(sink, level=level, format="{message}"), sink
 
 
 def remove_seq_sink(handler_id: int, sink: SeqSink) -> None:
-    global _seq_sink
     logger.remove(handler_id)
     sink.close()
-    if _seq_sink is sink:
-        _seq_sink = None
-
-
-def seq_dropped() -> int:
-    """Lines the Seq sink of this process dropped (Seq down or slow, queue full); 0 without one."""
-    return _seq_sink.dropped if _seq_sink is not None else 0
 
 
 def add_prefect_sink(level: str = "INFO") -> int:
     """Send lines logged inside Prefect runs to their run log; returns the loguru handler id."""
-    return logger.add(
-        prefect_run_sink, level=level, format="{message}", backtrace=False, diagnose=False
-    )
+    return logger.add(prefect_run_sink, level=level, format="{message}")
 
 
 def configure_logging(
@@ -300,14 +303,7 @@ def configure_logging(
         patcher=patch_record,
         extra={"Application": "pf-jira-sync", "Component": component or "pf-jira-sync"},
     )
-    logger.add(
-        console_sink,
-        level=level,
-        format=CONSOLE_FORMAT,
-        colorize=_colorize(sys.stderr),
-        backtrace=False,
-        diagnose=False,  # never print local variables: they may hold secrets
-    )
+    logger.add(console_sink, level=level, format=console_format, colorize=_colorize(sys.stderr))
     add_prefect_sink(level)
     if settings is not None and settings.seq_url is not None:
         api_key = settings.seq_api_key.get_secret_value() if settings.seq_api_key else None
