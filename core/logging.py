@@ -1,14 +1,15 @@
-"""Loguru, configured once per process: the console, Seq, and the Prefect run log.
+"""Loguru, configured once per process: the console and Seq.
 
 - The console gets human-readable lines.
 - Seq (when `SEQ_URL` is set) gets every line as a structured CLEF event (`core.seq.SeqSink`:
   never blocks, drops and counts when Seq is down).
-- A line logged inside a Prefect flow or task run also goes to that run's log in the Prefect UI.
 - The standard library's `logging` (uvicorn, httpx, Prefect) is routed into loguru.
+- A flow-run process also sends its lines to the Prefect run log (`tasks.run_log`, which adds
+  its sink and the run ids here: this floor knows nothing of Prefect).
 
 Lines carry their context as properties: `EventKey`, `EmployeeId`, `Action` and `JiraKey` where
 the code binds them (`logger.contextualize`), `FlowRunId` and `TaskRunId` inside Prefect runs
-(added here), `Logger` for lines from the standard library, `Component` for the process.
+(`tasks.run_log`), `Logger` for lines from the standard library, `Component` for the process.
 
 Secrets never leave: one patcher masks the values of the secret settings (and the database
 password), the Prefect API credentials, credential headers and webhook signatures in every line,
@@ -26,7 +27,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -123,31 +124,23 @@ def _redact_value(value: Any) -> Any:
 # --- The patcher: run context and redaction for every line ----------------------------------
 
 
-def run_ids() -> dict[str, str]:
-    """`FlowRunId` (and `TaskRunId`) of the Prefect run this code runs in, if any.
+PropertyProvider = Callable[[], dict[str, str]]
+# Properties of the context a line is logged in, found at each line (`tasks.run_log` adds the
+# Prefect flow and task run ids; this floor knows nothing of Prefect).
+_context_properties: list[PropertyProvider] = []
 
-    Reads Prefect's run context only when Prefect is already imported: a process that never
-    imported it runs no flow, and importing it here would cost seconds.
-    """
-    context = sys.modules.get("prefect.context")
-    if context is None:
-        return {}
-    task = context.TaskRunContext.get()
-    if task is not None and task.task_run is not None:
-        ids = {"TaskRunId": str(task.task_run.id)}
-        if task.task_run.flow_run_id:
-            ids["FlowRunId"] = str(task.task_run.flow_run_id)
-        return ids
-    flow = context.FlowRunContext.get()
-    if flow is not None and flow.flow_run is not None:
-        return {"FlowRunId": str(flow.flow_run.id)}
-    return {}
+
+def add_context_properties(provider: PropertyProvider) -> None:
+    """Have every line carry what `provider()` returns (unless the line binds it itself)."""
+    if provider not in _context_properties:
+        _context_properties.append(provider)
 
 
 def patch_record(record: Record) -> None:
     extra = record["extra"]
-    if "FlowRunId" not in extra:
-        extra.update(run_ids())
+    for provider in _context_properties:
+        for name, value in provider().items():
+            extra.setdefault(name, value)
     record["message"] = redact(record["message"])
     for name, value in extra.items():
         extra[name] = _redact_value(value)
@@ -176,49 +169,6 @@ def console_sink(message: Message) -> None:
     sys.stderr.write(message)
 
 
-def prefect_run_sink(message: Message) -> None:
-    """The line, in the log of the Prefect flow or task run it was logged in (else nowhere).
-
-    Only this service's own lines go there. Lines of libraries reach loguru through
-    `InterceptHandler` (they carry `Logger`) and are skipped: Prefect's own already go to the
-    run log (they would show twice), and others (alembic, httpx) are noise there; worse, a
-    library logging from a thread while Prefect's log worker starts would deadlock on it.
-    """
-    record = message.record
-    if "Logger" in record["extra"]:
-        return
-    context = sys.modules.get("prefect.context")
-    if context is None or (context.TaskRunContext.get() or context.FlowRunContext.get()) is None:
-        return
-    text = record["message"]
-    if TRACEBACK in record["extra"]:
-        text += "\n" + record["extra"][TRACEBACK]
-    line = logging.LogRecord(
-        name=record["name"] or "pf-jira-sync",
-        level=record["level"].no,
-        pathname=record["file"].path,
-        lineno=record["line"],
-        msg=text,
-        args=None,
-        exc_info=None,
-        func=record["function"],
-    )
-    line.created = record["time"].timestamp()
-    _api_log_handler().handle(line)
-
-
-_api_handler: logging.Handler | None = None
-
-
-def _api_log_handler() -> logging.Handler:
-    global _api_handler
-    if _api_handler is None:
-        from prefect.logging.handlers import APILogHandler
-
-        _api_handler = APILogHandler()
-    return _api_handler
-
-
 class RedactingFilter(logging.Filter):
     """Masks secrets in a standard-library record (its message and traceback) in place."""
 
@@ -232,16 +182,10 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-# Prefect's loggers that send their records to the run logs in the Prefect API themselves.
-PREFECT_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "prefect.extra")
-
-
-def redact_prefect_run_logs() -> None:
-    """Mask secrets in what Prefect's own loggers send to the run logs (its handlers are set up
-    before this process's code runs, when Prefect configures logging)."""
-    if "prefect.logging" not in sys.modules:
-        return
-    for name in PREFECT_RUN_LOGGERS:
+def mask_standard_loggers(names: Iterable[str]) -> None:
+    """Mask secrets in what these standard-library loggers' own handlers send (Prefect's run-log
+    loggers, whose handlers send records to the Prefect API without passing through loguru)."""
+    for name in names:
         for handler in logging.getLogger(name).handlers:
             if not any(isinstance(existing, RedactingFilter) for existing in handler.filters):
                 handler.addFilter(RedactingFilter())
@@ -278,11 +222,6 @@ def remove_seq_sink(handler_id: int, sink: SeqSink) -> None:
     sink.close()
 
 
-def add_prefect_sink(level: str = "INFO") -> int:
-    """Send lines logged inside Prefect runs to their run log; returns the loguru handler id."""
-    return logger.add(prefect_run_sink, level=level, format="{message}")
-
-
 def configure_logging(
     settings: Settings | None = None, *, level: str | None = None, component: str | None = None
 ) -> None:
@@ -304,14 +243,12 @@ def configure_logging(
         extra={"Application": "pf-jira-sync", "Component": component or "pf-jira-sync"},
     )
     logger.add(console_sink, level=level, format=console_format, colorize=_colorize(sys.stderr))
-    add_prefect_sink(level)
     if settings is not None and settings.seq_url is not None:
         api_key = settings.seq_api_key.get_secret_value() if settings.seq_api_key else None
         add_seq_sink(str(settings.seq_url), api_key, level=level)
     logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    redact_prefect_run_logs()
 
 
 def _colorize(stream: Any) -> bool:

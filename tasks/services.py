@@ -20,6 +20,7 @@ from core.peopleforce.models import Employee
 from core.rules import Rules, load_rules
 from core.settings import Settings, get_settings
 from core.store import MappingStore
+from tasks.run_log import send_to_run_logs
 
 
 @dataclass
@@ -64,8 +65,10 @@ async def open_services(settings: Settings | None = None) -> AsyncGenerator[Serv
         yield existing
         return
     settings = settings or get_settings()
-    # A flow-run process logs like every other process of the service (console, Seq, run log).
+    # A flow-run process logs like every other process of the service (console, Seq), and in
+    # the run logs of the Prefect UI.
     configure_logging(settings, component="flow-run")
+    send_to_run_logs(settings.log_level)
     rules = load_rules(settings.rules_file)
     store = await MappingStore.open(settings.effective_database_url)
     try:

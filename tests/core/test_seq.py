@@ -103,9 +103,12 @@ def fake_seq() -> Iterator[FakeSeq]:
 
 @pytest.fixture
 def clef() -> Iterator[None]:
-    """seqlog posts CLEF to `/ingest/clef` only with its process-wide feature flag set."""
+    """seqlog posts CLEF to `/ingest/clef` only with its process-wide feature flag set; and
+    loguru as it comes, without our patcher (another test, or an in-process command, may have
+    configured it: the patcher takes the traceback off the record)."""
     before = is_feature_enabled(FeatureFlag.USE_CLEF)
     configure_feature(FeatureFlag.USE_CLEF, True)
+    logger.configure(patcher=lambda _record: None)
     yield
     configure_feature(FeatureFlag.USE_CLEF, before)
 

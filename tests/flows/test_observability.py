@@ -46,13 +46,12 @@ from starlette.routing import Route
 
 from core.logging import (
     RedactingFilter,
-    add_prefect_sink,
+    add_context_properties,
     add_seq_sink,
     clear_secrets,
     console_format,
     console_sink,
     patch_record,
-    redact_prefect_run_logs,
     register_secrets,
     remove_seq_sink,
 )
@@ -63,6 +62,7 @@ from flows.onboarding import onboarding
 from flows.sync import sync_employees
 from flows.work import EmployeesFailed
 from sandbox.server import BackgroundServer
+from tasks.run_log import add_prefect_sink, redact_prefect_run_logs, run_ids
 from tests.fixtures_flows import RULES_FILE, World, webhook_gateway
 from tests.fixtures_jira import JIRA_API_TOKEN, JIRA_EMAIL
 from tests.fixtures_peopleforce import PEOPLEFORCE_API_KEY
@@ -124,6 +124,7 @@ def observed(clef: ClefReceiver) -> Iterator[Observed]:
     """The sinks `configure_logging` installs (console, Prefect run log, Seq at the receiver),
     with the test's secrets registered; removed afterwards."""
     logger.configure(patcher=patch_record)
+    add_context_properties(run_ids)
     register_secrets(SECRETS)
     redact_prefect_run_logs()
     console = logger.add(console_sink, level="INFO", format=console_format)
@@ -136,6 +137,7 @@ def observed(clef: ClefReceiver) -> Iterator[Observed]:
         logger.remove(prefect)
         remove_seq_sink(seq_id, seq)
         clear_secrets()
+        logger.configure(patcher=lambda _record: None)
 
 
 def assert_no_secret(texts: list[str], secrets: list[str]) -> None:
