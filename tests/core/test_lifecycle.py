@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from datetime import date, timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from core.lifecycle import (
     Person,
 )
 from core.store import Lifecycle
-from core.store.models import EmployeeLink, snapshot_hash
+from core.store.models import EmployeeLink, StoreModel, snapshot_hash
 
 TODAY = date(2026, 3, 10)
 LATER = TODAY + timedelta(days=20)
@@ -353,3 +354,10 @@ def test_each_kind_has_its_columns() -> None:
         None,
     ]
     assert lifecycle.subtasks_recorded("record", ["HR-7"]) is None
+
+
+def test_a_change_names_only_columns_an_effect_may_set() -> None:
+    columns = set(StoreModel.metadata.tables["employee_link"].columns.keys())
+    settable = columns - {"employee_id", "created_at", "updated_at", "synced_hash"}
+
+    assert {field.name for field in dataclasses.fields(LinkChange)} == settable
