@@ -102,42 +102,39 @@ async def fill_store(database_url: str, count: int, today: date) -> None:
     """One link per employee, as onboarding left it: the issue and the fields as synced."""
     import sqlalchemy as sa
 
+    from core import lifecycle
     from core.peopleforce.models import Employee
     from core.plan import mapped_fields
     from core.rules import load_rules
-    from core.store import Lifecycle, MappingStore, snapshot_hash
+    from core.store import EmployeeLink, MappingStore
     from core.store.models import StoreModel
     from sandbox.peopleforce import PeopleForceState
 
     rules = load_rules(RULES_FILE)
     people = company(count, today)
     renderer = PeopleForceState(api_key=PF_KEY, people=people, today=today)
+    table = StoreModel.metadata.tables["employee_link"]
     rows = []
     now = datetime.now(UTC)
     for index, person in enumerate(people):
         # The list item: the mapped fields are the same, without the full record's O(n) reports.
         employee = Employee.model_validate(renderer.render_list_item(person))
         _, synced = mapped_fields(employee, rules)
-        rows.append(
-            {
-                "employee_id": person.id,
-                "email": (person.email or "").lower() or None,
-                "display_name": person.full_name,
-                "lifecycle": Lifecycle.onboarding.value,
-                "onboarding_issue_key": issue_key(index),
-                "onboarding_subtask_keys": [],
-                "offboarding_subtask_keys": [],
-                "synced_fields": synced,
-                "synced_hash": snapshot_hash(synced),
-                "created_at": now,
-                "updated_at": now,
-            }
+        link = lifecycle.apply(
+            EmployeeLink(employee_id=person.id, created_at=now, updated_at=now),
+            lifecycle.onboarding_created(
+                issue_key(index),
+                lifecycle.Person((person.email or "").lower() or None, person.full_name, None),
+                snapshot=synced,
+            ),
         )
-    async with await MappingStore.open(database_url) as store:
-        table = StoreModel.metadata.tables["employee_link"]
-        async with store.engine.begin() as connection:
-            for start in range(0, len(rows), 500):
-                await connection.execute(sa.insert(table), rows[start : start + 500])
+        rows.append({column.key: getattr(link, column.key) for column in table.columns})
+    async with (
+        await MappingStore.open(database_url) as store,
+        store.engine.begin() as connection,
+    ):
+        for start in range(0, len(rows), 500):
+            await connection.execute(sa.insert(table), rows[start : start + 500])
 
 
 async def jira_stats(jira_url: str) -> dict:

@@ -11,15 +11,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.lifecycle import ISSUE_KINDS, IssueKind, Lifecycle, apply, issue_key, issue_relinked
 from core.names import employee_label, work_label
 from core.peopleforce.models import Asset, Employee
 from core.rules import ChecklistItem, FieldType, IssueRules, Route, Rules
-from core.store.models import EmployeeLink, Lifecycle
+from core.store.models import EmployeeLink
 
 
 def today_in(zone: ZoneInfo, now: datetime) -> date:
@@ -87,7 +88,7 @@ class Subtask(BaseModel):
 class CreateIssue(_Action):
     """Create a parent issue with its subtasks (onboarding, offboarding or the record issue)."""
 
-    kind: Literal["onboarding", "offboarding", "record"]
+    kind: IssueKind
     action: Literal["create_issue"] = "create_issue"
     project: str
     issue_type: str
@@ -141,13 +142,9 @@ class Report(_Action):
     action: Literal["report"] = "report"
 
 
-IssueKind = Literal["onboarding", "offboarding", "record"]
-ISSUE_KINDS: tuple[IssueKind, ...] = get_args(IssueKind)
-
-
 def linked_issues(link: EmployeeLink) -> dict[IssueKind, str]:
     """The parent issues a link points at, by kind (subtasks follow their parent)."""
-    return {kind: key for kind in ISSUE_KINDS if (key := getattr(link, f"{kind}_issue_key"))}
+    return {kind: key for kind in ISSUE_KINDS if (key := issue_key(link, kind))}
 
 
 class RelinkIssue(_Action):
@@ -290,13 +287,13 @@ def _follow_jira(facts: Facts, rules: Rules) -> tuple[Facts, list, set[str]]:
     link, check = facts.link, facts.jira
     if link is None or check is None:
         return facts, [], set()
-    changes: dict[str, str | None] = {}
+    followed = link
     actions: list = []
     gone: set[str] = set()
     for kind, key in linked_issues(link).items():
         if key in check.moved:
             new_key = check.moved[key]
-            changes[f"{kind}_issue_key"] = new_key
+            followed = apply(followed, issue_relinked(kind, new_key))
             actions.append(
                 RelinkIssue(
                     why=f"the {kind} issue {key} was moved in Jira and is now {new_key}",
@@ -306,7 +303,7 @@ def _follow_jira(facts: Facts, rules: Rules) -> tuple[Facts, list, set[str]]:
                 )
             )
         elif key in check.missing:
-            changes[f"{kind}_issue_key"] = None
+            followed = apply(followed, issue_relinked(kind, None))
             if rules.missing_issue == "report":
                 gone.add(kind)
             then = "not created again" if kind in gone else "created again if still due"
@@ -316,9 +313,8 @@ def _follow_jira(facts: Facts, rules: Rules) -> tuple[Facts, list, set[str]]:
                     f"from this account); the rules say {rules.missing_issue}: {then}"
                 )
             )
-    if not changes:
+    if followed is link:
         return facts, [], set()
-    followed = link.model_copy(update=changes)
     return (
         Facts(facts.employee_id, facts.employee, followed, facts.previous, facts.assets),
         actions,

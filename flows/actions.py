@@ -16,6 +16,7 @@ from loguru import logger
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
+from core import lifecycle
 from core.errors import ConfigurationError
 from core.peopleforce.models import Employee
 from core.plan import (
@@ -34,7 +35,7 @@ from core.plan import (
 )
 from core.retry import ACTION
 from core.rules import FieldType
-from core.store import EffectAction, EmployeeLink, Lifecycle, snapshot_hash
+from core.store import EffectAction, EmployeeLink
 from flows.outcome import EmployeeOutcome
 from tasks import jira, store
 from tasks.services import current
@@ -154,56 +155,24 @@ async def _create_issue(
         who,
         issue_key=key,
         detail={"kind": action.kind, "summary": action.summary, "why": action.why},
-        link_update=_link_after_create(
-            action, key, employee, previous_employee_id, accounts, today
+        link_update=lifecycle.issue_created(
+            action.kind,
+            key,
+            lifecycle.Person(
+                email=employee.email,
+                display_name=employee.display_name,
+                jira_account_id=accounts.get(employee.email.casefold()) if employee.email else None,
+            ),
+            today=today,
+            due_date=action.due_date,
+            snapshot=action.snapshot,
+            previous_employee_id=previous_employee_id,
         ),
     )
     if action.subtasks:
         parent_is_new = effect != EffectAction.adopt_existing
         await _create_subtasks(action, key, employee.id, accounts, who, parent_is_new=parent_is_new)
     return key
-
-
-def _link_after_create(
-    action: CreateIssue,
-    key: str,
-    employee: Employee,
-    previous_employee_id: int | None,
-    accounts: dict[str, str | None],
-    today: date,
-) -> dict:
-    update: dict = {
-        "email": employee.email,
-        "display_name": employee.display_name,
-        "jira_account_id": accounts.get(employee.email.casefold()) if employee.email else None,
-    }
-    if action.kind == "onboarding":
-        update |= {
-            "onboarding_issue_key": key,
-            "onboarding_subtask_keys": [],
-            "lifecycle": Lifecycle.onboarding,
-            # A rehire starts over: the former offboarding is history (kept in the audit).
-            "offboarding_issue_key": None,
-            "offboarding_subtask_keys": [],
-            "termination_on": None,
-        }
-        if previous_employee_id is not None:
-            update["previous_employee_id"] = previous_employee_id
-    elif action.kind == "offboarding":
-        assert action.due_date is not None
-        update |= {
-            "offboarding_issue_key": key,
-            "offboarding_subtask_keys": [],
-            "termination_on": action.due_date,
-            "lifecycle": Lifecycle.offboarded
-            if action.due_date <= today
-            else Lifecycle.offboarding,
-        }
-    else:
-        update["record_issue_key"] = key
-    if action.snapshot:
-        update |= {"synced_fields": action.snapshot, "synced_hash": snapshot_hash(action.snapshot)}
-    return update
 
 
 async def _create_subtasks(
@@ -217,7 +186,7 @@ async def _create_subtasks(
 ) -> None:
     subtasks = list(action.subtasks)
     assignees = [_assignee_id(subtask.assignee, accounts) for subtask in subtasks]
-    keys_field = f"{action.kind}_subtask_keys" if action.kind != "record" else None
+    keys_field = lifecycle.subtask_kind(action.kind)
     labels = [label for label in action.labels if label != action.guard_label]
     for round_number in range(SUBTASK_ROUNDS):
         # A parent created a moment ago has no subtasks yet: no need to ask Jira.
@@ -246,7 +215,9 @@ async def _create_subtasks(
                 who,
                 issue_key=parent_key,
                 detail={"created": created, "already_there": sorted(existing.values())},
-                link_update={keys_field: [*existing.values(), *created]} if keys_field else None,
+                link_update=lifecycle.subtasks_recorded(
+                    action.kind, [*existing.values(), *created]
+                ),
             )
         if done is None or not done.refused:
             return
@@ -281,10 +252,7 @@ async def _update_fields(action: UpdateFields, employee_id: int, who: str) -> st
         who,
         issue_key=action.issue_key,
         detail={"changes": [list(change) for change in action.changes]},
-        link_update={
-            "synced_fields": action.snapshot,
-            "synced_hash": snapshot_hash(action.snapshot),
-        },
+        link_update=lifecycle.fields_synced(action.snapshot),
     )
     return action.issue_key
 
@@ -301,10 +269,7 @@ async def _move_due_date(action: MoveDueDate, employee_id: int, today: date, who
         who,
         issue_key=action.issue_key,
         detail={"duedate": [str(action.old), str(action.new)]},
-        link_update={
-            "termination_on": action.new,
-            "lifecycle": Lifecycle.offboarded if action.new <= today else Lifecycle.offboarding,
-        },
+        link_update=lifecycle.due_date_moved(action.new, today),
     )
     return action.issue_key
 
@@ -323,12 +288,7 @@ async def _cancel_offboarding(
         who,
         issue_key=action.issue_key,
         detail={"to": "Cancelled", "issues": keys},
-        link_update={
-            "offboarding_issue_key": None,
-            "offboarding_subtask_keys": [],
-            "termination_on": None,
-            "lifecycle": Lifecycle.onboarding if onboarded else Lifecycle.pending,
-        },
+        link_update=lifecycle.offboarding_cancelled(onboarded=onboarded),
     )
     return action.issue_key
 
@@ -342,6 +302,6 @@ async def _relink(action: RelinkIssue, employee_id: int, who: str) -> str:
         who,
         issue_key=action.new_key,
         detail={"kind": action.kind, "from": action.old_key, "why": action.why},
-        link_update={f"{action.kind}_issue_key": action.new_key},
+        link_update=lifecycle.issue_relinked(action.kind, action.new_key),
     )
     return action.new_key

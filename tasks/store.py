@@ -7,7 +7,7 @@ from typing import Any
 from prefect.runtime import flow_run
 
 from core.retry import STORE_CALL
-from core.store import EmployeeLink
+from core.store import EmployeeLink, LinkChange
 from tasks.services import current
 
 
@@ -33,7 +33,7 @@ async def record_effect(
     *,
     issue_key: str | None = None,
     detail: dict[str, Any] | None = None,
-    link_update: dict[str, Any] | None = None,
+    link_update: LinkChange | None = None,
 ) -> EmployeeLink:
     """Write the audit row and the link change for one Jira effect, in one transaction."""
     return await current().store.record_effect(

@@ -6,19 +6,12 @@ SQLite by default, PostgreSQL through the same database URL setting; the schema 
 with Alembic and upgraded in place when the store is opened.
 """
 
+from core.lifecycle import ALLOWED_TRANSITIONS, Lifecycle, LifecycleError, LinkChange
 from core.store.inbox import EventStatus, InboxRepository, WebhookEvent
 from core.store.lease import EmployeeLease, Leases, LeaseTimeout
 from core.store.migrate import current_revision, downgrade, head_revision, migrate
-from core.store.models import (
-    ALLOWED_TRANSITIONS,
-    EffectAction,
-    EmployeeLink,
-    JiraEffect,
-    Lifecycle,
-    snapshot_hash,
-)
+from core.store.models import EffectAction, EmployeeLink, JiraEffect, snapshot_hash
 from core.store.repository import (
-    LinkUpdate,
     MappingStore,
     UnsupportedDatabase,
     normalize_email,
@@ -36,7 +29,8 @@ __all__ = [
     "LeaseTimeout",
     "Leases",
     "Lifecycle",
-    "LinkUpdate",
+    "LifecycleError",
+    "LinkChange",
     "MappingStore",
     "UnsupportedDatabase",
     "WebhookEvent",

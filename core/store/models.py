@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
+from core.lifecycle import INITIAL_LIFECYCLE, Lifecycle
+
 # Deterministic constraint names, so migrations and both backends agree on them.
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -95,42 +97,6 @@ def snapshot_hash(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-class Lifecycle(StrEnum):
-    """Where an employee is in this service's Jira work.
-
-    - `pending`: known to the store, no Jira work created yet.
-    - `onboarding`: onboarding issue created; the person is (or will be) employed.
-    - `offboarding`: offboarding issue open for a termination that is not yet effective.
-    - `offboarded`: the termination is effective and its offboarding work exists.
-
-    Transitions (see `ALLOWED_TRANSITIONS`; staying in the same state is always allowed):
-
-    - pending -> onboarding: onboarding work created.
-    - pending, onboarding -> offboarding: a future termination got its offboarding work.
-    - pending, onboarding, offboarding -> offboarded: the termination took effect.
-    - offboarding -> onboarding: the termination was reverted before it took effect.
-    - offboarded -> pending, onboarding: a terminated employee was reactivated under the same id
-      (a rehire under a new id is a new link with `previous_employee_id` set instead).
-    """
-
-    pending = "pending"
-    onboarding = "onboarding"
-    offboarding = "offboarding"
-    offboarded = "offboarded"
-
-    def can_move_to(self, target: Lifecycle) -> bool:
-        return target == self or target in ALLOWED_TRANSITIONS[self]
-
-
-ALLOWED_TRANSITIONS: dict[Lifecycle, frozenset[Lifecycle]] = {
-    Lifecycle.pending: frozenset(
-        {Lifecycle.onboarding, Lifecycle.offboarding, Lifecycle.offboarded}
-    ),
-    Lifecycle.onboarding: frozenset({Lifecycle.offboarding, Lifecycle.offboarded}),
-    Lifecycle.offboarding: frozenset({Lifecycle.onboarding, Lifecycle.offboarded}),
-    Lifecycle.offboarded: frozenset({Lifecycle.pending, Lifecycle.onboarding}),
-}
-
 # Stored as plain strings (no database enum type, no CHECK), so adding a state needs no migration;
 # SQLAlchemy still refuses values outside the enum when writing.
 LIFECYCLE_TYPE = sa.Enum(
@@ -168,7 +134,8 @@ class EmployeeLink(StoreModel, table=True):
     email: str | None = Field(default=None, index=True)
     display_name: str | None = None
     jira_account_id: str | None = None
-    lifecycle: Lifecycle = Field(default=Lifecycle.pending, sa_type=LIFECYCLE_TYPE)
+    # Moved only by `core.lifecycle` (`apply`), along its declared transitions.
+    lifecycle: Lifecycle = Field(default=INITIAL_LIFECYCLE, sa_type=LIFECYCLE_TYPE)
 
     onboarding_issue_key: str | None = None
     onboarding_subtask_keys: list[str] = Field(

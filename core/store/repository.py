@@ -6,7 +6,7 @@ are upserts (`INSERT ... ON CONFLICT`), so two tasks saving the same employee ne
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -15,21 +15,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import col
 
+from core import lifecycle
 from core.database import create_engine
+from core.lifecycle import Lifecycle, LifecycleError, LinkChange
 from core.store.migrate import is_at_head, migrate
 from core.store.models import (
     EmployeeLink,
     JiraEffect,
-    Lifecycle,
     StoreModel,
     dialect_insert,
     to_json_value,
     utc_now,
 )
-
-# A field change applied to the link together with an effect: new values by field name, or a
-# function that changes the link it is given (the link as stored, read inside the transaction).
-LinkUpdate = Mapping[str, Any] | Callable[[EmployeeLink], None]
 
 _LINKS = StoreModel.metadata.tables["employee_link"]
 # Written once, when the row is created; never part of an update.
@@ -165,8 +162,10 @@ class MappingStore:
     async def save(self, link: EmployeeLink) -> EmployeeLink:
         """Insert or replace the whole link; returns it with its stored timestamps.
 
-        Last writer wins for every field: changes that follow a Jira effect go through
-        `record_effect` instead, which reads and writes inside one transaction.
+        Last writer wins for every field, but the lifecycle only moves along a declared
+        transition (`core.lifecycle`): otherwise `LifecycleError`, and nothing is written.
+        Changes that follow a Jira effect go through `record_effect` instead, which reads and
+        writes inside one transaction.
         """
         _normalize(link)
         link.updated_at = utc_now()
@@ -174,9 +173,21 @@ class MappingStore:
         upsert = insert.on_conflict_do_update(
             index_elements=[_LINKS.c.employee_id],
             set_={key: insert.excluded[key] for key in _UPDATABLE | {"updated_at"}},
+            # The stored row's lifecycle: an undeclared move updates nothing, and returns no row.
+            where=_LINKS.c.lifecycle.in_(sorted(lifecycle.sources_of(link.lifecycle))),
         ).returning(_LINKS.c.created_at)
         async with self._sessions.begin() as session:
-            link.created_at = (await session.execute(upsert)).scalar_one()
+            created_at = (await session.execute(upsert)).scalar_one_or_none()
+            if created_at is None:
+                stored = await session.scalar(
+                    sa.select(_LINKS.c.lifecycle).where(_LINKS.c.employee_id == link.employee_id)
+                )
+                lifecycle.check_transition(link.employee_id, Lifecycle(stored), link.lifecycle)
+                # Declared from the state read now: another writer moved it in between.
+                raise LifecycleError(
+                    f"employee {link.employee_id}: lifecycle changed while saving; save again"
+                )
+            link.created_at = created_at
         return link
 
     async def record_effect(
@@ -187,19 +198,16 @@ class MappingStore:
         issue_key: str | None = None,
         flow_run_id: str | None = None,
         detail: Mapping[str, Any] | None = None,
-        link_update: LinkUpdate | None = None,
+        link_update: LinkChange | None = None,
     ) -> EmployeeLink:
         """Record a Jira effect: the audit row and the link change in one transaction.
 
-        Either both are stored or neither: if `link_update` raises, or the audit row cannot be
-        written, nothing is. A link that does not exist yet is created (as `pending`) first.
-        `link_update` runs while the link is locked (on SQLite, the whole database): keep it a
-        quick change in memory. Returns the link as stored.
+        `link_update` (made by `core.lifecycle`) is applied by `core.lifecycle.apply` to the link
+        as stored, read and locked inside the transaction. Either both are stored or neither:
+        if the change moves the lifecycle along an undeclared transition (`LifecycleError`), or
+        the audit row cannot be written, nothing is. A link that does not exist yet is created
+        (as `pending`) first. Returns the link as stored.
         """
-        if isinstance(link_update, Mapping):
-            unknown = set(link_update) - _UPDATABLE
-            if unknown:
-                raise ValueError(f"link fields that cannot be updated: {sorted(unknown)}")
         now = utc_now()
         new_link = EmployeeLink(employee_id=employee_id, created_at=now, updated_at=now)
         ensure_row = (
@@ -218,14 +226,9 @@ class MappingStore:
             # one employee apply their changes one after the other instead of losing one.
             await session.execute(ensure_row)
             link = (await session.scalars(read_link)).one()
-            # Detached, the link is written below as a whole: in-place changes to its JSON
-            # lists would escape the ORM's change tracking.
+            # Detached, the link is written below as a whole, as the change left it.
             session.expunge(link)
-            if callable(link_update):
-                link_update(link)
-            elif link_update is not None:
-                for key, value in link_update.items():
-                    setattr(link, key, value)
+            link = lifecycle.apply(link, link_update)
             _normalize(link)
             link.updated_at = now
             values = _row_values(link)

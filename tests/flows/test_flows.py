@@ -107,6 +107,50 @@ async def test_moved_termination_date_moves_the_due_date(world: World) -> None:
     assert outcome.applied[0].startswith("move_due_date")
 
 
+async def test_last_day_moved_later_after_it_came_reopens_the_offboarding(world: World) -> None:
+    person = world.hire("Enrico", "Fermi", in_days=-30)
+    world.peopleforce.state.terminate(person.id, effective_on=world.days(0))
+    await offboarding([person.id])
+    link = await world.services.store.get(person.id)
+    assert link is not None
+    assert link.lifecycle == Lifecycle.offboarded
+    world.peopleforce.state.terminate(person.id, effective_on=world.days(10))
+
+    (outcome,) = await offboarding([person.id])
+
+    assert outcome.error is None
+    assert outcome.applied[0].startswith("move_due_date")
+    link = await world.services.store.get(person.id)
+    assert link is not None
+    # offboarded -> offboarding: the termination is no longer effective.
+    assert (link.lifecycle, link.termination_on) == (Lifecycle.offboarding, world.days(10))
+
+
+async def test_reverted_termination_of_someone_never_onboarded_here(world: World) -> None:
+    # Started long before this service knew them: no onboarding, then a termination, reverted.
+    person = world.hire("Paul", "Dirac", in_days=-400)
+    world.peopleforce.state.terminate(person.id, effective_on=world.days(15))
+    await offboarding([person.id])
+    link = await world.services.store.get(person.id)
+    assert link is not None
+    assert (link.lifecycle, link.onboarding_issue_key) == (Lifecycle.offboarding, None)
+    world.peopleforce.state.revert_termination(person.id)
+
+    (outcome,) = await offboarding([person.id])
+
+    assert outcome.error is None
+    (offboarding_issue,) = world.parents_of(person.id)
+    assert offboarding_issue.status == "Cancelled"
+    link = await world.services.store.get(person.id)
+    assert link is not None
+    # offboarding -> pending: nothing of this service's work is left.
+    assert (link.lifecycle, link.offboarding_issue_key, link.termination_on) == (
+        Lifecycle.pending,
+        None,
+        None,
+    )
+
+
 async def test_mover_gets_a_field_update_and_a_comment(world: World) -> None:
     person = world.hire("Émilie", "du Châtelet", in_days=1, department="Finance")
     await onboarding([person.id])

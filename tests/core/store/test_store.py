@@ -18,12 +18,14 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import lifecycle
 from core.database import SQLITE_BUSY_TIMEOUT_MS, create_engine
 from core.store import (
     EffectAction,
     EmployeeLink,
     JiraEffect,
     Lifecycle,
+    LifecycleError,
     MappingStore,
     current_revision,
     downgrade,
@@ -252,6 +254,25 @@ async def test_all_links_pages_through_every_link(store: MappingStore) -> None:
     assert seen == [1, 2, 3, 4, 5, 6, 7]
 
 
+async def test_save_refuses_an_undeclared_lifecycle_move_and_writes_nothing(
+    store: MappingStore,
+) -> None:
+    await store.save(
+        EmployeeLink(employee_id=8, display_name="Ada", lifecycle=Lifecycle.onboarding)
+    )
+
+    with pytest.raises(
+        LifecycleError, match="employee 8: onboarding -> pending is not a declared transition"
+    ):
+        await store.save(EmployeeLink(employee_id=8, display_name="Ada L."))
+    # A declared move (the termination took effect) is saved.
+    await store.save(EmployeeLink(employee_id=8, lifecycle=Lifecycle.offboarded))
+
+    link = await store.get(8)
+    assert link is not None
+    assert (link.display_name, link.lifecycle) == (None, Lifecycle.offboarded)
+
+
 async def test_concurrent_saves_of_one_employee_do_not_fail(store: MappingStore) -> None:
     names = [f"name {number}" for number in range(20)]
 
@@ -275,15 +296,16 @@ async def test_record_effect_writes_the_audit_and_the_link_change(store: Mapping
         issue_key="HR-10",
         flow_run_id="run-1",
         detail={"summary": "Onboarding: Ada", "start": date(2026, 2, 2)},
-        link_update={"onboarding_issue_key": "HR-10", "lifecycle": "onboarding"},
+        link_update=lifecycle.onboarding_created(
+            "HR-10", lifecycle.Person("Ada@Example.com", "Ada", "712020:ada")
+        ),
     )
-    # A function may change lists in place: the whole link is written.
     await store.record_effect(
         11,
         EffectAction.create_subtask,
         issue_key="HR-11",
         flow_run_id="run-1",
-        link_update=lambda link: link.onboarding_subtask_keys.append("HR-11"),
+        link_update=lifecycle.subtasks_recorded("onboarding", ["HR-11"]),
     )
 
     assert link.lifecycle is Lifecycle.onboarding
@@ -292,6 +314,7 @@ async def test_record_effect_writes_the_audit_and_the_link_change(store: Mapping
     assert stored.onboarding_issue_key == "HR-10"
     assert stored.onboarding_subtask_keys == ["HR-11"]
     assert stored.lifecycle is Lifecycle.onboarding
+    assert (stored.email, stored.jira_account_id) == ("ada@example.com", "712020:ada")
     effects = await store.effects(11)
     assert [(e.action, e.issue_key, e.flow_run_id) for e in effects] == [
         ("create_onboarding", "HR-10", "run-1"),
@@ -311,28 +334,39 @@ async def test_record_effect_creates_a_missing_link_as_pending(store: MappingSto
     assert [effect.issue_key for effect in await store.effects(12)] == ["HR-77"]
 
 
-async def test_failing_link_update_records_no_effect(store: MappingStore) -> None:
-    await store.save(EmployeeLink(employee_id=13, lifecycle=Lifecycle.onboarding))
+async def test_undeclared_transition_writes_nothing(store: MappingStore) -> None:
+    onboarded = lifecycle.onboarding_created("HR-1", lifecycle.Person(None, "Ada", None))
+    await store.record_effect(13, EffectAction.create_onboarding, link_update=onboarded)
+    before = await store.get(13)
+    assert before is not None
+    # Onboarding work is never forgotten: onboarding -> pending is not declared.
+    forget = lifecycle.LinkChange(lifecycle=Lifecycle.pending, onboarding_issue_key=None)
 
-    def broken_update(link: EmployeeLink) -> None:
-        link.offboarding_issue_key = "HR-99"
-        raise RuntimeError("update failed")
+    for change in (forget, lifecycle.offboarding_cancelled(onboarded=False)):
+        with pytest.raises(
+            LifecycleError,
+            match=r"^employee 13: onboarding -> pending is not a declared transition$",
+        ):
+            await store.record_effect(13, EffectAction.transition, link_update=change)
 
-    with pytest.raises(RuntimeError, match="update failed"):
-        await store.record_effect(13, EffectAction.create_offboarding, link_update=broken_update)
-    with pytest.raises(ValueError, match="'bogus' is not a valid Lifecycle"):
-        await store.record_effect(13, EffectAction.transition, link_update={"lifecycle": "bogus"})
-    with pytest.raises(ValueError, match="cannot be updated"):
-        await store.record_effect(13, EffectAction.comment, link_update={"employee_id": 14})
-    # Nor does an effect for an employee the store did not know leave a link behind.
-    with pytest.raises(RuntimeError, match="update failed"):
-        await store.record_effect(14, EffectAction.create_offboarding, link_update=broken_update)
+    # Neither the audit rows nor any part of the changes.
+    assert [effect.action for effect in await store.effects(13)] == ["create_onboarding"]
+    after = await store.get(13)
+    assert after is not None
+    assert after.model_dump() == before.model_dump()
 
-    assert await store.effects(13) == []
-    link = await store.get(13)
-    assert link is not None
-    assert (link.offboarding_issue_key, link.lifecycle) == (None, Lifecycle.onboarding)
+
+async def test_failing_record_of_an_unknown_employee_leaves_no_link(store: MappingStore) -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        await store.record_effect(
+            14,
+            EffectAction.create_offboarding,
+            detail={"unstorable": object()},
+            link_update=lifecycle.issue_relinked("offboarding", "HR-99"),
+        )
+
     assert await store.get(14) is None
+    assert await store.effects(14) == []
 
 
 async def test_failing_audit_write_rolls_back_the_link_change(store: MappingStore) -> None:
@@ -344,7 +378,7 @@ async def test_failing_audit_write_rolls_back_the_link_change(store: MappingStor
             EffectAction.create_onboarding,
             issue_key="HR-5",
             detail={"unstorable": object()},
-            link_update={"onboarding_issue_key": "HR-5"},
+            link_update=lifecycle.issue_relinked("onboarding", "HR-5"),
         )
 
     link = await store.get(15)
@@ -354,25 +388,41 @@ async def test_failing_audit_write_rolls_back_the_link_change(store: MappingStor
 
 
 async def test_concurrent_effects_on_one_employee_lose_no_update(store: MappingStore) -> None:
-    keys = [f"HR-{number}" for number in range(12)]
-
-    def add_subtask(key: str):
-        return lambda link: link.onboarding_subtask_keys.append(key)
+    # Each change sets other columns: a change applied to a stale read would undo another.
+    changes = [
+        lifecycle.issue_relinked("onboarding", "HR-1"),
+        lifecycle.subtasks_recorded("onboarding", ["HR-2", "HR-3"]),
+        lifecycle.issue_relinked("record", "HR-4"),
+        lifecycle.subtasks_recorded("offboarding", ["HR-5"]),
+        lifecycle.fields_synced({"title": "Engineer"}),
+        lifecycle.LinkChange(display_name="Ada"),
+        lifecycle.LinkChange(previous_employee_id=6),
+        lifecycle.LinkChange(jira_account_id="712020:ada"),
+    ]
 
     async with asyncio.timeout(30):
         await asyncio.gather(
             *(
-                store.record_effect(
-                    16, EffectAction.create_subtask, issue_key=key, link_update=add_subtask(key)
-                )
-                for key in keys
+                store.record_effect(16, EffectAction.relink, link_update=change)
+                for change in changes
             )
         )
 
     link = await store.get(16)
     assert link is not None
-    assert sorted(link.onboarding_subtask_keys) == sorted(keys)
-    assert len(await store.effects(16)) == len(keys)
+    assert (link.onboarding_issue_key, link.record_issue_key) == ("HR-1", "HR-4")
+    assert (link.onboarding_subtask_keys, link.offboarding_subtask_keys) == (
+        ["HR-2", "HR-3"],
+        ["HR-5"],
+    )
+    assert link.synced_fields == {"title": "Engineer"}
+    assert link.synced_hash == snapshot_hash({"title": "Engineer"})
+    assert (link.display_name, link.previous_employee_id, link.jira_account_id) == (
+        "Ada",
+        6,
+        "712020:ada",
+    )
+    assert len(await store.effects(16)) == len(changes)
 
 
 # Values: time zones, JSON, hashes, lifecycle
@@ -432,5 +482,7 @@ def test_lifecycle_transitions() -> None:
     assert Lifecycle.offboarding.can_move_to(Lifecycle.offboarded)
     assert Lifecycle.offboarded.can_move_to(Lifecycle.onboarding)  # reactivated
     assert Lifecycle.onboarding.can_move_to(Lifecycle.onboarding)
+    # Reverted termination of someone this service never onboarded: back to nothing done.
+    assert Lifecycle.offboarding.can_move_to(Lifecycle.pending)
+    # Onboarding work, once created, is never forgotten.
     assert not Lifecycle.onboarding.can_move_to(Lifecycle.pending)
-    assert not Lifecycle.offboarding.can_move_to(Lifecycle.pending)
