@@ -16,7 +16,13 @@ from rich.table import Table
 from cli.app import app, console, errors, fail, load_settings, run_on_prefect
 from cli.doctor import explain
 from core.errors import ApiError
-from core.names import RECONCILE_FLOW, SCHEDULED_DEPLOYMENT, full_deployment_name
+from core.names import (
+    MANUAL_TAG,
+    RECONCILE_FLOW,
+    SCHEDULED_DEPLOYMENT,
+    full_deployment_name,
+    reconcile_run_name,
+)
 from core.settings import Settings, SettingsError
 
 RECONCILE_DEPLOYMENT = full_deployment_name(RECONCILE_FLOW, SCHEDULED_DEPLOYMENT)
@@ -240,7 +246,8 @@ async def run_reconcile_deployment(force: bool, full: bool) -> Any:
         run = await client.create_flow_run_from_deployment(
             deployment.id,
             parameters={"dry_run": False, "force": force, "full": full},
-            tags=["manual"],
+            name=reconcile_run_name(force=force, full=full),
+            tags=[MANUAL_TAG],
         )
         console.print(f"started flow run {run.name} ({run.id})", highlight=False)
         seen, waited = "", 0.0

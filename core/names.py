@@ -22,6 +22,14 @@ OFFBOARDING_FLOW = "offboarding"
 FIELD_SYNC_FLOW = "field-sync"
 RECONCILE_FLOW = "reconcile"
 
+
+def reconcile_run_name(*, dry_run: bool = False, force: bool = False, full: bool = False) -> str:
+    """`reconcile`, `reconcile · dry run`, `reconcile · force · full`: the same name whether the
+    run was started by the CLI, the schedule or the UI."""
+    flags = [name for name, on in (("dry run", dry_run), ("force", force), ("full", full)) if on]
+    return " · ".join([RECONCILE_FLOW, *flags])
+
+
 # Deployments, by the name they have under their flow (`<flow>/<deployment>` in full).
 WEBHOOK_DEPLOYMENT = "webhook"
 MANUAL_DEPLOYMENT = "manual"
@@ -47,8 +55,8 @@ MAX_EMPLOYEE_TAGS = 20
 
 
 def process_tag(process: str | None) -> str:
-    """A process as its runs are tagged and titled: `field-sync`; `sync` for the triage run."""
-    return (process or "sync").replace("_", "-")
+    """A process as its runs are tagged and titled (its flow's name); `sync` for the triage run."""
+    return process or "sync"
 
 
 def employee_tags(employee_ids: Sequence[int]) -> list[str]:

@@ -8,6 +8,7 @@ instead of applying it is the dry run.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
@@ -196,7 +197,8 @@ def template_values(employee: Employee) -> dict[str, str]:
         "department": _name(employee.department) or "",
         "division": _name(employee.division) or "",
         "location": _name(employee.location) or "",
-        "manager_name": (manager.full_name if manager else None) or "",
+        # "Manager: none", not "Manager:  <>." (empty brackets are dropped by `_render`).
+        "manager_name": (manager.full_name if manager else None) or "none",
         "manager_email": (manager.email if manager else None) or "",
         "hired_on": employee.hired_on.isoformat() if employee.hired_on else "",
         "termination_effective_on": (
@@ -509,8 +511,15 @@ def _assignee(spec: str, employee: Employee) -> Assignee:
     return Assignee()
 
 
+EMPTY_BRACKETS = re.compile(r"[ \t]*(?:<\s*>|\(\s*\))")
+
+
 def _render(template: str | None, values: dict[str, str]) -> str | None:
-    return template.format_map(values).strip() if template else None
+    """The template filled in; brackets left empty by a missing value (`<>`, `()`) go."""
+    if not template:
+        return None
+    text = EMPTY_BRACKETS.sub("", template.format_map(values))
+    return re.sub(r"(?<=\S)[ \t]{2,}(?=\S)", " ", text).strip()
 
 
 def _create(
@@ -607,8 +616,9 @@ def _create_record(employee: Employee, rules: Rules) -> CreateIssue:
 
 # --- Which business process an action belongs to ------------------------------------------
 
-Process = Literal["onboarding", "offboarding", "field_sync"]
-ALL_PROCESSES: frozenset[Process] = frozenset({"onboarding", "offboarding", "field_sync"})
+# The three business processes, named as their flows, tags and deployments are (core.names).
+Process = Literal["onboarding", "offboarding", "field-sync"]
+ALL_PROCESSES: frozenset[Process] = frozenset({"onboarding", "offboarding", "field-sync"})
 
 
 def process_of(action: Action) -> Process | None:
@@ -619,11 +629,11 @@ def process_of(action: Action) -> Process | None:
         case CreateIssue(kind="offboarding") | MoveDueDate() | CancelOffboarding():
             return "offboarding"
         case CreateIssue(kind="record") | UpdateFields() | AddComment():
-            return "field_sync"
+            return "field-sync"
         case RelinkIssue(kind="onboarding"):
             return "onboarding"
         case RelinkIssue(kind="offboarding"):
             return "offboarding"
         case RelinkIssue():
-            return "field_sync"
+            return "field-sync"
     return None

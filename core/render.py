@@ -10,12 +10,22 @@ have (`flows.outcome.EmployeeOutcome` is one).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Protocol
 
 from core.company import CompanyPlan, Verdict
+from core.errors import (
+    ApiError,
+    AuthenticationError,
+    ConfigurationError,
+    ForbiddenError,
+    NotFoundError,
+    is_transient,
+)
+from core.lifecycle import LifecycleError
 from core.names import process_tag
 from core.plan import (
     Action,
@@ -31,6 +41,7 @@ from core.plan import (
     linked_issues,
 )
 from core.rules import Rules
+from core.store.lease import LeaseTimeout
 
 # The dry-run table's columns: `plan_rows` keys, the CLI's headers, the artifact's columns.
 PLAN_COLUMNS = ("employee", "name", "action", "what", "why")
@@ -59,6 +70,9 @@ class Outcome(Protocol):
 
     @property
     def error(self) -> str | None: ...
+
+    @property
+    def advice(self) -> str | None: ...
 
 
 # --- Actions and plans: the dry run, `plan EMPLOYEE_ID` -------------------------------------
@@ -337,7 +351,8 @@ def issue_link(site: str | None, key: str) -> str:
 
 def link_description(process: str | None, outcome: Outcome, issue_key: str) -> str:
     """The description of an issue's link artifact: the process, who, what was done to it."""
-    applied = "; ".join(done for done in outcome.applied if done.endswith(issue_key))
+    mentions = re.compile(rf"(?<![\w-]){re.escape(issue_key)}(?![\w-])")
+    applied = "; ".join(done for done in outcome.applied if mentions.search(done))
     return f"{process_tag(process)} · {outcome.who}: {applied}"
 
 
@@ -386,9 +401,125 @@ def routing_markdown(routed: Mapping[str, Sequence[int]], employee_ids: Sequence
     return "\n".join(lines)
 
 
-def failures_line(outcomes: Sequence[Outcome]) -> str:
-    """Why a run of many employees failed: how many, and the first five errors."""
+# --- What a run did, and what to do when it failed: for the IT admin ---------------------------
+
+SERVICE_NAMES = {"jira": "Jira", "peopleforce": "PeopleForce"}
+
+
+def applied_line(action: Action, key: str) -> str:
+    """One applied action, as an admin says it: `created onboarding IT-1 (starts 2026-12-16)`."""
+    match action:
+        case CreateIssue(kind="onboarding"):
+            return f"created onboarding {key}" + (
+                f" (starts {action.due_date})" if action.due_date else ""
+            )
+        case CreateIssue(kind="offboarding"):
+            return f"created offboarding {key}" + (
+                f" (last day {action.due_date})" if action.due_date else ""
+            )
+        case CreateIssue():
+            return f"created the employee record {key}"
+        case UpdateFields():
+            changed = ", ".join(dict.fromkeys(source for source, _old, _new in action.changes))
+            return f"updated {changed or 'fields'} on {key}"
+        case AddComment():
+            return f"commented on {key}"
+        case MoveDueDate():
+            return f"moved the last day on {key} from {action.old or 'none'} to {action.new}"
+        case CancelOffboarding():
+            return f"cancelled offboarding {key} (termination reverted)"
+        case RelinkIssue():
+            return f"followed the {action.kind} issue {action.old_key} to its new key {key}"
+    return f"{action.action} {key}"
+
+
+def left_line(action: Action, process: str) -> str:
+    """An action this run leaves to the run of another process."""
+    what = f"{action.kind} issue" if isinstance(action, CreateIssue) else action.action
+    return f"{what.replace('_', ' ')} (done by the {process} run)"
+
+
+def outcome_line(outcome: Outcome) -> str:
+    """The line a run logs for each employee at its end."""
+    parts = ["; ".join(outcome.applied) if outcome.applied else "nothing to do in Jira"]
+    if outcome.left_for_others:
+        parts.append("left: " + "; ".join(outcome.left_for_others))
+    if outcome.notes:
+        parts.append("notes: " + "; ".join(outcome.notes))
+    if outcome.error:
+        parts.append(f"FAILED: {outcome.error}")
+    return f"{outcome.who}: " + " | ".join(parts)
+
+
+def what_to_do(error: BaseException) -> str:
+    """What an IT admin does about a failure, in their words."""
+    service = SERVICE_NAMES.get(getattr(error, "service", ""), "the API")
+    match error:
+        case ConfigurationError():
+            return "fix what it names, then Retry"
+        case AuthenticationError():
+            return (
+                f"{service} refused the credentials: check them with `pf-jira-sync doctor`, "
+                "then Retry"
+            )
+        case ForbiddenError():
+            return (
+                f"{service} refused the service account a permission (for PeopleForce, also its "
+                "IP allow-list): check with `pf-jira-sync doctor`, then Retry"
+            )
+        case ApiError() if is_transient(error):
+            return (
+                f"{service} kept failing although each call was retried: wait until it answers "
+                "again, then Retry (the nightly reconciliation also catches up)"
+            )
+        case NotFoundError():
+            return (
+                f"{service} no longer has what this work needs (deleted or moved?): look at it "
+                "there; the nightly reconciliation reports it too"
+            )
+        case LeaseTimeout():
+            return "another run was working on this person for too long: Retry in a few minutes"
+        case LifecycleError():
+            return "the store refused a move it does not know: report this (Retry will not help)"
+    return "an unexpected error (the traceback is in this run's log): Retry, and report it if it fails again"
+
+
+def failure_message(process: str, outcomes: Sequence[Outcome], retry_from: str) -> str:
+    """A failed run's last word: what failed, for whom, why, and what to do (log and artifact).
+
+    `retry_from` says where the Retry button is: on this run, or on the run that started it."""
     failed = [outcome for outcome in outcomes if outcome.error]
-    return f"{len(failed)} of {len(outcomes)} employee(s) failed: " + "; ".join(
-        f"{outcome.employee_id}: {outcome.error}" for outcome in failed[:5]
+    head = (
+        f"{process} failed for {failed[0].who}"
+        if len(failed) == 1 and len(outcomes) == 1
+        else f"{process} failed for {len(failed)} of {len(outcomes)} employee(s)"
+    )
+    reasons = [
+        f"{outcome.who}: {outcome.error}. What to do: {outcome.advice or 'Retry'}."
+        for outcome in failed[:5]
+    ]
+    more = f" (and {len(failed) - 5} more: see the run's summary)" if len(failed) > 5 else ""
+    return f"{head}{more}. " + " ".join(reasons) + f" Retry: {retry_from}."
+
+
+def failure_markdown(message: str, outcomes: Sequence[Outcome], retry_from: str) -> str:
+    rows = [
+        f"| {markdown_cell(outcome.who)} | {markdown_cell(outcome.error or '')} | "
+        f"{markdown_cell(outcome.advice or 'Retry')} |"
+        for outcome in outcomes
+        if outcome.error
+    ]
+    return "\n".join(
+        [
+            "# What failed, and what to do",
+            "",
+            markdown_cell(message),
+            "",
+            "| employee | what failed | what to do |",
+            "|---|---|---|",
+            *rows,
+            "",
+            f"Retry: {retry_from}. Nothing is done twice: the run starts over for each person "
+            "and skips what is already in Jira.",
+        ]
     )

@@ -16,7 +16,7 @@ from loguru import logger
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
-from core import lifecycle
+from core import lifecycle, render
 from core.errors import ConfigurationError
 from core.peopleforce.models import Employee
 from core.plan import (
@@ -76,7 +76,7 @@ async def apply_plan(
     for action in result.actions:
         process = process_of(action)
         if process is not None and process not in processes:
-            outcome.left_for_others.append(f"{action.action} ({process})")
+            outcome.left_for_others.append(render.left_line(action, process))
             continue
         match action:
             case Report():
@@ -104,9 +104,7 @@ async def apply_plan(
                 )
             case RelinkIssue():
                 key = await _relink(action, result.employee_id, who)
-        outcome.applied.append(
-            f"{action.action}{'(' + action.kind + ')' if isinstance(action, CreateIssue) else ''} {key}"
-        )
+        outcome.applied.append(render.applied_line(action, key))
         logger.bind(Action=action.action, JiraKey=key).info("{}: {}", who, outcome.applied[-1])
         if key not in outcome.jira_keys:
             outcome.jira_keys.append(key)

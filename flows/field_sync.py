@@ -15,4 +15,4 @@ async def field_sync(
 ) -> list[EmployeeOutcome]:
     """For each onboarded employee whose mapped fields (position, department, manager ...)
     changed: update the record issue and comment what changed, old -> new."""
-    return await run_process("field_sync", employee_ids, event_keys)
+    return await run_process(FIELD_SYNC_FLOW, employee_ids, event_keys)

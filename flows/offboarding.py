@@ -16,4 +16,4 @@ async def offboarding(
     """For each employee with a termination (scheduled or effective): the offboarding issue with
     its checklist and one subtask per assigned asset, due on the termination date. A moved
     date moves the due date; a reverted termination cancels the offboarding work."""
-    return await run_process("offboarding", employee_ids, event_keys)
+    return await run_process(OFFBOARDING_FLOW, employee_ids, event_keys)

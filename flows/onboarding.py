@@ -15,4 +15,4 @@ async def onboarding(
 ) -> list[EmployeeOutcome]:
     """For each employee hired within the lead time (or already started) and not yet onboarded:
     the onboarding issue, routed by department, with one subtask per checklist item."""
-    return await run_process("onboarding", employee_ids, event_keys)
+    return await run_process(ONBOARDING_FLOW, employee_ids, event_keys)

@@ -15,6 +15,7 @@ class EmployeeOutcome:
     notes: list[str] = field(default_factory=list)
     jira_keys: list[str] = field(default_factory=list)
     error: str | None = None
+    advice: str | None = None  # what an IT admin does about the error
 
     @property
     def who(self) -> str:

@@ -21,14 +21,14 @@ from prefect.runtime import flow_run
 from core import render
 from core.company import CompanyPlan, Verdict, plan_reconciliation, safeguard
 from core.jira.client import Issue
-from core.names import RECONCILE_FLOW
+from core.names import RECONCILE_FLOW, reconcile_run_name
 from core.peopleforce.client import Page
 from core.peopleforce.models import Employee, EmployeeSummary
 from core.plan import ALL_PROCESSES, today_in
 from core.settings import get_settings
 from flows.observability import RunArtifacts
 from flows.outcome import EmployeeOutcome
-from flows.work import EmployeesFailed, Prefetched, work_employees
+from flows.work import Prefetched, fail_if_any, work_employees
 from tasks import jira, peopleforce, store
 from tasks.services import open_services
 
@@ -69,10 +69,9 @@ class TaskSources:
 
 def run_name() -> str:
     parameters = flow_run.parameters
-    flags = [
-        name.replace("_", " ") for name in ("dry_run", "force", "full") if parameters.get(name)
-    ]
-    return " · ".join([RECONCILE_FLOW, *flags])
+    return reconcile_run_name(
+        **{flag: bool(parameters.get(flag)) for flag in ("dry_run", "force", "full")}
+    )
 
 
 @flow(name=RECONCILE_FLOW, flow_run_name=run_name)
@@ -141,8 +140,7 @@ async def reconcile(dry_run: bool = False, force: bool = False, full: bool = Fal
                 f"Reconciliation {company.today}",
                 key=SUMMARY_ARTIFACT,
             )
-    if any(outcome.error for outcome in outcomes):
-        raise EmployeesFailed(render.failures_line(outcomes))
+            await fail_if_any(RECONCILE_FLOW, outcomes, artifacts)
     return _result(company, verdict, applied=True, outcomes=outcomes)
 
 

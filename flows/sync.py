@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from loguru import logger
 from prefect import flow
 
-from core.names import SYNC_FLOW
+from core.names import FIELD_SYNC_FLOW, OFFBOARDING_FLOW, ONBOARDING_FLOW, SYNC_FLOW
 from core.plan import Facts, Process, plan, process_of, today_in
 from core.settings import get_settings
 from flows.field_sync import field_sync
@@ -20,7 +20,11 @@ from flows.work import run_name
 from tasks import peopleforce, store
 from tasks.services import current, open_services
 
-PROCESS_FLOWS = {"onboarding": onboarding, "offboarding": offboarding, "field_sync": field_sync}
+PROCESS_FLOWS = {
+    ONBOARDING_FLOW: onboarding,
+    OFFBOARDING_FLOW: offboarding,
+    FIELD_SYNC_FLOW: field_sync,
+}
 
 
 async def triage(employee_id: int) -> set[Process]:

@@ -9,7 +9,7 @@ soon as it happened. Running it again converges: nothing is created twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from uuid import UUID, uuid4
@@ -20,6 +20,7 @@ from prefect.client.orchestration import PrefectClient
 from prefect.runtime import flow_run
 
 from core import render
+from core.names import process_tag
 from core.peopleforce.models import Employee
 from core.plan import ALL_PROCESSES, Facts, IssueCheck, Process, plan_with_assets, today_in
 from core.settings import get_settings
@@ -47,11 +48,15 @@ async def work_employee(
     *,
     today: date | None = None,
     prefetched: Prefetched | None = None,
+    outcome: EmployeeOutcome | None = None,
 ) -> EmployeeOutcome:
-    """Read, plan and apply for one employee; the actions of other processes are left alone."""
+    """Read, plan and apply for one employee; the actions of other processes are left alone.
+
+    `outcome` is filled in as the work goes (its name as soon as the record is read), so that
+    a failure half-way still says for whom and what was done before it."""
     services = current()
     today = today or today_in(services.rules.zone, datetime.now(UTC))
-    outcome = EmployeeOutcome(employee_id)
+    outcome = outcome or EmployeeOutcome(employee_id)
     if prefetched is None and (record := services.records.pop(employee_id, None)):
         prefetched = Prefetched(record)  # the sync flow's triage read it moments ago
     employee = prefetched.employee if prefetched else await peopleforce.read_employee(employee_id)
@@ -93,6 +98,7 @@ async def work_employees(
     # limit and asks its server for a slot per tag and task run (an extra round trip, and 503s
     # under load). Task runs carry the employee in their names instead.
     async def work(employee_id: int) -> EmployeeOutcome:
+        outcome = EmployeeOutcome(employee_id)
         async with bound:
             try:
                 # Never two runs on one employee: a webhook run, the reconciliation and a
@@ -103,10 +109,15 @@ async def work_employees(
                         processes,
                         today=today,
                         prefetched=(prefetched or {}).get(employee_id),
+                        outcome=outcome,
                     )
             except Exception as error:  # reported per employee; the run fails at the end
-                logger.error("employee {}: {}", employee_id, error)
-                return EmployeeOutcome(employee_id, error=f"{type(error).__name__}: {error}")
+                outcome.error = str(error) or type(error).__name__
+                outcome.advice = render.what_to_do(error)
+                logger.opt(exception=error).error(
+                    "{}: {} ({})", outcome.who, outcome.error, type(error).__name__
+                )
+                return outcome
 
     async def one(employee_id: int) -> EmployeeOutcome:
         # Every line of this employee's work carries the employee and its webhook events.
@@ -121,7 +132,30 @@ async def work_employees(
 
 
 class EmployeesFailed(Exception):
-    """Some employees' work failed; the others were done. The run fails so it shows and can be retried."""
+    """Some employees' work failed; the others were done. The run fails so it shows and can be
+    retried; its message says what failed, for whom, and what to do."""
+
+
+async def fail_if_any(
+    process: str, outcomes: Sequence[EmployeeOutcome], artifacts: RunArtifacts
+) -> None:
+    """End a run that failed for anyone with one line an IT admin can act on, in its log and as
+    an artifact, and fail it with that line (Prefect shows it as the run's state message)."""
+    if not any(outcome.error for outcome in outcomes):
+        return
+    # A subflow has no Retry button of its own: the run that started it has.
+    parent = flow_run.get_parent_flow_run_id()
+    retry_from = (
+        f"the run that started this one ({parent}) has the Retry button in the Prefect UI"
+        if parent
+        else f"this run ({flow_run.get_id()}) has the Retry button in the Prefect UI"
+    )
+    message = render.failure_message(process, outcomes, retry_from)
+    await artifacts.summary(
+        render.failure_markdown(message, outcomes, retry_from), f"{process} failed: what to do"
+    )
+    logger.error(message)
+    raise EmployeesFailed(message)
 
 
 def run_name(process: str):
@@ -163,18 +197,13 @@ async def run_process(
             )
             await artifacts.outcomes_summary(outcomes)
         if len(outcomes) == 1 and outcomes[0].name:
-            name = f"{process or 'sync'} · {outcomes[0].name} ({outcomes[0].employee_id})"
+            name = f"{process_tag(process)} · {outcomes[0].name} ({outcomes[0].employee_id})"
             await _rename_run(client, name)
-    for outcome in outcomes:
-        logger.bind(**employee_properties(outcome.employee_id, event_keys)).info(
-            "{}: applied {} | left {} | notes {}",
-            outcome.who,
-            outcome.applied or "nothing",
-            outcome.left_for_others or "nothing",
-            outcome.notes or "none",
-        )
-    if any(outcome.error for outcome in outcomes):
-        raise EmployeesFailed(render.failures_line(outcomes))
+        for outcome in outcomes:
+            logger.bind(**employee_properties(outcome.employee_id, event_keys)).info(
+                render.outcome_line(outcome)
+            )
+        await fail_if_any(process_tag(process), outcomes, artifacts)
     return outcomes
 
 

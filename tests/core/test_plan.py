@@ -315,7 +315,7 @@ def test_no_manager_no_email_still_plans() -> None:
     assert isinstance(create, CreateIssue)
     assert create.subtasks[2].assignee.is_nobody  # "manager" with no manager: unassigned
     assert create.summary.startswith("Onboarding: Zoë Łukasiewicz")
-    assert "Manager:  <>" in (create.description or "")
+    assert "Manager: none." in (create.description or "")
     assert {v.source: v.value for v in create.fields}["manager"] is None
 
 

@@ -13,6 +13,14 @@ import pytest
 
 from core import render
 from core.company import CompanyPlan, ReadCounts, Verdict, plan_company
+from core.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ForbiddenError,
+    NotFoundError,
+    ServerError,
+)
+from core.lifecycle import LifecycleError
 from core.peopleforce.models import Asset, Employee
 from core.plan import (
     Action,
@@ -29,6 +37,7 @@ from core.plan import (
     Subtask,
     UpdateFields,
 )
+from core.store.lease import LeaseTimeout
 from core.store.models import EmployeeLink, Lifecycle
 from flows.outcome import EmployeeOutcome
 from tests.core.test_company import RULES, TODAY, company_of, full, link_for, offboarding_plan
@@ -563,7 +572,7 @@ def test_issue_link(site: str | None, link: str) -> None:
     ],
 )
 def test_link_description(key: str, description: str) -> None:
-    assert render.link_description("field_sync", outcomes()[0], key) == description
+    assert render.link_description("field-sync", outcomes()[0], key) == description
 
 
 @pytest.mark.parametrize(
@@ -571,7 +580,7 @@ def test_link_description(key: str, description: str) -> None:
     [
         (None, None, "## sync · 4 employees", "HR-1", "HR-2, HR-3"),
         (
-            "field_sync",
+            "field-sync",
             SITE,
             "## field-sync · 4 employees",
             f"[HR-1]({SITE}/browse/HR-1)",
@@ -602,7 +611,7 @@ def test_summary_markdown_lists_failures_first(
     ("routed", "employee_ids", "rows"),
     [
         (
-            {"onboarding": [1, 2], "field_sync": [3], "offboarding": []},
+            {"onboarding": [1, 2], "field-sync": [3], "offboarding": []},
             [1, 2, 3, 4, 5],
             ["| onboarding | 2: 1, 2 |", "| field-sync | 1: 3 |", "| nothing to do | 2: 4, 5 |"],
         ),
@@ -616,21 +625,114 @@ def test_routing_markdown(
     assert render.routing_markdown(routed, employee_ids) == "\n".join(head + rows)
 
 
+# --- What a run did, and what to do when it failed --------------------------------------------
+
+
 @pytest.mark.parametrize(
-    ("errors", "line"),
+    ("action", "key", "line"),
     [
-        (["E1"], "1 of 3 employee(s) failed: 1: E1"),
+        (create(), "HR-1", "created onboarding HR-1 (starts 2026-12-01)"),
         (
-            ["E1", "E2", "E3"],
-            "3 of 3 employee(s) failed: 1: E1; 2: E2; 3: E3",
+            create("offboarding", date(2026, 12, 31)),
+            "HR-9",
+            "created offboarding HR-9 (last day 2026-12-31)",
+        ),
+        (create("record", None), "HR-7", "created the employee record HR-7"),
+        (UPDATE, "HR-2", "updated position, fields.github on HR-2"),
+        (COMMENT, "HR-3", "commented on HR-3"),
+        (MOVE, "HR-4", "moved the last day on HR-4 from none to 2026-12-09"),
+        (CANCEL, "HR-5", "cancelled offboarding HR-5 (termination reverted)"),
+        (RELINK, "IT-6", "followed the onboarding issue HR-6 to its new key IT-6"),
+    ],
+)
+def test_applied_lines_read_as_an_admin_says_them(action: Action, key: str, line: str) -> None:
+    assert render.applied_line(action, key) == line
+
+
+@pytest.mark.parametrize(
+    ("outcome", "line"),
+    [
+        (EmployeeOutcome(1, "Ada Lovelace"), "1 Ada Lovelace: nothing to do in Jira"),
+        (
+            EmployeeOutcome(
+                1,
+                "Ada Lovelace",
+                applied=["created onboarding HR-1 (starts 2026-12-01)"],
+                left_for_others=[render.left_line(UPDATE, "field-sync")],
+                notes=["no email in PeopleForce"],
+            ),
+            "1 Ada Lovelace: created onboarding HR-1 (starts 2026-12-01) | left: update fields "
+            "(done by the field-sync run) | notes: no email in PeopleForce",
         ),
         (
-            [f"E{n}" for n in range(1, 8)],
-            "7 of 7 employee(s) failed: 1: E1; 2: E2; 3: E3; 4: E4; 5: E5",
+            EmployeeOutcome(2, error="Jira rejected duedate"),
+            "2: nothing to do in Jira | FAILED: Jira rejected duedate",
         ),
     ],
 )
-def test_failures_line_names_the_first_five(errors: list[str], line: str) -> None:
-    failed = [EmployeeOutcome(n, error=error) for n, error in enumerate(errors, 1)]
-    fine = [EmployeeOutcome(n) for n in range(len(errors) + 1, 4)]
-    assert render.failures_line([*failed, *fine]) == line
+def test_outcome_lines(outcome: EmployeeOutcome, line: str) -> None:
+    assert render.outcome_line(outcome) == line
+
+
+@pytest.mark.parametrize(
+    ("error", "advice"),
+    [
+        (
+            ConfigurationError("check field_map.position in rules.toml"),
+            "fix what it names, then Retry",
+        ),
+        (
+            AuthenticationError("jira", "401"),
+            "Jira refused the credentials: check them with `pf-jira-sync doctor`, then Retry",
+        ),
+        (
+            ForbiddenError("peopleforce", "403"),
+            "PeopleForce refused the service account a permission (for PeopleForce, also its IP allow-list): check with `pf-jira-sync doctor`, then Retry",
+        ),
+        (
+            ServerError("jira", "503"),
+            "Jira kept failing although each call was retried: wait until it answers again, then Retry (the nightly reconciliation also catches up)",
+        ),
+        (
+            NotFoundError("jira", "404"),
+            "Jira no longer has what this work needs (deleted or moved?): look at it there; the nightly reconciliation reports it too",
+        ),
+        (
+            LeaseTimeout("held"),
+            "another run was working on this person for too long: Retry in a few minutes",
+        ),
+        (
+            LifecycleError("employee 1: onboarding -> pending"),
+            "the store refused a move it does not know: report this (Retry will not help)",
+        ),
+        (
+            KeyError("x"),
+            "an unexpected error (the traceback is in this run's log): Retry, and report it if it fails again",
+        ),
+    ],
+)
+def test_what_to_do_about_each_kind_of_failure(error: Exception, advice: str) -> None:
+    assert render.what_to_do(error) == advice
+
+
+def test_a_failed_run_says_what_failed_for_whom_and_what_to_do() -> None:
+    failed = EmployeeOutcome(
+        1042,
+        "Ada Lovelace",
+        error="Jira rejected customfield_10050 (not on screen): check field_map.position in rules.toml",
+        advice="fix what it names, then Retry",
+    )
+    where = "this run (r-1) has the Retry button in the Prefect UI"
+    one = render.failure_message("onboarding", [failed], where)
+    assert one == (
+        "onboarding failed for 1042 Ada Lovelace. 1042 Ada Lovelace: Jira rejected "
+        "customfield_10050 (not on screen): check field_map.position in rules.toml. What to do: "
+        "fix what it names, then Retry. Retry: this run (r-1) has the Retry button in the "
+        "Prefect UI."
+    )
+    fine = EmployeeOutcome(7, "Bo")
+    many = render.failure_message("onboarding", [failed, fine], where)
+    assert many.startswith("onboarding failed for 1 of 2 employee(s). 1042 Ada Lovelace: ")
+    markdown = render.failure_markdown(one, [failed, fine], where)
+    assert "| 1042 Ada Lovelace | Jira rejected customfield_10050" in markdown
+    assert "| 7 Bo |" not in markdown

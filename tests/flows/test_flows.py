@@ -6,13 +6,27 @@ mapping store is a fresh SQLite file per test.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.sorting import LogSort
+from prefect.logging.handlers import APILogHandler
 
 from core.jira.adf import adf_to_text
 from core.store import EffectAction, Lifecycle
 from flows.field_sync import field_sync
 from flows.offboarding import offboarding
 from flows.onboarding import onboarding
+from flows.sync import sync_employees
 from flows.work import EmployeesFailed
 from sandbox.faults import Faults
 from sandbox.jira import account_id_for
@@ -104,7 +118,7 @@ async def test_moved_termination_date_moves_the_due_date(world: World) -> None:
     (parent,) = world.parents_of(person.id)
     assert parent.duedate == world.days(12).isoformat()
     assert "moved from" in adf_to_text(parent.comments[-1].body)
-    assert outcome.applied[0].startswith("move_due_date")
+    assert outcome.applied[0].startswith(f"moved the last day on {parent.key} from")
 
 
 async def test_last_day_moved_later_after_it_came_reopens_the_offboarding(world: World) -> None:
@@ -119,7 +133,7 @@ async def test_last_day_moved_later_after_it_came_reopens_the_offboarding(world:
     (outcome,) = await offboarding([person.id])
 
     assert outcome.error is None
-    assert outcome.applied[0].startswith("move_due_date")
+    assert outcome.applied[0].startswith("moved the last day on ")
     link = await world.services.store.get(person.id)
     assert link is not None
     # offboarded -> offboarding: the termination is no longer effective.
@@ -174,7 +188,7 @@ async def test_each_flow_leaves_the_other_processes_alone(world: World) -> None:
     person = world.hire("Rosalind", "Franklin", in_days=1)
     (outcome,) = await field_sync([person.id])
     assert outcome.applied == []
-    assert outcome.left_for_others == ["create_issue (onboarding)"]
+    assert outcome.left_for_others == ["onboarding issue (done by the onboarding run)"]
     assert world.issues_of(person.id) == []
 
 
@@ -284,6 +298,9 @@ async def test_unicode_names_and_missing_optional_fields(world: World) -> None:
     assert parent.summary == f"Onboarding: 李 雷 ({world.days(1)})"
     assert parent.assignee is None
     assert parent.custom.get("customfield_10052") is None  # no manager: field left empty
+    description = adf_to_text(parent.description)
+    assert "Manager: none." in description  # not "Manager:  <>."
+    assert "<>" not in description
     link = await world.services.store.get(person.id)
     assert link is not None
     assert (link.email, link.jira_account_id) == (None, None)
@@ -293,3 +310,51 @@ async def test_unknown_employee_is_reported(world: World) -> None:
     (outcome,) = await onboarding([987654])
     assert outcome.error is None
     assert outcome.notes == ["PeopleForce does not know this employee"]
+
+
+async def test_a_failed_run_ends_with_what_failed_for_whom_and_what_to_do(world: World) -> None:
+    """Read back through the Prefect API, as the UI shows it: the failed process subflow is
+    named after the person, its last log line and an artifact say why and what to do, and say
+    that the Retry button is on the run that started it."""
+    known = world.jira.state.custom_fields
+    world.jira.state.custom_fields = known - {"customfield_10050"}
+    try:
+        person = world.hire("Paul", "Dirac", in_days=1)
+        run: Any = sync_employees  # Prefect's overloads do not type `return_state` for async flows
+        state = await run([person.id], return_state=True)
+    finally:
+        world.jira.state.custom_fields = known
+    assert state.is_failed()
+    advice = (
+        "What to do: fix what it names, then Retry. Retry: the run that started this one "
+        f"({state.state_details.flow_run_id}) has the Retry button in the Prefect UI."
+    )
+    assert advice in (state.message or "")
+    await APILogHandler.aflush()
+    async with get_client() as client:
+        (sub,) = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(
+                    any_=[state.state_details.flow_run_id]
+                )
+            )
+        )
+        logs = await client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[sub.id])),
+            sort=LogSort.TIMESTAMP_ASC,
+        )
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[sub.id]))
+        )
+    assert sub.name == f"onboarding · Paul Dirac ({person.id})"
+    assert {f"employee:{person.id}", "onboarding"} <= set(sub.tags)
+    assert sub.state is not None
+    assert sub.state.is_failed()
+    last = logs[-1].message
+    assert f"onboarding failed for {person.id} Paul Dirac" in last
+    assert "Jira rejected customfield_10050" in last
+    assert "check field_map.position in" in last
+    assert advice in last
+    (failure,) = [a for a in artifacts if "What failed, and what to do" in str(a.data)]
+    assert "check field_map.position in" in str(failure.data)
+    assert "fix what it names, then Retry" in str(failure.data)

@@ -211,7 +211,9 @@ async def test_one_webhook_is_traced_from_the_gateway_to_its_jira_issue(
     (created,) = [e for e in traced if e.get("JiraKey") == parent.key]
     assert created["Action"] == "create_issue"
     assert created["FlowRunId"] == str(sub.id)
-    assert created["@m"] == f"{person.id} Grace Hopper: create_issue(onboarding) {parent.key}"
+    assert created["@m"] == (
+        f"{person.id} Grace Hopper: created onboarding {parent.key} (starts {parent.duedate})"
+    )
 
     # The Prefect UI: the same line in the run's log, a link to the issue.
     assert created["@m"] in {log.message for log in logs if log.flow_run_id == sub.id}
@@ -389,7 +391,9 @@ async def test_retry_from_the_ui_completes_a_failed_run_without_duplicates(
         # The flow-run process configured its logging from the settings: its loguru lines are
         # in the run's log in the UI.
         (adopted,) = world.parents_of(crashed.id)
-        wanted = f"{crashed.id} Bob Crashed: create_issue(onboarding) {adopted.key}"
+        wanted = (
+            f"{crashed.id} Bob Crashed: created onboarding {adopted.key} (starts {adopted.duedate})"
+        )
         deadline = time.monotonic() + 30
         while wanted not in {
             log.message
