@@ -16,7 +16,7 @@ knows it only as the `Link` protocol, so no import goes back up.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import date
 from enum import Enum, StrEnum
 from typing import Any, Final, Literal, Protocol, TypeVar, get_args
@@ -226,18 +226,18 @@ def onboarding_created(
     A rehire starts over: a former offboarding is history (kept in the audit), and a rehire
     under a new id remembers the former id.
     """
-    return LinkChange(
-        lifecycle=Lifecycle.onboarding,
-        email=person.email,
-        display_name=person.display_name,
-        jira_account_id=person.jira_account_id,
-        onboarding_issue_key=key,
-        onboarding_subtask_keys=(),
-        offboarding_issue_key=None,
-        offboarding_subtask_keys=(),
-        termination_on=None,
-        previous_employee_id=KEEP if previous_employee_id is None else previous_employee_id,
-        synced_fields=_snapshot(snapshot),
+    return _about(
+        person,
+        LinkChange(
+            lifecycle=Lifecycle.onboarding,
+            onboarding_issue_key=key,
+            onboarding_subtask_keys=(),
+            offboarding_issue_key=None,
+            offboarding_subtask_keys=(),
+            termination_on=None,
+            previous_employee_id=KEEP if previous_employee_id is None else previous_employee_id,
+            synced_fields=_snapshot(snapshot),
+        ),
     )
 
 
@@ -251,15 +251,15 @@ def offboarding_created(
 ) -> LinkChange:
     """The offboarding issue `key` exists for the last day `due_date`: `offboarded` when that
     day has come, else `offboarding`."""
-    return LinkChange(
-        lifecycle=_leaving_state(due_date, today),
-        email=person.email,
-        display_name=person.display_name,
-        jira_account_id=person.jira_account_id,
-        offboarding_issue_key=key,
-        offboarding_subtask_keys=(),
-        termination_on=due_date,
-        synced_fields=_snapshot(snapshot),
+    return _about(
+        person,
+        LinkChange(
+            lifecycle=_leaving_state(due_date, today),
+            offboarding_issue_key=key,
+            offboarding_subtask_keys=(),
+            termination_on=due_date,
+            synced_fields=_snapshot(snapshot),
+        ),
     )
 
 
@@ -267,13 +267,7 @@ def record_created(
     key: str, person: Person, *, snapshot: Mapping[str, Any] | None = None
 ) -> LinkChange:
     """The separate employee record issue `key` exists. The lifecycle does not move."""
-    return LinkChange(
-        email=person.email,
-        display_name=person.display_name,
-        jira_account_id=person.jira_account_id,
-        record_issue_key=key,
-        synced_fields=_snapshot(snapshot),
-    )
+    return _about(person, LinkChange(record_issue_key=key, synced_fields=_snapshot(snapshot)))
 
 
 def issue_created(
@@ -346,6 +340,16 @@ def issue_relinked(kind: IssueKind, new_key: str | None) -> LinkChange:
             return LinkChange(offboarding_issue_key=new_key)
         case "record":
             return LinkChange(record_issue_key=new_key)
+
+
+def _about(person: Person, change: LinkChange) -> LinkChange:
+    """`change`, and who the person is now: every issue created refreshes it."""
+    return replace(
+        change,
+        email=person.email,
+        display_name=person.display_name,
+        jira_account_id=person.jira_account_id,
+    )
 
 
 def _leaving_state(last_day: date, today: date) -> Lifecycle:
