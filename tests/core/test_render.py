@@ -634,3 +634,17 @@ def test_failures_line_names_the_first_five(errors: list[str], line: str) -> Non
     failed = [EmployeeOutcome(n, error=error) for n, error in enumerate(errors, 1)]
     fine = [EmployeeOutcome(n) for n in range(len(errors) + 1, 4)]
     assert render.failures_line([*failed, *fine]) == line
+
+
+def test_an_event_outcome_names_the_jira_issues_first() -> None:
+    run = "sync · Ada Lovelace (1041)"
+    assert render.event_outcome(run, ["IT-1", "IT-2", "IT-1"]) == (
+        f"Jira IT-1, IT-2; completed in flow run {run}"
+    )
+    assert render.event_outcome(run, [], state="Failed", message="Jira answered 400") == (
+        f"no change in Jira; Failed in flow run {run}: Jira answered 400"
+    )
+    assert (
+        render.event_outcome(run, ["IT-1"], state="Crashed")
+        == f"Jira IT-1; Crashed in flow run {run}"
+    )
