@@ -4,7 +4,8 @@
 
 - 413 for a body over 1 MiB (refused from `Content-Length`, or while reading a body without one);
 - 401 for a missing or wrong `X-PeopleForce-Signature` (HMAC of the raw bytes; nothing stored);
-- 400 for a body that is not UTF-8 JSON, 422 for JSON that is not a PeopleForce envelope;
+- 400 for a body that is not UTF-8 JSON (a leading byte-order mark is tolerated), 422 for JSON
+  that is not a PeopleForce envelope;
 - 202 `{"event_key", "ref", "status"}` once the event is committed to the inbox: `pending` for an
   employee event, `ignored` for actions this service does not act on (so PeopleForce stops
   resending them); 200 with the stored key and status for a repeated delivery; `ref` is the

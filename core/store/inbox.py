@@ -94,7 +94,8 @@ class WebhookEvent(StoreModel, table=True):
     status: EventStatus = Field(default=EventStatus.pending, sa_type=EVENT_STATUS_TYPE)
     received_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime, nullable=False)
     updated_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime, nullable=False)
-    # The JSON text exactly as received (the signature covers these bytes).
+    # The JSON text as received, less a leading byte-order mark (the signature, checked
+    # before storing, covers the raw bytes).
     body: str = Field(sa_type=sa.Text)
     flow_run_id: str | None = None
     # The last dispatch error, or the flow run's result summary.

@@ -9,6 +9,7 @@ to the gateway over real HTTP.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import hashlib
 import json
 import random
@@ -620,6 +621,36 @@ async def test_employee_create_is_stored_pending_and_a_repeat_changes_nothing(
         "employee_create",
     )
     assert events[0].body.encode() == body
+
+
+async def test_a_signed_body_with_a_byte_order_mark_is_stored_like_any_other(
+    client: httpx.AsyncClient, inbox_of: InboxRepository, log_lines: list[str]
+) -> None:
+    plain = (PEOPLEFORCE_FIXTURES / "webhook_employee_create.json").read_bytes()
+    with_bom = codecs.BOM_UTF8 + plain
+
+    # Signed over the bytes as sent, BOM included: a signature of the body without it is wrong.
+    forged = await client.post(WEBHOOK_PATH, content=with_bom, headers=signed(plain))
+    response = await post(client, with_bom)
+
+    assert forged.status_code == 401
+    assert response.status_code == 202, response.text
+    key = "employee_create:100001:2024-08-20T13:29:08.713000+00:00"
+    assert (response.json()["event_key"], response.json()["status"]) == (key, "pending")
+    (event,) = await inbox_of.recent()
+    assert (event.employee_id, event.action, event.status) == (
+        100001,
+        "employee_create",
+        EventStatus.pending,
+    )
+    # Stored as the JSON it carries, so the dispatcher reads it like any other body.
+    assert event.body.encode() == plain
+    assert [e.event_key for e in await inbox_of.pending()] == [key]
+    assert f"webhook {key} accepted as pending (employee 100001, ref {event.ref})" in "\n".join(
+        log_lines
+    )
+    # The same delivery without the BOM is a repeat, not a second event.
+    assert (await post(client, plain)).status_code == 200
 
 
 async def test_a_repeat_answers_with_the_status_the_event_has_now(
