@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cli.app import app, console, load_settings
@@ -20,9 +21,13 @@ from core.settings import Settings, SettingsError, get_settings
 def config() -> None:
     """Show the effective settings (secrets masked)."""
     settings = load_settings()
-    table = Table("setting", "value", show_header=True, header_style="bold")
+    # A value is never cut: in a narrow terminal it wraps inside its column (a path or URL
+    # without spaces folds at the edge), and the names keep their column.
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("setting", no_wrap=True)
+    table.add_column("value", overflow="fold")
     for name, value in settings.masked().items():
-        table.add_row(name, value or "[dim](unset)[/]")
+        table.add_row(name, escape(value) if value else "[dim](unset)[/]")
     console.print(table)
 
 

@@ -1,7 +1,8 @@
 """Renderings: plans, verdicts, outcomes and inputs as text, Markdown and table rows.
 
 One place for what people read: the dry-run table (CLI and artifact share its rows), the
-artifacts' Markdown, the log lines of a reconciliation and `plan EMPLOYEE_ID`'s inputs. Pure:
+artifacts' Markdown, the log lines of a reconciliation, `plan EMPLOYEE_ID`'s inputs and the
+webhook inbox (`events`, and the outcome the dispatcher records on each event). Pure:
 text in, text out, no Prefect and no I/O; callers publish or print what it returns.
 
 Outcomes belong to the flow layer, so they are read here through `Outcome`, the shape they
@@ -13,7 +14,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Protocol
 
 from core.company import CompanyPlan, Verdict
@@ -523,3 +524,78 @@ def failure_markdown(message: str, outcomes: Sequence[Outcome], retry_from: str)
             "and skips what is already in Jira.",
         ]
     )
+
+
+# --- The webhook inbox: `events`, and the outcome the dispatcher records ---------------------
+
+# `events`' columns: `event_row` keys and the CLI's headers. The outcome is the one column that
+# wraps; the others stay narrow, so that a row fits 80 columns and reads well at 100.
+EVENT_COLUMNS = ("ref", "received", "employee", "event", "status", "outcome")
+# An outcome may hold a whole error message: enough of it to act on, not a screenful.
+EVENT_OUTCOME_MAX = 240
+
+
+class InboxEvent(Protocol):
+    """A webhook event in the inbox, as far as `events` reads it (`core.store.WebhookEvent`)."""
+
+    @property
+    def ref(self) -> str: ...
+
+    @property
+    def received_at(self) -> datetime: ...
+
+    @property
+    def action(self) -> str: ...
+
+    @property
+    def employee_id(self) -> int | None: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def flow_run_id(self) -> str | None: ...
+
+    @property
+    def outcome(self) -> str | None: ...
+
+
+def event_outcome(
+    run_name: str, jira_keys: Sequence[str], *, state: str = "Completed", message: str = ""
+) -> str:
+    """What an employee's webhook events came to once their flow run ended: the Jira issues it
+    changed first (what an admin looks for), then how the run ended.
+
+    `Jira IT-1; completed in flow run sync · Ada Lovelace (1041)`,
+    `no change in Jira; Failed in flow run sync · 3 employees: 1 of 3 employee(s) failed: ...`.
+    """
+    jira = f"Jira {', '.join(dict.fromkeys(jira_keys))}" if jira_keys else "no change in Jira"
+    if state == "Completed":
+        return f"{jira}; completed in flow run {run_name}"
+    return f"{jira}; {state} in flow run {run_name}: {message}".strip().removesuffix(":")
+
+
+def event_row(event: InboxEvent) -> dict[str, str]:
+    """One `events` row, keyed by `EVENT_COLUMNS`, each cell on one line."""
+    status = str(getattr(event.status, "value", event.status))
+    if event.outcome:
+        outcome = " ".join(event.outcome.split())
+    elif event.flow_run_id:
+        outcome = f"in flow run {event.flow_run_id}"
+    elif status == "pending":
+        outcome = "waiting to be dispatched"
+    elif status == "ignored":
+        outcome = "not acted on"
+    else:
+        outcome = ""
+    if len(outcome) > EVENT_OUTCOME_MAX:
+        outcome = outcome[: EVENT_OUTCOME_MAX - 1] + "…"
+    return {
+        "ref": event.ref,
+        "received": event.received_at.astimezone().strftime("%m-%d %H:%M:%S"),
+        "employee": str(event.employee_id) if event.employee_id is not None else "-",
+        # The employee column says whom: `update`, `terminate` (other topics keep their name).
+        "event": event.action.removeprefix("employee_") or event.action,
+        "status": status,
+        "outcome": outcome,
+    }

@@ -13,7 +13,6 @@ handlers.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -22,7 +21,7 @@ from loguru import logger
 from core.peopleforce.signature import SIGNATURE_HEADER, verify
 from core.store import InboxRepository, WebhookEvent
 from webhook_gateway.config import GatewayConfig
-from webhook_gateway.envelope import NotAnEnvelope, classify, parse_envelope
+from webhook_gateway.envelope import NotAnEnvelope, classify, decode_body, parse_envelope
 from webhook_gateway.errors import Rejection
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -83,11 +82,10 @@ VerifiedBody = Annotated[bytes, Depends(verified_body)]
 
 
 async def received_event(raw: VerifiedBody) -> WebhookEvent:
-    """The inbox event of a verified delivery: its body as UTF-8 JSON in a PeopleForce envelope,
-    keyed and classified."""
+    """The inbox event of a verified delivery: its body as UTF-8 JSON (a leading byte-order
+    mark tolerated) in a PeopleForce envelope, keyed and classified."""
     try:
-        text = raw.decode("utf-8")
-        payload = json.loads(text)
+        text, payload = decode_body(raw)
     except (ValueError, RecursionError) as error:
         raise Rejection(400, f"body is not UTF-8 JSON ({type(error).__name__})") from None
     try:

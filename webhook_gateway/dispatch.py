@@ -15,17 +15,23 @@ import json
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager, suppress
 from datetime import timedelta
+from functools import partial
 from typing import Any
 from uuid import UUID
 
 from fastapi import FastAPI
 from loguru import logger
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.settings import PREFECT_API_AUTH_STRING
 
 from core.names import SERVICE_TAGS, WEBHOOK_RUNS, WEBHOOK_TAG, action_tag, employee_tags
+from core.render import event_outcome
 from core.settings import Settings
 from core.store import EventStatus, InboxRepository, WebhookEvent
 from core.store.models import utc_now
@@ -36,6 +42,8 @@ NOT_STARTED_RUN_STATES = {StateType.SCHEDULED, StateType.PENDING}
 START_GRACE = timedelta(minutes=2)
 # DISPATCH_RUN_ALONE_SECONDS' default, for a dispatcher built without settings (tests).
 RUN_ALONE_FOR = timedelta(seconds=Settings.model_fields["dispatch_run_alone_seconds"].default)
+# Subflows of subflows, as deep as a dispatched run may nest them (sync -> process today).
+MAX_SUBFLOW_DEPTH = 3
 FINAL_RUN_STATES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 
 
@@ -150,7 +158,11 @@ class Dispatcher:
         for event in events:  # the link from each webhook to the run that works it
             with logger.contextualize(**event_properties(event), FlowRunId=str(run.id)):
                 logger.info(
-                    "webhook {} handed to flow run {} ({})", event.event_key, run.name, run.id
+                    "webhook {} handed to flow run {} ({}, ref {})",
+                    event.event_key,
+                    run.name,
+                    run.id,
+                    event.ref,
                 )
         return True
 
@@ -187,6 +199,7 @@ class Dispatcher:
             if self._in_flight
             else []
         )
+        finished = []
         for run in runs:
             run_id, state = str(run.id), run.state
             waiting = state is None or state.type in NOT_STARTED_RUN_STATES
@@ -206,19 +219,46 @@ class Dispatcher:
                 started = run.start_time or state.timestamp
                 if started and utc_now() - started < self.run_alone_for:
                     self._holding_back.add(run_id)
-            if state is None or state.type not in FINAL_RUN_STATES:
-                continue
-            if state.type == StateType.COMPLETED:
-                await self.inbox.close_run(
-                    run_id, EventStatus.done, f"completed in flow run {run.name}"
+            if state is not None and state.type in FINAL_RUN_STATES:
+                finished.append(run)
+        for run in finished:
+            await self._close(run)
+
+    async def _close(self, run: FlowRun) -> None:
+        """Record how a finished run ended on its events, with the Jira issues it changed for
+        each employee (`Jira IT-1; completed in flow run sync · Ada Lovelace (1041)`)."""
+        state = run.state
+        assert state is not None
+        jira_keys = await self.inbox.jira_keys(await self._family(run))
+        outcome = partial(
+            event_outcome,
+            run.name,
+            state=state.name or state.type.value.title(),
+            message=state.message or "",
+        )
+        await self.inbox.close_run(
+            str(run.id),
+            EventStatus.done if state.type == StateType.COMPLETED else EventStatus.failed,
+            outcome([]),
+            per_employee={employee: outcome(keys) for employee, keys in jira_keys.items()},
+        )
+        self._in_flight.discard(str(run.id))
+
+    async def _family(self, run: FlowRun) -> set[str]:
+        """The run and its subflow runs: the store records each Jira effect with the flow run
+        that made it, which is a process subflow (`onboarding · ...`) of the dispatched run."""
+        family, parents = {run.id}, [run.id]
+        for _ in range(MAX_SUBFLOW_DEPTH):
+            children = await self.client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=parents)
                 )
-            else:
-                await self.inbox.close_run(
-                    run_id,
-                    EventStatus.failed,
-                    f"{state.name} in flow run {run.name}: {state.message or ''}".strip(),
-                )
-            self._in_flight.discard(run_id)
+            )
+            parents = [child.id for child in children if child.id not in family]
+            if not parents:
+                break
+            family.update(parents)
+        return {str(run_id) for run_id in family}
 
 
 def _event_keys(events: list[WebhookEvent]) -> dict[str, list[str]]:

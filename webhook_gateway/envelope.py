@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import json
 from typing import Any
 
 from loguru import logger
@@ -18,6 +20,18 @@ MAX_RECORD_ID = 2**31 - 1
 
 class NotAnEnvelope(ValueError):
     """Valid JSON, but not a PeopleForce webhook envelope; the text says what is wrong."""
+
+
+def decode_body(raw: bytes) -> tuple[str, Any]:
+    """The JSON text of a verified body and what it holds; `ValueError` (or `RecursionError`)
+    when it is not UTF-8 JSON.
+
+    A leading UTF-8 byte-order mark is tolerated and left out of the text: some senders write
+    one, RFC 8259 lets a parser ignore it, and it is no part of the JSON. The signature was
+    checked over the raw bytes, BOM included, before this.
+    """
+    text = raw.removeprefix(codecs.BOM_UTF8).decode("utf-8")
+    return text, json.loads(text)
 
 
 def parse_envelope(payload: Any) -> WebhookEnvelope:

@@ -4,10 +4,12 @@
 
 - 413 for a body over 1 MiB (refused from `Content-Length`, or while reading a body without one);
 - 401 for a missing or wrong `X-PeopleForce-Signature` (HMAC of the raw bytes; nothing stored);
-- 400 for a body that is not UTF-8 JSON, 422 for JSON that is not a PeopleForce envelope;
-- 202 `{"event_key", "status"}` once the event is committed to the inbox: `pending` for an
+- 400 for a body that is not UTF-8 JSON (a leading byte-order mark is tolerated), 422 for JSON
+  that is not a PeopleForce envelope;
+- 202 `{"event_key", "ref", "status"}` once the event is committed to the inbox: `pending` for an
   employee event, `ignored` for actions this service does not act on (so PeopleForce stops
-  resending them); 200 with the stored key and status for a repeated delivery;
+  resending them); 200 with the stored key and status for a repeated delivery; `ref` is the
+  event's short reference (`e17`), which `pf-jira-sync events` shows and `replay` takes;
 - 503 when the inbox cannot be written, so that PeopleForce delivers again later.
 
 The checks up to 422 are the route's dependencies (`webhook_gateway.dependencies`). Turning
@@ -62,17 +64,22 @@ async def _store(
         )
         return JSONResponse({"detail": "inbox unavailable, deliver again later"}, status_code=503)
 
-    answer = {"event_key": stored.event_key, "status": stored.status.value}
+    answer = {"event_key": stored.event_key, "ref": stored.ref, "status": stored.status.value}
     if not created:
         logger.info(
-            "webhook {} is a repeat delivery (stored as {})", stored.event_key, answer["status"]
+            "webhook {} is a repeat delivery (stored as {}, ref {})",
+            stored.event_key,
+            answer["status"],
+            stored.ref,
         )
         return JSONResponse(answer, status_code=200)
+    # `ref`: the short reference `events` shows and `replay` takes.
     logger.info(
-        "webhook {} accepted as {} (employee {})",
+        "webhook {} accepted as {} (employee {}, ref {})",
         stored.event_key,
         answer["status"],
         stored.employee_id,
+        stored.ref,
     )
     if stored.status is EventStatus.pending and on_stored is not None:
         try:

@@ -7,7 +7,7 @@ with Alembic and upgraded in place when the store is opened.
 """
 
 from core.lifecycle import ALLOWED_TRANSITIONS, Lifecycle, LifecycleError, LinkChange
-from core.store.inbox import EventStatus, InboxRepository, WebhookEvent
+from core.store.inbox import EventStatus, InboxRepository, WebhookEvent, event_ref, parse_ref
 from core.store.lease import EmployeeLease, Leases, LeaseTimeout
 from core.store.migrate import current_revision, downgrade, head_revision, migrate
 from core.store.models import EffectAction, EmployeeLink, JiraEffect, snapshot_hash
@@ -36,9 +36,11 @@ __all__ = [
     "WebhookEvent",
     "current_revision",
     "downgrade",
+    "event_ref",
     "head_revision",
     "migrate",
     "normalize_email",
+    "parse_ref",
     "previous_link",
     "snapshot_hash",
 ]

@@ -10,7 +10,8 @@ repository shares the store's engine: `InboxRepository(store.engine)`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -27,6 +28,23 @@ from core.store.repository import UnsupportedDatabase
 EVENT_KEY_MAX_LENGTH = 300
 # Well under SQLite's and asyncpg's limits on bound parameters per statement.
 _CHUNK = 500
+
+# An event's short reference is its row id behind this letter (`e17`): what `events` shows,
+# the gateway logs and `replay` takes. A letter, so that it is never read as an employee id
+# (and no `#`, which a shell reads as a comment).
+REF_PREFIX = "e"
+_REF = re.compile(rf"{REF_PREFIX}(\d{{1,18}})", re.IGNORECASE)
+
+
+def event_ref(event_id: int | None) -> str:
+    """The short reference of the event stored as row `event_id` (`e17`)."""
+    return f"{REF_PREFIX}{event_id}" if event_id is not None else "-"
+
+
+def parse_ref(text: str) -> int | None:
+    """The row id a short reference names (`e17`, `E17`), or None when `text` is none."""
+    match = _REF.fullmatch(text.strip())
+    return int(match.group(1)) if match else None
 
 
 class EventStatus(StrEnum):
@@ -76,7 +94,8 @@ class WebhookEvent(StoreModel, table=True):
     status: EventStatus = Field(default=EventStatus.pending, sa_type=EVENT_STATUS_TYPE)
     received_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime, nullable=False)
     updated_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime, nullable=False)
-    # The JSON text exactly as received (the signature covers these bytes).
+    # The JSON text as received, less a leading byte-order mark (the signature, checked
+    # before storing, covers the raw bytes).
     body: str = Field(sa_type=sa.Text)
     flow_run_id: str | None = None
     # The last dispatch error, or the flow run's result summary.
@@ -85,8 +104,14 @@ class WebhookEvent(StoreModel, table=True):
     # After a failed dispatch: not before this instant.
     next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
+    @property
+    def ref(self) -> str:
+        """The short reference (`e17`), once stored."""
+        return event_ref(self.id)
+
 
 _EVENTS = StoreModel.metadata.tables["webhook_event"]
+_EFFECTS = StoreModel.metadata.tables["jira_effect"]
 
 
 class InboxRepository:
@@ -161,17 +186,32 @@ class InboxRepository:
         )
 
     async def close_run(
-        self, flow_run_id: str, status: EventStatus | str, outcome: str | None
+        self,
+        flow_run_id: str,
+        status: EventStatus | str,
+        outcome: str | None,
+        *,
+        per_employee: Mapping[int, str] | None = None,
     ) -> int:
-        """Record the outcome of every event still dispatched to flow run `flow_run_id`."""
-        statement = (
+        """Record the outcome of every event still dispatched to flow run `flow_run_id`: the
+        events of an employee in `per_employee` get that text, the others `outcome`."""
+        final = _final(status)
+        now = utc_now()
+        dispatched = (
             sa.update(_EVENTS)
             .where(_EVENTS.c.flow_run_id == flow_run_id)
             .where(_EVENTS.c.status == EventStatus.dispatched)
-            .values(status=_final(status), outcome=outcome, updated_at=utc_now())
         )
+        closed = 0
         async with self._sessions.begin() as session:
-            return len((await session.execute(statement.returning(_EVENTS.c.id))).all())
+            for employee_id, text in sorted((per_employee or {}).items()):
+                statement = dispatched.where(_EVENTS.c.employee_id == employee_id).values(
+                    status=final, outcome=text, updated_at=now
+                )
+                closed += len((await session.execute(statement.returning(_EVENTS.c.id))).all())
+            statement = dispatched.values(status=final, outcome=outcome, updated_at=now)
+            closed += len((await session.execute(statement.returning(_EVENTS.c.id))).all())
+        return closed
 
     async def requeue(self, event_key: str) -> WebhookEvent | None:
         """Set a stored event back to pending so it is dispatched again (`replay`).
@@ -211,6 +251,38 @@ class InboxRepository:
     async def get(self, event_key: str) -> WebhookEvent | None:
         async with self._sessions() as session:
             return await session.scalar(_by_key(event_key))
+
+    async def get_by_id(self, event_id: int) -> WebhookEvent | None:
+        """The event stored as row `event_id` (its short reference, `e17`, names it)."""
+        async with self._sessions() as session:
+            return await session.get(WebhookEvent, event_id)
+
+    async def latest_of(self, employee_id: int) -> WebhookEvent | None:
+        """The latest event received about the employee, whatever became of it."""
+        query = (
+            sa.select(WebhookEvent)
+            .where(col(WebhookEvent.employee_id) == employee_id)
+            .order_by(col(WebhookEvent.received_at).desc(), col(WebhookEvent.id).desc())
+            .limit(1)
+        )
+        async with self._sessions() as session:
+            return await session.scalar(query)
+
+    async def jira_keys(self, flow_run_ids: Iterable[str]) -> dict[int, list[str]]:
+        """The Jira issues these flow runs changed, per employee, in the order first changed
+        (from the store's audit of Jira effects: a subtask created names its parent issue)."""
+        keys: dict[int, dict[str, None]] = {}
+        async with self._sessions() as session:
+            for chunk in _chunks(sorted(set(flow_run_ids))):
+                query = (
+                    sa.select(_EFFECTS.c.employee_id, _EFFECTS.c.issue_key)
+                    .where(_EFFECTS.c.flow_run_id.in_(chunk))
+                    .where(_EFFECTS.c.issue_key.is_not(None))
+                    .order_by(_EFFECTS.c.at, _EFFECTS.c.id)
+                )
+                for employee_id, issue_key in await session.execute(query):
+                    keys.setdefault(employee_id, {})[issue_key] = None
+        return {employee_id: list(found) for employee_id, found in keys.items()}
 
     async def pending(self, limit: int = 100, *, now: datetime | None = None) -> list[WebhookEvent]:
         """Pending events whose next attempt is due (or that were never tried), oldest first."""

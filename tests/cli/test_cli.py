@@ -352,7 +352,7 @@ async def fill_inbox(database_url: str) -> None:
     events: list[dict[str, Any]] = [
         {"event_key": "employee_create:1041:2031-05-04T09:00:00Z", "action": "employee_create",
          "employee_id": 1041, "status": EventStatus.done, "flow_run_id": RUN_ID,
-         "outcome": "onboarding ENG-12 created"},
+         "outcome": "Jira ENG-12; completed in flow run sync · Ada Lovelace (1041)"},
         {"event_key": "employee_update:1042:2031-05-04T09:01:00Z", "action": "employee_update",
          "employee_id": 1042, "status": EventStatus.failed, "outcome": "Jira said 400:\n bad field"},
         {"event_key": "sha256:abc123", "action": "leave_request_create", "employee_id": None,
@@ -378,44 +378,67 @@ def inbox_dir(tmp_path: Path) -> Path:
 
 
 def table_rows(output: str) -> dict[str, list[str]]:
-    """The `events` table by event key: each row's cells (split on runs of 2+ spaces)."""
+    """The `events` table by short reference: each row's cells (split on runs of 2+ spaces)."""
     rows = {}
     for line in output.splitlines()[1:]:
         cells = re.split(r"\s{2,}", line.strip())
-        if len(cells) >= 5:
-            rows[cells[1]] = cells
+        if re.fullmatch(r"e\d+", cells[0]) and len(cells) >= 5:
+            rows[cells[0]] = cells
     return rows
+
+
+# fill_inbox's events by reference (row ids in the order stored).
+REFS = {
+    "e1": "employee_create:1041:2031-05-04T09:00:00Z",
+    "e2": "employee_update:1042:2031-05-04T09:01:00Z",
+    "e3": "sha256:abc123",
+    "e4": "employee_terminate:1043:2031-05-04T09:03:00Z",
+}
 
 
 def test_events_lists_the_inbox_newest_first(inbox_dir: Path, tmp_path: Path) -> None:
     result = run_cli("events", cwd=tmp_path, DATA_DIR=str(inbox_dir))
     assert result.returncode == 0, result.stdout + result.stderr
     header = result.stdout.splitlines()[0].split()
-    assert header == ["received", "key", "action", "employee", "status", "flow", "run", "outcome"]
+    assert header == ["ref", "received", "employee", "event", "status", "outcome"]
     rows = table_rows(result.stdout)
-    assert list(rows) == [
-        "employee_terminate:1043:2031-05-04T09:03:00Z",
-        "sha256:abc123",
-        "employee_update:1042:2031-05-04T09:01:00Z",
-        "employee_create:1041:2031-05-04T09:00:00Z",
+    assert list(rows) == ["e4", "e3", "e2", "e1"]
+    assert rows["e1"][2:] == [
+        "1041",
+        "create",
+        "done",
+        "Jira ENG-12; completed in flow run sync · Ada Lovelace (1041)",
     ]
-    done = rows["employee_create:1041:2031-05-04T09:00:00Z"]
-    assert done[2:] == ["employee_create", "1041", "done", RUN_ID, "onboarding ENG-12 created"]
-    assert rows["sha256:abc123"][3:5] == ["-", "ignored"]
+    assert rows["e3"][2:] == ["-", "leave_request_create", "ignored", "not acted on"]
+    assert rows["e4"][-2:] == ["pending", "waiting to be dispatched"]
     # A multi-line outcome stays on its row.
-    assert rows["employee_update:1042:2031-05-04T09:01:00Z"][-1] == "Jira said 400: bad field"
+    assert rows["e2"][-1] == "Jira said 400: bad field"
     assert "4 events, newest first" in result.stdout
 
 
-def test_events_filters_by_status_and_limits(inbox_dir: Path, tmp_path: Path) -> None:
-    failed = run_cli("events", "--status", "failed", cwd=tmp_path, DATA_DIR=str(inbox_dir))
-    assert failed.returncode == 0, failed.stderr
-    assert list(table_rows(failed.stdout)) == ["employee_update:1042:2031-05-04T09:01:00Z"]
-    newest = run_cli("events", "--limit", "1", cwd=tmp_path, DATA_DIR=str(inbox_dir))
-    assert list(table_rows(newest.stdout)) == ["employee_terminate:1043:2031-05-04T09:03:00Z"]
-    bogus = run_cli("events", "--status", "lost", cwd=tmp_path, DATA_DIR=str(inbox_dir))
-    assert bogus.returncode == 2
-    assert "'lost' is not an event status" in bogus.stderr
+@pytest.mark.parametrize("columns", [80, 100, 120])
+def test_events_and_config_fit_the_terminal_and_cut_nothing(
+    columns: int, inbox_dir: Path, tmp_path: Path
+) -> None:
+    long_dir = inbox_dir.parent / ("a-rather-long-folder-name-for-the-store-" * 3) / "data"
+    long_dir.parent.mkdir(parents=True)
+    inbox_dir.rename(long_dir)
+    env = {"DATA_DIR": str(long_dir), "COLUMNS": str(columns)}
+
+    events = run_cli("events", cwd=tmp_path, **env)
+    config = run_cli("config", cwd=tmp_path, **env)
+
+    for result in (events, config):
+        assert result.returncode == 0, result.stdout + result.stderr
+        too_wide = [line for line in result.stdout.splitlines() if len(line) > columns]
+        assert too_wide == [], f"{result.args[3:]} at {columns} columns"
+    # The outcome wraps inside its column: read down it, it is all there.
+    outcome_at = events.stdout.splitlines()[0].index("outcome")
+    outcomes = " ".join(line[outcome_at:].strip() for line in events.stdout.splitlines()[1:])
+    assert "Jira ENG-12; completed in flow run sync · Ada Lovelace (1041)" in outcomes
+    # A long value is folded, never cut: the store's path is there whole.
+    assert "…" not in config.stdout
+    assert str(long_dir) in re.sub(r"[\s│┃]", "", config.stdout)
 
 
 def test_events_without_a_store_says_where_it_looked(tmp_path: Path) -> None:
@@ -425,32 +448,77 @@ def test_events_without_a_store_says_where_it_looked(tmp_path: Path) -> None:
     assert not (tmp_path / "nowhere").exists()  # looking created nothing
 
 
-def test_replay_requeues_a_stored_event(inbox_dir: Path, tmp_path: Path) -> None:
-    key = "employee_create:1041:2031-05-04T09:00:00Z"
-    result = run_cli("replay", key, cwd=tmp_path, DATA_DIR=str(inbox_dir))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"requeued {key} (employee_create, employee 1041; was done, flow run {RUN_ID})" in (
-        result.stdout
-    )
-
-    async def stored() -> WebhookEvent | None:
+def stored_event(inbox_dir: Path, key: str) -> WebhookEvent | None:
+    async def read() -> WebhookEvent | None:
         url = f"sqlite+aiosqlite:///{inbox_dir / 'pf-jira-sync.db'}"
         async with await MappingStore.open(url) as store:
             return await InboxRepository(store.engine).get(key)
 
-    event = asyncio.run(stored())
+    return asyncio.run(read())
+
+
+@pytest.mark.parametrize("reference", ["e1", "E1", REFS["e1"]])
+def test_replay_requeues_a_stored_event_by_reference_or_key(
+    reference: str, inbox_dir: Path, tmp_path: Path
+) -> None:
+    result = run_cli("replay", reference, cwd=tmp_path, DATA_DIR=str(inbox_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " ".join(result.stdout.split()).startswith(
+        "requeued e1: employee_create of employee 1041, received 2031-05-04 09:00:00 "
+        f"(was done, flow run {RUN_ID}). The gateway's dispatcher hands it to Prefect again"
+    )
+    event = stored_event(inbox_dir, REFS["e1"])
     assert event is not None
     assert (event.status, event.flow_run_id) == (EventStatus.pending, None)
 
 
-def test_replay_refuses_unknown_keys_and_events_about_no_employee(
-    inbox_dir: Path, tmp_path: Path
-) -> None:
-    unknown = run_cli("replay", "employee_create:9:nope", cwd=tmp_path, DATA_DIR=str(inbox_dir))
-    assert unknown.returncode == 1
-    assert unknown.stderr.strip() == (
-        "error: no event with key 'employee_create:9:nope' (see `pf-jira-sync events`)"
+def test_replay_an_employee_requeues_their_latest_event(inbox_dir: Path, tmp_path: Path) -> None:
+    async def add_later_event() -> None:
+        url = f"sqlite+aiosqlite:///{inbox_dir / 'pf-jira-sync.db'}"
+        async with await MappingStore.open(url) as store:
+            later = datetime(2031, 5, 4, 10, 0, tzinfo=UTC)
+            await InboxRepository(store.engine).add(
+                WebhookEvent(event_key="employee_update:1042:later", action="employee_update",
+                             employee_id=1042, status=EventStatus.done, body="{}",
+                             received_at=later, updated_at=later)
+            )  # fmt: skip
+
+    asyncio.run(add_later_event())
+    result = run_cli("replay", "--employee", "1042", cwd=tmp_path, DATA_DIR=str(inbox_dir))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " ".join(result.stdout.split()).startswith(
+        "requeued e5, the latest event about employee 1042: employee_update, received "
+        "2031-05-04 10:00:00 (was done)."
     )
-    no_employee = run_cli("replay", "sha256:abc123", cwd=tmp_path, DATA_DIR=str(inbox_dir))
-    assert no_employee.returncode == 1
-    assert "concerns no employee" in no_employee.stderr
+    latest, earlier = (
+        stored_event(inbox_dir, key) for key in ("employee_update:1042:later", REFS["e2"])
+    )
+    assert latest is not None
+    assert earlier is not None
+    assert (latest.status, earlier.status) == (EventStatus.pending, EventStatus.failed)
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["e99"], "error: no event 'e99' in the inbox (see `pf-jira-sync events`)"),
+        (["employee_create:9:nope"], "error: no event 'employee_create:9:nope' in the inbox (see `pf-jira-sync events`)"),
+        (["--employee", "77"], "error: no event about employee 77 in the inbox (see `pf-jira-sync events`)"),
+        (["--employee", "Ada"], "error: --employee 'Ada' is not an employee id (a number like 1041)"),
+        (["e3"], "error: event 'sha256:abc123' concerns no employee: nothing to dispatch"),
+        (["1041"], "error: '1041' is no event reference: references start with 'e' (e1041, as "
+                   "`pf-jira-sync events` shows them); for employee 1041 use --employee 1041"),
+        ([], "error: give the event's reference (e17, as `pf-jira-sync events` shows it), its "
+             "full key, or --employee ID, not neither"),
+        (["e1", "--employee", "1041"], "error: give the event's reference (e17, as "
+         "`pf-jira-sync events` shows it), its full key, or --employee ID, not both"),
+    ],
+)  # fmt: skip
+def test_replay_refuses_bad_input_in_one_line(
+    args: list[str], error: str, inbox_dir: Path, tmp_path: Path
+) -> None:
+    result = run_cli("replay", *args, cwd=tmp_path, DATA_DIR=str(inbox_dir))
+    assert result.returncode == 2
+    assert result.stderr.strip() == error
+    assert result.stdout == ""

@@ -736,3 +736,17 @@ def test_a_failed_run_says_what_failed_for_whom_and_what_to_do() -> None:
     markdown = render.failure_markdown(one, [failed, fine], where)
     assert "| 1042 Ada Lovelace | Jira rejected customfield_10050" in markdown
     assert "| 7 Bo |" not in markdown
+
+
+def test_an_event_outcome_names_the_jira_issues_first() -> None:
+    run = "sync · Ada Lovelace (1041)"
+    assert render.event_outcome(run, ["IT-1", "IT-2", "IT-1"]) == (
+        f"Jira IT-1, IT-2; completed in flow run {run}"
+    )
+    assert render.event_outcome(run, [], state="Failed", message="Jira answered 400") == (
+        f"no change in Jira; Failed in flow run {run}: Jira answered 400"
+    )
+    assert (
+        render.event_outcome(run, ["IT-1"], state="Crashed")
+        == f"Jira IT-1; Crashed in flow run {run}"
+    )

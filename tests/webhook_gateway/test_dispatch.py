@@ -123,6 +123,9 @@ async def test_signed_webhook_ends_in_jira_and_the_mapping(pipeline: Pipeline) -
     assert link is not None
     assert link.onboarding_issue_key == parent.key
     assert set((await pipeline.outcomes()).values()) == {EventStatus.done}
+    # The outcome names the Jira issue first (recorded by the process subflow's effects).
+    (event,) = await pipeline.inbox.recent()
+    assert event.outcome == f"Jira {parent.key}; completed in flow run {names[0]}"
     runs = await pipeline.client.read_flow_runs()
     assert f"onboarding · Ada Lovelace ({person.id})" in {run.name for run in runs}
 

@@ -9,6 +9,7 @@ to the gateway over real HTTP.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import hashlib
 import json
 import random
@@ -34,6 +35,7 @@ from core.names import WEBHOOK_PATH
 from core.peopleforce.signature import SIGNATURE_HEADER, sign
 from core.settings import Settings
 from core.store import (
+    EffectAction,
     EventStatus,
     InboxRepository,
     MappingStore,
@@ -42,6 +44,7 @@ from core.store import (
     downgrade,
     head_revision,
     migrate,
+    parse_ref,
 )
 from core.store.models import StoreModel
 from sandbox.peopleforce import create_app as create_peopleforce_app
@@ -238,6 +241,55 @@ async def test_dispatch_then_outcome(inbox: InboxRepository) -> None:
         )
 
 
+async def test_a_run_closes_each_employees_events_with_the_jira_issues_it_changed(
+    inbox: InboxRepository,
+) -> None:
+    store = MappingStore(inbox.engine)
+    await store.record_effect(
+        7, EffectAction.create_onboarding, issue_key="IT-1", flow_run_id="sub-run"
+    )
+    await store.record_effect(7, EffectAction.create_subtask, issue_key="IT-1", flow_run_id="sub")
+    await store.record_effect(7, EffectAction.comment, issue_key="IT-9", flow_run_id="sub-run")
+    await store.record_effect(8, EffectAction.comment, issue_key="HR-3", flow_run_id="other-run")
+    for key, employee in (("a7", 7), ("b7", 7), ("c8", 8)):
+        await inbox.add(new_event(key, employee_id=employee))
+    await inbox.mark_dispatched(["a7", "b7", "c8"], "run-1")
+
+    keys = await inbox.jira_keys(["run-1", "sub-run"])
+    assert keys == {7: ["IT-1", "IT-9"]}
+    closed = await inbox.close_run(
+        "run-1", EventStatus.done, "no change in Jira", per_employee={7: "Jira IT-1, IT-9"}
+    )
+
+    assert closed == 3
+    outcomes = {event.event_key: event.outcome for event in await inbox.recent()}
+    assert outcomes == {"a7": "Jira IT-1, IT-9", "b7": "Jira IT-1, IT-9", "c8": "no change in Jira"}
+
+
+async def test_each_event_has_a_short_reference_and_an_employee_a_latest_event(
+    inbox: InboxRepository,
+) -> None:
+    start = datetime(2026, 5, 1, tzinfo=UTC)
+    first, _ = await inbox.add(new_event("k-old", employee_id=7, received_at=start))
+    latest, _ = await inbox.add(
+        new_event("k-new", employee_id=7, received_at=start + timedelta(minutes=1))
+    )
+    await inbox.add(new_event("k-other", employee_id=8, received_at=start + timedelta(minutes=2)))
+
+    assert first.ref == f"e{first.id}"
+    assert parse_ref(first.ref) == first.id
+    assert parse_ref(f" E{first.id} ") == first.id
+    assert [parse_ref(text) for text in ("17", "e", "ex17", "employee_update:7:x")] == [None] * 4
+    found = await inbox.get_by_id(parse_ref(latest.ref) or 0)
+    assert found is not None
+    assert found.event_key == "k-new"
+    assert (await inbox.get_by_id(10_000)) is None
+    newest = await inbox.latest_of(7)
+    assert newest is not None
+    assert newest.event_key == "k-new"
+    assert await inbox.latest_of(9) is None
+
+
 async def test_failed_attempts_count_and_defer(inbox: InboxRepository) -> None:
     await inbox.add(new_event("e1"))
     retry_at = datetime.now(UTC) + timedelta(minutes=5)
@@ -402,11 +454,12 @@ async def test_the_documented_signature_test_vector_is_accepted(sqlite_database_
         stored = await app.state.inbox.get(response.json()["event_key"])
 
     assert response.status_code == 202
+    assert stored is not None
     assert response.json() == {
         "event_key": "sha256:" + hashlib.sha256(body).hexdigest(),
+        "ref": stored.ref,
         "status": "pending",
     }
-    assert stored is not None
     assert (stored.action, stored.employee_id, stored.body) == (
         "employee_update",
         1,
@@ -556,16 +609,48 @@ async def test_employee_create_is_stored_pending_and_a_repeat_changes_nothing(
 
     # meta.updated_at 16:29:08.713+03:00, in UTC.
     key = "employee_create:100001:2024-08-20T13:29:08.713000+00:00"
-    assert (first.status_code, first.json()) == (202, {"event_key": key, "status": "pending"})
-    assert (repeat.status_code, repeat.json()) == (200, {"event_key": key, "status": "pending"})
     events = await inbox_of.recent()
     assert len(events) == 1
+    # The short reference `events` shows and `replay` takes.
+    answer = {"event_key": key, "ref": f"e{events[0].id}", "status": "pending"}
+    assert (first.status_code, first.json()) == (202, answer)
+    assert (repeat.status_code, repeat.json()) == (200, answer)
     assert (events[0].event_key, events[0].employee_id, events[0].action) == (
         key,
         100001,
         "employee_create",
     )
     assert events[0].body.encode() == body
+
+
+async def test_a_signed_body_with_a_byte_order_mark_is_stored_like_any_other(
+    client: httpx.AsyncClient, inbox_of: InboxRepository, log_lines: list[str]
+) -> None:
+    plain = (PEOPLEFORCE_FIXTURES / "webhook_employee_create.json").read_bytes()
+    with_bom = codecs.BOM_UTF8 + plain
+
+    # Signed over the bytes as sent, BOM included: a signature of the body without it is wrong.
+    forged = await client.post(WEBHOOK_PATH, content=with_bom, headers=signed(plain))
+    response = await post(client, with_bom)
+
+    assert forged.status_code == 401
+    assert response.status_code == 202, response.text
+    key = "employee_create:100001:2024-08-20T13:29:08.713000+00:00"
+    assert (response.json()["event_key"], response.json()["status"]) == (key, "pending")
+    (event,) = await inbox_of.recent()
+    assert (event.employee_id, event.action, event.status) == (
+        100001,
+        "employee_create",
+        EventStatus.pending,
+    )
+    # Stored as the JSON it carries, so the dispatcher reads it like any other body.
+    assert event.body.encode() == plain
+    assert [e.event_key for e in await inbox_of.pending()] == [key]
+    assert f"webhook {key} accepted as pending (employee 100001, ref {event.ref})" in "\n".join(
+        log_lines
+    )
+    # The same delivery without the BOM is a repeat, not a second event.
+    assert (await post(client, plain)).status_code == 200
 
 
 async def test_a_repeat_answers_with_the_status_the_event_has_now(
@@ -577,7 +662,11 @@ async def test_a_repeat_answers_with_the_status_the_event_has_now(
 
     repeat = await post(client, body)
 
-    assert (repeat.status_code, repeat.json()) == (200, {"event_key": key, "status": "dispatched"})
+    assert (repeat.status_code, repeat.json()["event_key"], repeat.json()["status"]) == (
+        200,
+        key,
+        "dispatched",
+    )
 
 
 async def test_leave_request_is_stored_as_ignored(
@@ -588,7 +677,11 @@ async def test_leave_request_is_stored_as_ignored(
     response = await post(client, body)
 
     key = "leave_request_create:500001:2024-02-01T15:43:50.878000+00:00"
-    assert (response.status_code, response.json()) == (202, {"event_key": key, "status": "ignored"})
+    assert (response.status_code, response.json()["event_key"], response.json()["status"]) == (
+        202,
+        key,
+        "ignored",
+    )
     stored = await inbox_of.get(key)
     assert stored is not None
     assert (stored.status, stored.employee_id) == (EventStatus.ignored, None)
@@ -637,6 +730,7 @@ async def test_a_record_in_an_unexpected_shape_is_still_accepted(
     assert response.status_code == 202
     assert response.json() == {
         "event_key": "sha256:" + hashlib.sha256(body).hexdigest(),
+        "ref": "e1",
         "status": "pending",
     }
     assert any("unexpected shape of data.attributes.hired_on" in line for line in log_lines)
