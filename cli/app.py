@@ -4,6 +4,7 @@ command shares (settings, one-line failures, reaching Prefect); the commands liv
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
@@ -12,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from core import one_host
 from core.logging import configure_logging
 from core.settings import Settings, SettingsError, get_settings
 
@@ -26,10 +28,37 @@ console = Console()
 errors = Console(stderr=True)
 
 
-def load_settings() -> Settings:
-    """The settings, or one line naming what is wrong and exit code 2 (never a traceback)."""
+def read_settings(*, running_sandbox: bool = True) -> Settings:
+    """The settings; raises SettingsError.
+
+    With `running_sandbox`, when `up --sandbox` runs on this DATA_DIR and the settings name no
+    real PeopleForce or Jira, the sandbox's settings (its simulators, store and Prefect server)
+    take their place, and one line on stderr says so: a newcomer's `doctor`, `plan` or `events`
+    next to `make run` then speaks about what runs, not about an unconfigured production.
+    """
+    settings = get_settings()
+    if not running_sandbox or one_host.names_real_services(settings):
+        return settings
+    sandbox = one_host.running_sandbox(settings.data_dir)
+    if sandbox is None:
+        return settings
+    os.environ.update(sandbox.settings)
+    get_settings.cache_clear()
+    settings = get_settings()
+    errors.print(
+        f"[yellow]note:[/] using the sandbox `up --sandbox` runs (pid {sandbox.pid}; settings "
+        f"from {sandbox.path}); set PEOPLEFORCE_API_KEY and the Jira settings for real ones",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return settings
+
+
+def load_settings(*, running_sandbox: bool = True) -> Settings:
+    """The settings, or one line naming what is wrong and exit code 2 (never a traceback);
+    those of a running sandbox as `read_settings` says, unless `running_sandbox` is False."""
     try:
-        settings = get_settings()
+        settings = read_settings(running_sandbox=running_sandbox)
     except SettingsError as error:
         errors.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

@@ -11,10 +11,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.app import app, console, load_settings
+from cli.app import app, console, load_settings, read_settings
 from core.errors import ApiError, AuthenticationError, ForbiddenError
 from core.logging import configure_logging
-from core.settings import Settings, SettingsError, get_settings
+from core.settings import Settings, SettingsError
 
 
 @app.command()
@@ -111,7 +111,7 @@ async def run_checks(settings: Settings) -> list[CheckResult]:
 def doctor() -> None:
     """Check settings, PeopleForce, Jira and the database; exit non-zero when any check fails."""
     try:
-        settings = get_settings()
+        settings = read_settings()
     except SettingsError as error:
         console.print(f"[red]FAIL[/] settings     {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None

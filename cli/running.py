@@ -32,7 +32,8 @@ def up(
     from deployments.stack import run_stack, webhook_url
     from sandbox.stack import Simulators
 
-    settings = load_settings()
+    # `up` runs what its own settings say, never a sandbox another `up` runs.
+    settings = load_settings(running_sandbox=False)
     simulators = (
         Simulators(
             host=settings.sandbox_host,
@@ -88,7 +89,7 @@ def deploy(
     Same names as the served deployments, so the gateway needs no change. Then start
     `pf-jira-sync worker` on each host that should run flows. Safe to run again (an upgrade).
     """
-    settings = load_settings()
+    settings = load_settings(running_sandbox=False)
     pool = work_pool or settings.work_pool
     deploy_to_work_pool(settings, pool, concurrency_limit)
     console.print(
@@ -156,7 +157,7 @@ def worker(
 
     from core.rules import RulesError, load_rules
 
-    settings = load_settings()
+    settings = load_settings(running_sandbox=False)
     pool = work_pool or settings.work_pool
     env = worker_environment(settings)
     try:

@@ -12,6 +12,7 @@ import httpx
 import typer
 
 from cli.app import app, console, errors, fail, load_settings
+from core import one_host
 from core.settings import Settings
 
 sandbox_app = typer.Typer(
@@ -45,7 +46,10 @@ class SandboxControl:
         try:
             response = self.client.request(method, path, json=body)
         except httpx.ConnectError:
-            fail(f"no sandbox at {self.url}: start it with `pf-jira-sync up --sandbox`")
+            fail(
+                f"no sandbox at {self.url}: start it with `make run` "
+                f"(or `{one_host.command('up', '--sandbox')}`)"
+            )
         except httpx.TransportError as error:
             fail(f"the sandbox at {self.url} did not answer: {type(error).__name__}: {error}")
         if response.is_error:
@@ -227,7 +231,7 @@ def sandbox(ctx: typer.Context) -> None:
         return
     from sandbox.stack import Simulators
 
-    settings = load_settings()
+    settings = load_settings(running_sandbox=False)
     # Ctrl-C and SIGTERM stop them, also when started as a background job of a script (which
     # inherits SIGINT ignored, and Python then keeps it ignored).
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -6,11 +6,22 @@ apart from the mapping store); once its API answers, the deployments server
 (`python -m deployments.serve`) and the webhook gateway (`python -m webhook_gateway`), both
 told where the Prefect API is. Then it supervises: a child that exits is reported with the
 end of its log, the others are stopped and `run_stack` returns non-zero; SIGINT or SIGTERM
-stops everything in reverse order and returns 0.
+stops everything in reverse order and returns 0: the gateway first, then the flow runs in
+progress are given `DRAIN_TIMEOUT` to finish before the deployments server stops (what was
+not started yet stays scheduled, handed back to the next start).
 
 Children run in sessions of their own, so a Ctrl-C in the terminal reaches only this process,
-which stops them in order, and a whole process group can be signalled. On Linux each child also
+which stops them in order, and a whole process group can be signalled. A Ctrl-C under
+`make run` reaches this process more than once (from the terminal, and forwarded by make and
+uv, all in the terminal's foreground group): signals within `SAME_SIGNAL_SECONDS` of the first
+are that same Ctrl-C; only a later one hurries the stop (SIGKILL). On Linux each child also
 gets SIGTERM from the kernel if this process dies without cleaning up (SIGKILL, a crash).
+
+With the sandbox, the stack keeps its mapping store and its Prefect database under
+`DATA_DIR/sandbox/`, reset at each start: the simulators start empty and hand out the same
+employee ids again, which a store kept from the last run would take for people it already
+served. While it runs, `DATA_DIR/sandbox/settings.json` tells the commands typed next to it
+where the sandbox is (`core.one_host`).
 
 Child output goes to `{DATA_DIR}/logs/<child>.log` (the previous run's log is kept as
 `<child>.log.1`). This module imports no Prefect: it talks to the server over HTTP.
@@ -20,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,12 +47,13 @@ from typing import Any, Protocol
 
 import httpx
 
+from core import one_host
 from core.names import WEBHOOK_PATH
 from core.rules import RulesError, load_rules
 from core.settings import Settings
 
 PREFECT_HOST = "127.0.0.1"
-TRY_COMMAND = 'uv run pf-jira-sync sandbox hire "Ada Lovelace" --department Engineering'
+TRY_ARGS = ("sandbox", "hire", "Ada Lovelace", "--department", "Engineering")
 
 # Measured on the 2-core box: the Prefect server needs 20-30 s on a fresh home, a child that
 # imports Prefect 5-10 s; these leave room for a slower or busier machine.
@@ -61,8 +74,16 @@ FLOW_RUN_TUNING = {"PREFECT_CLIENT_MAX_RETRIES": "7"}
 GATEWAY_START_TIMEOUT = 90.0
 DEPLOYMENTS_READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
+# How long a stop waits for the flow runs in progress to finish before the deployments server
+# is stopped (which cancels them); a second Ctrl-C stops waiting.
+DRAIN_TIMEOUT = 60.0
+# A signal this soon after the first is the same Ctrl-C, arriving again through `make` or `uv`.
+SAME_SIGNAL_SECONDS = 2.0
+IN_PROGRESS_RUN_STATES = ["PENDING", "RUNNING", "CANCELLING"]
 POLL_SECONDS = 0.25
 LOG_TAIL_LINES = 25
+PREFECT_SERVER = "Prefect server"
+DEPLOYMENTS_SERVER = "deployments server"
 
 # A tiny program that arms the kernel's parent-death signal, then becomes the real command
 # (the setting survives exec). Arming it from `preexec_fn` instead is unsafe in a process that
@@ -239,7 +260,14 @@ class Stack:
         self.sandbox = simulators is not None
         self.data_dir = settings.data_dir.resolve()
         self.log_dir = self.data_dir / "logs"
-        self.prefect_home = self.data_dir / "prefect"
+        # The sandbox's state lives and dies with its simulators (see the module's docstring).
+        self.state_dir = one_host.sandbox_dir(self.data_dir) if self.sandbox else self.data_dir
+        self.prefect_home = self.state_dir / "prefect"
+        self.database_url = (
+            f"sqlite+aiosqlite:///{self.state_dir / 'pf-jira-sync.db'}"
+            if self.sandbox
+            else settings.effective_database_url
+        )
         self.prefect_url = f"http://{PREFECT_HOST}:{settings.prefect_server_port}"
         self.gateway_url = gateway_url(settings)
         self.webhook_url = self.gateway_url + WEBHOOK_PATH
@@ -248,7 +276,10 @@ class Stack:
         self.children: list[ChildProcess] = []
         self.deployment_names: list[str] = []
         self._stop_signal: int | None = None
+        self._stop_signal_at = 0.0
+        self._serve_started_at: datetime | None = None
         self._hurry = False
+        self._wrote_sandbox_settings = False
         self._http = httpx.Client(timeout=5.0, trust_env=False)  # no proxy for loopback calls
 
     # The run
@@ -258,6 +289,7 @@ class Stack:
             try:
                 self._preflight()
                 self._start()
+                self._record_sandbox()
                 self._announce()
                 self._supervise()
             except StopRequested:
@@ -270,6 +302,8 @@ class Stack:
             finally:
                 self._stop_all()
                 self._http.close()
+                if self._wrote_sandbox_settings:
+                    one_host.remove_sandbox_settings(self.data_dir)
         return 0
 
     def _preflight(self) -> None:
@@ -282,7 +316,7 @@ class Stack:
         ):
             raise StackFailure(
                 "WEBHOOK_SECRET is not set, so the gateway would refuse to start: set it to the "
-                "secret configured in PeopleForce (or try `pf-jira-sync up --sandbox`)"
+                f"secret configured in PeopleForce (or try `{one_host.command('up', '--sandbox')}`)"
             )
         ports = [
             ("PREFECT_SERVER_PORT", PREFECT_HOST, settings.prefect_server_port),
@@ -314,6 +348,8 @@ class Stack:
             load_rules(settings.rules_file)
         except RulesError as error:
             raise StackFailure(str(error)) from None
+        if self.sandbox:
+            self._reset_sandbox_state()
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self.prefect_home.mkdir(parents=True, exist_ok=True)
@@ -324,12 +360,60 @@ class Stack:
                 f"note: PREFECT_API_URL={settings.prefect_api_url} is ignored: `up` runs its own server"
             )
 
+    def _reset_sandbox_state(self) -> None:
+        """An empty store and Prefect database for the simulators, which start empty."""
+        other = one_host.running_sandbox(self.data_dir)
+        if other is not None and other.pid != os.getpid():
+            raise StackFailure(
+                f"another `up --sandbox` (pid {other.pid}) runs on DATA_DIR {self.data_dir}: "
+                "stop it first, or give this one another DATA_DIR"
+            )
+        if self.settings.database_url:
+            warn(
+                "note: DATABASE_URL is not used with --sandbox: the sandbox has a store of its "
+                f"own under {self.state_dir}"
+            )
+        try:
+            if self.state_dir.exists():
+                shutil.rmtree(self.state_dir)
+            self.state_dir.mkdir(parents=True)
+        except OSError as error:
+            raise StackFailure(
+                f"cannot reset the sandbox's state {self.state_dir}: {error}"
+            ) from None
+
+    def sandbox_settings(self) -> dict[str, str]:
+        """What points a command at this sandbox: the simulators, its store, this stack."""
+        assert self.simulators is not None
+        return {
+            **self.simulators.environment(),
+            "DATABASE_URL": self.database_url,
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_SERVER_PORT": str(self.settings.prefect_server_port),
+            "GATEWAY_HOST": self.settings.gateway_host,
+            "GATEWAY_PORT": str(self.settings.gateway_port),
+            "SANDBOX_HOST": self.settings.sandbox_host,
+            "SANDBOX_PEOPLEFORCE_PORT": str(self.settings.sandbox_peopleforce_port),
+            "SANDBOX_JIRA_PORT": str(self.settings.sandbox_jira_port),
+            "RULES_FILE": str(self.settings.rules_file.resolve()),
+        }
+
+    def _record_sandbox(self) -> None:
+        if self.simulators is None:
+            return
+        try:
+            one_host.write_sandbox_settings(self.data_dir, self.sandbox_settings())
+        except OSError as error:
+            warn(f"warning: the other commands will not find this sandbox: {error}")
+            return
+        self._wrote_sandbox_settings = True
+
     def _start(self) -> None:
         if self.sandbox:
             say("starting the PeopleForce and Jira simulators")
             self._start_simulators()
         prefect = self._start_child(
-            "Prefect server",
+            PREFECT_SERVER,
             "prefect-server",
             [
                 "-m",
@@ -343,9 +427,9 @@ class Stack:
             PREFECT_SERVER_TUNING,
         )
         self._wait_until_healthy(prefect, f"{self.api_url}/health", PREFECT_START_TIMEOUT)
-        serve_started_at = datetime.now(UTC)
+        serve_started_at = self._serve_started_at = datetime.now(UTC)
         self._start_child(
-            "deployments server", "deployments", ["-m", "deployments.serve"], FLOW_RUN_TUNING
+            DEPLOYMENTS_SERVER, "deployments", ["-m", "deployments.serve"], FLOW_RUN_TUNING
         )
         gateway = self._start_child(
             "webhook gateway",
@@ -387,15 +471,26 @@ class Stack:
             say("  Alerts:              failed runs are posted to ALERT_WEBHOOK_URL")
         say()
         if self.sandbox:
-            say(f"Try: {TRY_COMMAND}")
+            say(
+                f"The sandbox starts empty each time: its store and its Prefect runs live in {self.state_dir},"
+            )
+            say("reset at each start.")
+            say()
+            say(f"Try, in another terminal in this folder: {try_command()}")
             say(
                 f"     then watch the run in {self.prefect_url}/runs and the issue in the Jira sandbox."
+            )
+            say(
+                f"While this runs, `{one_host.command('doctor')}`, `plan ID`, `reconcile --dry-run`, `events` and"
+            )
+            say(
+                "`config` in this folder use the sandbox (its settings: DATA_DIR/sandbox/settings.json)."
             )
         else:
             say(
                 f"Point PeopleForce's webhook (Settings -> Webhooks) at the public address of {self.webhook_url}."
             )
-            say("Check the credentials with: uv run pf-jira-sync doctor")
+            say(f"Check the credentials with: {one_host.command('doctor')}")
         say("Ctrl-C stops everything.")
 
     def _supervise(self) -> None:
@@ -436,7 +531,7 @@ class Stack:
                 "PREFECT_SERVER_EPHEMERAL_ENABLED": "false",
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 "DATA_DIR": str(self.data_dir),
-                "DATABASE_URL": self.settings.effective_database_url,
+                "DATABASE_URL": self.database_url,
                 "RULES_FILE": str(self.settings.rules_file.resolve()),
                 "PYTHONUNBUFFERED": "1",  # the log tail shown on a failure must be complete
             }
@@ -527,30 +622,93 @@ class Stack:
         return response.json()
 
     def _stop_all(self) -> None:
-        """Newest first: the gateway stops taking work before the server it hands work to."""
+        """Newest first: the gateway stops taking work before the server it hands work to, and
+        the flow runs in progress finish before the deployments server that runs them stops."""
         if self._stop_signal is not None:
-            say(f"{signal.Signals(self._stop_signal).name} received: stopping (again to hurry)")
+            say(
+                f"{signal.Signals(self._stop_signal).name} received: stopping "
+                "(Ctrl-C again, a moment later, hurries: it kills the flow runs in progress)"
+            )
         for child in reversed(self.children):
+            if child.name == DEPLOYMENTS_SERVER and self._stop_signal is not None:
+                self._drain_flow_runs(child)
             if outcome := child.stop(STOP_TIMEOUT, hurry=lambda: self._hurry):
                 say(outcome)
         if self.simulators is not None:
             self.simulators.stop()
             say("stopped the simulators")
 
+    def _drain_flow_runs(self, deployments: ChildProcess) -> None:
+        """Until no flow run is in progress (or DRAIN_TIMEOUT, or a hurry); runs not started yet
+        stay scheduled for the next start."""
+        prefect = next((c for c in self.children if c.name == PREFECT_SERVER), None)
+        started = time.monotonic()
+        announced: set[str] = set()
+        while not self._hurry and time.monotonic() - started < DRAIN_TIMEOUT:
+            if (
+                deployments.exit_code() is not None
+                or prefect is None
+                or prefect.exit_code() is not None
+            ):
+                return
+            try:
+                runs = self._post_json(
+                    "/flow_runs/filter",
+                    {
+                        "flow_runs": {"state": {"type": {"any_": IN_PROGRESS_RUN_STATES}}},
+                        "limit": 50,
+                    },
+                )
+            except (httpx.HTTPError, ValueError):
+                return  # no answer: nothing to wait for that we could see
+            # Runs a previous stack left "running" when it died have no process to wait for.
+            runs = [run for run in runs if self._started_by_this_stack(run)]
+            if not runs:
+                if announced:
+                    say(f"the flow runs in progress finished ({time.monotonic() - started:.1f} s)")
+                return
+            names = {run["name"] for run in runs} - announced
+            if names:
+                say(
+                    f"waiting up to {DRAIN_TIMEOUT:.0f} s for the flow runs in progress to finish: "
+                    f"{', '.join(sorted(names))}"
+                )
+                announced |= names
+            time.sleep(POLL_SECONDS)
+        if not self._hurry:
+            warn(
+                f"warning: flow runs still in progress after {DRAIN_TIMEOUT:.0f} s are cancelled; "
+                "the nightly reconciliation (or a retry in the Prefect UI) catches up"
+            )
+
+    def _started_by_this_stack(self, run: dict[str, Any]) -> bool:
+        if not run.get("start_time") or self._serve_started_at is None:
+            return True
+        return datetime.fromisoformat(run["start_time"]) >= self._serve_started_at
+
     # Signals
+
+    def request_stop(self, signum: int) -> None:
+        """What a SIGINT or SIGTERM does (see `_signals_handled`)."""
+        now = time.monotonic()
+        if self._stop_signal is None:
+            self._stop_signal = signum
+            self._stop_signal_at = now
+        elif now - self._stop_signal_at > SAME_SIGNAL_SECONDS and not self._hurry:
+            self._hurry = True  # no print here: a handler may interrupt a print
 
     @contextlib.contextmanager
     def _signals_handled(self) -> Generator[None]:
-        """SIGINT and SIGTERM ask for a clean stop; a second one hurries it (SIGKILL)."""
+        """SIGINT and SIGTERM ask for a clean stop; a second one, later than
+        SAME_SIGNAL_SECONDS after the first, hurries it (SIGKILL). Sooner, it is the same
+        Ctrl-C: the terminal signals its whole foreground group (make, uv and this process),
+        and make or uv pass it on."""
         if threading.current_thread() is not threading.main_thread():
             yield  # only the main thread may set handlers (tests may call `run` elsewhere)
             return
 
         def request_stop(signum: int, _frame: FrameType | None) -> None:
-            if self._stop_signal is None:
-                self._stop_signal = signum
-            else:
-                self._hurry = True
+            self.request_stop(signum)
 
         previous = {
             signum: signal.signal(signum, request_stop)
@@ -583,6 +741,11 @@ def gateway_url(settings: Settings) -> str:
 def webhook_url(settings: Settings) -> str:
     """Where the stack's gateway takes PeopleForce webhooks (the sandbox sends them there)."""
     return gateway_url(settings) + WEBHOOK_PATH
+
+
+def try_command() -> str:
+    """The command the sandbox's banner (and the README) tells a newcomer to try."""
+    return one_host.command(*TRY_ARGS)
 
 
 def run_stack(settings: Settings, *, simulators: LocalSimulators | None = None) -> int:

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 
+from core import one_host
 from core.peopleforce.signature import SIGNATURE_HEADER, verify
 from core.settings import Settings
 from core.store import EventStatus, InboxRepository, MappingStore, WebhookEvent
@@ -335,8 +336,11 @@ def test_sandbox_hire_without_a_running_sandbox_says_how_to_start_one(tmp_path: 
         "sandbox", "hire", "Ada Lovelace", cwd=tmp_path, SANDBOX_PEOPLEFORCE_PORT=str(port)
     )
     assert result.returncode == 1
+    # The command as typed on the machine `make` set up: the entry point, not `uv run`.
+    up = one_host.command("up", "--sandbox", cwd=tmp_path)
+    assert up == f"{ROOT}/.venv/bin/pf-jira-sync up --sandbox"
     assert result.stderr.strip() == (
-        f"error: no sandbox at http://127.0.0.1:{port}: start it with `pf-jira-sync up --sandbox`"
+        f"error: no sandbox at http://127.0.0.1:{port}: start it with `make run` (or `{up}`)"
     )
     assert "Traceback" not in result.stderr
 

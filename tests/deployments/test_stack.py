@@ -1,17 +1,23 @@
 """`pf-jira-sync up` as an operator runs it: a real process tree on free loopback ports.
 
 The Prefect server takes 20-30 s to start here, so the module starts one stack (`stack`) and
-every test that needs it shares it; `test_ctrl_c_stops_everything` stops it and must stay the
-last test of the module that uses it. Tests that need a running service use `stack.env` (the
-settings it runs with), `stack.cli(...)` and the URLs it printed.
+every test that needs it shares it; `test_one_ctrl_c_under_make_run_is_a_clean_stop` stops it
+and must stay the last test of the module that uses it (the test after it starts `up` again on
+the same DATA_DIR, as a second `make run` does). The stack runs as under `make run`: in a
+process group of its own, below a parent that passes a SIGINT on (as make and uv do), so the
+terminal's Ctrl-C can be sent to the whole group. Tests that need a running service use
+`stack.env` (the settings it runs with), `stack.cli(...)`, the URLs it printed, and
+`stack.typed(...)` for a command as a newcomer types it in another terminal.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -25,7 +31,8 @@ import pytest
 
 from core.names import WEBHOOK_PATH
 from core.settings import Settings
-from deployments.stack import ChildProcess, descendants
+from deployments import stack as stack_module
+from deployments.stack import ChildProcess, Stack, descendants
 from sandbox.server import free_port
 from tests.paths import ROOT
 
@@ -33,6 +40,17 @@ SETTING_NAMES = {name.upper() for name in Settings.model_fields}
 READY_LINE = "Ctrl-C stops everything."
 START_TIMEOUT = 300  # a fresh Prefect server alone takes 20-30 s on the 2-core box
 URL = re.compile(r"https?://[^\s)]+")
+# What stands between the terminal and `up` under `make run` (make, then uv): a parent in the
+# same foreground process group that passes a SIGINT on to its child.
+LIKE_MAKE_RUN = """\
+import signal, subprocess, sys
+child = subprocess.Popen(sys.argv[1:])
+for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, lambda signum, _frame: child.send_signal(signum))
+sys.exit(child.wait())
+"""
+# What the module's tests learn about the first stack and use after it stopped.
+FIRST_RUN: dict[str, object] = {}
 
 
 def stack_env(tmp_path: Path, **settings: str) -> dict[str, str]:
@@ -59,6 +77,12 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def newcomer_env(cwd: Path) -> dict[str, str]:
+    """Another terminal on the machine `make` set up: no settings at all, no uv and no virtual
+    environment on PATH."""
+    return {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "COLUMNS": "250", "LANG": "C.UTF-8"}
 
 
 def answers(url: str) -> bool:
@@ -123,6 +147,22 @@ class RunningStack:
             check=False,
         )
 
+    def typed(self, line: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        """`line` as a newcomer types it in another terminal, in the folder `up` runs in."""
+        return subprocess.run(
+            shlex.split(line),
+            env=newcomer_env(self.cwd),
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def printed_command(self, label: str) -> str:
+        """The command the banner prints after `label` (e.g. `Try, ...:`)."""
+        return self.line(label).split(": ", 1)[1]
+
     def require_running(self) -> None:
         if self.process.poll() is not None:
             pytest.fail(
@@ -131,14 +171,18 @@ class RunningStack:
             )
 
 
-def start_up(env: dict[str, str], cwd: Path) -> RunningStack:
+def start_up(env: dict[str, str], cwd: Path, *, like_make_run: bool = False) -> RunningStack:
+    command = [sys.executable, "-m", "cli", "up", "--sandbox"]
+    if like_make_run:
+        command = [sys.executable, "-c", LIKE_MAKE_RUN, *command]
     process = subprocess.Popen(
-        [sys.executable, "-m", "cli", "up", "--sandbox"],
+        command,
         env=env,
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=like_make_run,  # its own group, as a terminal's foreground job
     )
     stack = RunningStack(process, env, cwd)
 
@@ -156,17 +200,45 @@ def stop(process: subprocess.Popen[str], timeout: float = 60) -> int:
     return process.wait(timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    cwd = tmp_path_factory.mktemp("up")
+def wait_until_up(running_stack: RunningStack) -> None:
     started = time.monotonic()
-    running_stack = start_up(stack_env(cwd), cwd)
     while READY_LINE not in running_stack.output:
         if running_stack.process.poll() is not None or time.monotonic() - started > START_TIMEOUT:
             running_stack.process.kill()
             pytest.fail(f"`up --sandbox` did not come up:\n{running_stack.output}")
         time.sleep(0.2)
     print(f"`up --sandbox` ready after {time.monotonic() - started:.1f} s")  # shown with -s
+
+
+def onboarding_issues(jira_url: str, employee_id: int, name: str) -> list[dict]:
+    """The onboarding issue(s) for the employee in the Jira simulator, waiting up to 240 s."""
+    label = f"pf-employee-{employee_id}"
+    deadline = time.monotonic() + 240
+    while True:
+        issues = httpx.get(f"{jira_url}/_sandbox/issues", timeout=10, trust_env=False).json()
+        parents = [
+            issue
+            for issue in issues
+            if label in issue["fields"]["labels"]
+            and issue["fields"]["summary"].startswith(f"Onboarding: {name}")
+        ]
+        if parents or time.monotonic() > deadline:
+            return parents
+        time.sleep(2)
+
+
+def hired_id(result: subprocess.CompletedProcess[str]) -> int:
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = re.search(r"employee (\d+)", result.stdout)
+    assert found, result.stdout
+    return int(found.group(1))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    cwd = tmp_path_factory.mktemp("up")
+    running_stack = start_up(stack_env(cwd), cwd, like_make_run=True)
+    wait_until_up(running_stack)
     try:
         yield running_stack
     finally:
@@ -187,6 +259,7 @@ def test_up_answers_on_every_url_it_prints(stack: RunningStack) -> None:
     assert stack.url("PeopleForce sandbox:") == f"{peopleforce}/api/public/v3"
     assert stack.jira_url == jira
     assert 'sandbox hire "Ada Lovelace" --department Engineering' in stack.output
+    assert "uv run" not in stack.output  # no command needs uv on PATH
 
     with httpx.Client(timeout=10, trust_env=False) as client:
         for url in stack.urls:  # every URL answers (a GET on the webhook URL is a 405)
@@ -218,55 +291,183 @@ def test_up_serves_every_deployment(stack: RunningStack) -> None:
 
 def test_up_writes_each_child_log_under_the_data_dir(stack: RunningStack) -> None:
     stack.require_running()
-    logs = Path(stack.env["DATA_DIR"]) / "logs"
+    data_dir = Path(stack.env["DATA_DIR"])
+    logs = data_dir / "logs"
     for name in ("prefect-server", "deployments", "gateway"):
         assert (logs / f"{name}.log").is_file(), sorted(logs.iterdir())
-    assert (Path(stack.env["DATA_DIR"]) / "prefect" / "prefect.db").is_file()
+    # The sandbox's state is its own, apart from what a production `up` keeps in DATA_DIR.
+    assert (data_dir / "sandbox" / "prefect" / "prefect.db").is_file()
+    assert (data_dir / "sandbox" / "pf-jira-sync.db").is_file()
+    assert not (data_dir / "pf-jira-sync.db").exists()
+    assert not (data_dir / "prefect").exists()
+    assert "starts empty each time" in stack.output
+
+
+def test_the_try_command_works_as_typed_in_another_terminal(stack: RunningStack) -> None:
+    """The banner's command, typed in a terminal with no uv, no venv and no settings: `sandbox
+    hire` -> signed webhook -> gateway -> dispatcher -> served flow run (its own process) ->
+    Jira simulator issue -> mapping row, all in the processes `up` started."""
+    stack.require_running()
+    line = stack.printed_command("Try")
+    assert line.endswith('sandbox hire "Ada Lovelace" --department Engineering'), line
+    hired = stack.typed(line)
+    employee_id = hired_id(hired)
+    assert "using the sandbox" in hired.stderr  # found through DATA_DIR/sandbox/settings.json
+    parents = onboarding_issues(stack.jira_url, employee_id, "Ada Lovelace")
+    assert parents, f"no onboarding issue for {employee_id}:\n{stack.output[-3000:]}"
+    (parent,) = parents
+    assert parent["fields"]["project"]["key"] == "IT"  # routed: Engineering
+    FIRST_RUN["ada"] = employee_id
+    program = shlex.split(line)[0]
+    events = stack.typed(shlex.join([program, "events"]))
+    assert "employee_create" in events.stdout, events.stdout + events.stderr
+
+
+def test_the_commands_next_to_a_running_sandbox_speak_about_it(stack: RunningStack) -> None:
+    stack.require_running()
+    program = shlex.split(stack.printed_command("Try"))[0]
+    doctor = stack.typed(f"{program} doctor")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "is not set" not in doctor.stdout + doctor.stderr
+    (note,) = [line for line in doctor.stderr.splitlines() if "using the sandbox" in line]
+    assert f"{stack.cwd}/data/sandbox/settings.json" in note.replace("\n", "")
+    config = stack.typed(f"{program} config")
+    assert config.returncode == 0, config.stderr
+    assert stack.url("PeopleForce sandbox:") in config.stdout
+    plan = stack.typed(f"{program} plan {FIRST_RUN.get('ada', 1001)}")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    dry_run = stack.typed(f"{program} reconcile --dry-run")
+    assert dry_run.returncode == 0, dry_run.stdout + dry_run.stderr
+    # Settings that name a real PeopleForce win: production is never silently replaced.
+    real = subprocess.run(
+        [program, "config"],
+        env={**newcomer_env(stack.cwd), "PEOPLEFORCE_API_KEY": "a-real-key"},
+        cwd=stack.cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert real.returncode == 0, real.stderr
+    assert "using the sandbox" not in real.stderr
+    assert "app.peopleforce.io" in real.stdout
+
+
+def flow_run_states(prefect_api_url: str, types: list[str]) -> list[dict]:
+    return httpx.post(
+        f"{prefect_api_url}/flow_runs/filter",
+        json={"flow_runs": {"state": {"type": {"any_": types}}}},
+        timeout=10,
+        trust_env=False,
+    ).json()
 
 
 # Keep this test the last one that uses `stack`: it stops it.
-def test_a_hire_goes_end_to_end_through_the_real_stack(stack: RunningStack) -> None:
-    """`sandbox hire` -> signed webhook -> gateway -> dispatcher -> served flow run (its own
-    process) -> Jira simulator issue -> mapping row, all in the processes `up` started."""
+def test_one_ctrl_c_under_make_run_is_a_clean_stop(stack: RunningStack) -> None:
+    """The terminal sends SIGINT to the whole foreground group; the parent passes it on, so
+    `up` gets it twice within milliseconds: one clean stop, the running flow run finishing."""
     stack.require_running()
-    hired = stack.cli(
-        "sandbox", "hire", "Ada Lovelace", "--department", "Engineering", "--in-days", "3"
-    )
-    assert hired.returncode == 0, hired.stdout + hired.stderr
-    found = re.search(r"employee (\d+)", hired.stdout)
-    assert found, hired.stdout
-    employee_id = int(found.group(1))
-    label = f"pf-employee-{employee_id}"
-    deadline = time.monotonic() + 240
-    parents: list[dict] = []
-    while time.monotonic() < deadline and not parents:
-        issues = httpx.get(f"{stack.jira_url}/_sandbox/issues", timeout=10).json()
-        parents = [
-            issue
-            for issue in issues
-            if label in issue["fields"]["labels"]
-            and issue["fields"]["summary"].startswith("Onboarding: Ada Lovelace")
-        ]
-        time.sleep(2)
-    assert parents, f"no onboarding issue for {employee_id}:\n{stack.output[-3000:]}"
-    events = stack.cli("events")
-    assert "employee_create" in events.stdout, events.stdout
-    (parent,) = parents
-    assert parent["fields"]["project"]["key"] == "IT"  # routed: Engineering
-
-
-def test_ctrl_c_stops_everything(stack: RunningStack) -> None:
-    stack.require_running()
+    # A slow Jira keeps the hire's flow run running for a while.
+    httpx.put(
+        f"{stack.jira_url}/_sandbox/faults", json={"latency_ms": 700}, timeout=10
+    ).raise_for_status()
+    hired_id(stack.cli("sandbox", "hire", "Grace Hopper", "--department", "Engineering"))
+    deadline = time.monotonic() + 120
+    while not (in_progress := flow_run_states(stack.prefect_api_url, ["RUNNING"])):
+        assert time.monotonic() < deadline, f"no flow run started:\n{stack.output[-3000:]}"
+        time.sleep(0.1)
+    run_ids = {run["id"] for run in in_progress}
     children = descendants(stack.process.pid)
-    assert len(children) >= 3, children  # Prefect server, deployments server, gateway
+    assert len(children) >= 4, children  # up, Prefect server, deployments server, gateway
     stopped_at = time.monotonic()
-    assert stop(stack.process) == 0, stack.output
+    os.killpg(stack.process.pid, signal.SIGINT)  # Ctrl-C
+    assert stack.process.wait(timeout=120) == 0, stack.output
     print(f"stopped in {time.monotonic() - stopped_at:.1f} s")
+    time.sleep(0.2)  # the reader thread takes the last lines
+    output = stack.output
+    assert "killed the" not in output, output[-3000:]
+    assert "waiting up to" in output  # for the flow run in progress
     assert [pid for pid in children if running(pid)] == []
     for port in ("PREFECT_SERVER_PORT", "GATEWAY_PORT", "SANDBOX_PEOPLEFORCE_PORT"):
         assert not answers(f"http://127.0.0.1:{stack.env[port]}/"), port
-    assert "stopped the Prefect server" in stack.output
-    assert "stopped the simulators" in stack.output
+    assert "stopped the Prefect server" in output
+    assert "stopped the simulators" in output
+    data_dir = Path(stack.env["DATA_DIR"])
+    assert not (data_dir / "sandbox" / "settings.json").exists()  # no sandbox runs any more
+    # The flow run that was running finished (or was handed back: scheduled again).
+    with sqlite3.connect(data_dir / "sandbox" / "prefect" / "prefect.db") as db:
+        states = dict(db.execute("SELECT id, state_type FROM flow_run").fetchall())
+    for run_id in run_ids:
+        assert states.get(run_id) in ("COMPLETED", "SCHEDULED"), (run_id, states)
+
+
+def test_a_second_make_run_starts_empty_and_the_same_hire_works_again(
+    stack: RunningStack,
+) -> None:
+    """The simulators start empty and hand out the same employee ids again: the second
+    `up --sandbox` on the same DATA_DIR must not take the new Ada for the first one."""
+    assert stack.process.poll() is not None, "the previous test stops the first stack"
+    first_ada = FIRST_RUN.get("ada")
+    assert first_ada is not None, "the first run's hire did not happen"
+    again = start_up(stack_env(stack.cwd), stack.cwd)
+    try:
+        wait_until_up(again)
+        hired = again.typed(again.printed_command("Try"))
+        employee_id = hired_id(hired)
+        assert employee_id == first_ada  # the same id as in the first run, for another person
+        parents = onboarding_issues(again.jira_url, employee_id, "Ada Lovelace")
+        assert parents, f"no onboarding issue for {employee_id}:\n{again.output[-3000:]}"
+    finally:
+        if again.process.poll() is None:
+            assert stop(again.process) == 0, again.output
+
+
+def test_a_second_signal_soon_after_the_first_is_the_same_ctrl_c(tmp_path: Path) -> None:
+    stack = Stack(Settings(_env_file=None, data_dir=tmp_path))  # type: ignore[call-arg]
+    stack.request_stop(signal.SIGINT)
+    stack.request_stop(signal.SIGINT)  # forwarded by make or uv
+    stack.request_stop(signal.SIGTERM)
+    assert stack._stop_signal == signal.SIGINT
+    assert not stack._hurry
+    stack._stop_signal_at -= stack_module.SAME_SIGNAL_SECONDS + 0.1  # a deliberate second one
+    stack.request_stop(signal.SIGINT)
+    assert stack._hurry
+
+
+class FakeSimulators:
+    peopleforce_url = "http://127.0.0.1:1/api/public/v3"
+    peopleforce_control_url = "http://127.0.0.1:1"
+    jira_url = "http://127.0.0.1:2"
+
+    def start(self) -> object:
+        return self
+
+    def stop(self) -> None:
+        pass
+
+    def alive(self) -> bool:
+        return True
+
+    def environment(self) -> dict[str, str]:
+        return {"PEOPLEFORCE_API_KEY": "k"}
+
+
+def test_the_sandbox_has_a_store_of_its_own_reset_at_each_start(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    production = Stack(settings)
+    assert production.child_environment()["DATABASE_URL"].endswith(f"{tmp_path}/pf-jira-sync.db")
+    assert production.prefect_home == tmp_path / "prefect"
+
+    old = tmp_path / "sandbox" / "pf-jira-sync.db"
+    old.parent.mkdir()
+    old.write_text("the last run's mappings")
+    sandbox = Stack(settings, simulators=FakeSimulators())
+    sandbox._reset_sandbox_state()
+    assert not old.exists()
+    assert sandbox.child_environment()["DATABASE_URL"] == (
+        f"sqlite+aiosqlite:///{tmp_path}/sandbox/pf-jira-sync.db"
+    )
+    assert sandbox.prefect_home == tmp_path / "sandbox" / "prefect"
 
 
 def test_up_refuses_a_port_in_use_before_starting_anything(tmp_path: Path) -> None:
@@ -288,11 +489,8 @@ def test_up_refuses_a_port_in_use_before_starting_anything(tmp_path: Path) -> No
 
 
 def test_up_reports_a_child_that_dies_and_stops_the_rest(tmp_path: Path) -> None:
-    # A Prefect database that is not one: the server child exits during its start.
-    prefect_home = tmp_path / "data" / "prefect"
-    prefect_home.mkdir(parents=True)
-    (prefect_home / "prefect.db").write_text("not a SQLite database " * 20)
-    env = stack_env(tmp_path)
+    # A Prefect setting it cannot read: the server child exits during its start.
+    env = stack_env(tmp_path, PREFECT_SERVER_DATABASE_TIMEOUT="soon")
     process = start_up(env, tmp_path)
     try:
         returncode = process.process.wait(timeout=180)
@@ -303,7 +501,7 @@ def test_up_reports_a_child_that_dies_and_stops_the_rest(tmp_path: Path) -> None
     assert returncode == 1, process.output
     assert "error: the Prefect server exited with code" in process.output
     assert "prefect-server.log:" in process.output
-    assert "file is not a database" in process.output  # the log's tail, echoed
+    assert "unable to parse string as a number" in process.output  # the log's tail, echoed
     assert "stopped the simulators" in process.output
     assert not answers(f"http://127.0.0.1:{env['SANDBOX_PEOPLEFORCE_PORT']}/")
 
