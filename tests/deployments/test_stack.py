@@ -320,7 +320,9 @@ def test_the_try_command_works_as_typed_in_another_terminal(stack: RunningStack)
     FIRST_RUN["ada"] = employee_id
     program = shlex.split(line)[0]
     events = stack.typed(shlex.join([program, "events"]))
-    assert "employee_create" in events.stdout, events.stdout + events.stderr
+    # The hire's webhook, with the issue its run created.
+    assert f"Jira {parent['key']}" in events.stdout, events.stdout + events.stderr
+    assert " create " in events.stdout, events.stdout + events.stderr
 
 
 def test_the_commands_next_to_a_running_sandbox_speak_about_it(stack: RunningStack) -> None:
