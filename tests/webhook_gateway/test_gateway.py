@@ -940,7 +940,7 @@ async def test_errors_are_json(client: httpx.AsyncClient) -> None:
 
 
 async def test_logs_give_reasons_and_keys_but_never_bodies_signatures_or_secrets(
-    client: httpx.AsyncClient, log_lines: list[str]
+    sqlite_database_url: str, log_lines: list[str]
 ) -> None:
     marker = "Ada-Lovelace-private-address"
     accepted = envelope(
@@ -950,12 +950,19 @@ async def test_logs_give_reasons_and_keys_but_never_bodies_signatures_or_secrets
         meta={"updated_at": "2026-05-01T10:00:00Z"},
     )
     wrong_signature = sign("not-the-secret", accepted)
+    # Every refusal logged here (by default, one line per 100 of them: test_bounds.py).
+    every_refusal = Settings(
+        _env_file=None, webhook_secret=SecretStr(SECRET), gateway_reject_log_every=1
+    )
 
-    await post(client, accepted)
-    await client.post(WEBHOOK_PATH, content=accepted, headers={SIGNATURE_HEADER: wrong_signature})
-    await post(client, padded_envelope(MAX_BODY_BYTES + 10))
-    await post(client, b'{"action": "' + marker.encode())
-    await post(client, json.dumps({"action": marker, "data": [marker]}).encode())
+    async with running_gateway(sqlite_database_url, every_refusal) as (client, _app):
+        await post(client, accepted)
+        await client.post(
+            WEBHOOK_PATH, content=accepted, headers={SIGNATURE_HEADER: wrong_signature}
+        )
+        await post(client, padded_envelope(MAX_BODY_BYTES + 10))
+        await post(client, b'{"action": "' + marker.encode())
+        await post(client, json.dumps({"action": marker, "data": [marker]}).encode())
 
     text = "\n".join(log_lines)
     assert "accepted as pending" in text
