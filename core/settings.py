@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     # or networks, comma-separated): behind a tunnel, its address, so that clients are told apart.
     gateway_forwarded_allow_ips: str = "127.0.0.1,::1"
 
+    # Inbox retention: events done or ignored are removed this many days after they were
+    # last changed, by the `prune-inbox/scheduled` deployment at INBOX_PRUNE_CRON (in UTC).
+    # Pending, dispatched and failed events are never removed.
+    inbox_retention_days: int = Field(30, ge=1, le=36_500)
+    inbox_prune_cron: str = "15 3 * * *"
+
     # Scale-out: the Prefect work pool of `pf-jira-sync deploy` and `pf-jira-sync worker`
     work_pool: str = Field("pf-jira-sync", min_length=1, max_length=100)
     # Flow runs one worker runs at once (each is a process of its own).
@@ -140,7 +146,7 @@ class Settings(BaseSettings):
             raise ValueError("is a placeholder; set the real value or leave it unset")
         return SecretStr(text)
 
-    @field_validator("reconcile_cron")
+    @field_validator("reconcile_cron", "inbox_prune_cron")
     @classmethod
     def _five_cron_fields(cls, value: str) -> str:
         # Prefect checks the expression itself when the deployment is created.
