@@ -21,6 +21,8 @@ ONBOARDING_FLOW = "onboarding"
 OFFBOARDING_FLOW = "offboarding"
 FIELD_SYNC_FLOW = "field-sync"
 RECONCILE_FLOW = "reconcile"
+# Inbox retention: removes old events that are done or ignored, on a schedule.
+PRUNE_INBOX_FLOW = "prune-inbox"
 
 
 def reconcile_run_name(*, dry_run: bool = False, force: bool = False, full: bool = False) -> str:

@@ -599,3 +599,27 @@ def event_row(event: InboxEvent) -> dict[str, str]:
         "status": status,
         "outcome": outcome,
     }
+
+
+def prune_markdown(
+    retention_days: int,
+    older_than: datetime,
+    removed: Mapping[str, int],
+    kept: Mapping[str, int],
+) -> str:
+    """The summary of an inbox retention run: what it removed and what the inbox still holds."""
+    lines = [
+        "## Inbox retention",
+        "",
+        f"Removed **{sum(removed.values())}** events done or ignored whose last change was before "
+        f"{older_than:%Y-%m-%d %H:%M} UTC (older than {retention_days} days).",
+        "",
+        "| status | removed | kept |",
+        "|---|---:|---:|",
+    ]
+    lines += [
+        f"| {status} | {removed.get(status, 0)} | {kept.get(status, 0)} |"
+        for status in sorted({*removed, *kept})
+    ]
+    lines += ["", "Pending, dispatched and failed events are never removed."]
+    return "\n".join(lines)

@@ -70,6 +70,31 @@ class Settings(BaseSettings):
     # run at a time suits one host; with several workers, lower it so runs go side by side.
     dispatch_run_alone_seconds: float = Field(15.0, ge=0, le=600)
 
+    # Gateway bounds (README, "Security"). A client that has not sent a whole request head
+    # (request line and headers) this many seconds after it connected or began the request is
+    # cut off (408), and so is one whose body has not all arrived this many seconds after its
+    # head; an idle keep-alive connection is closed after GATEWAY_KEEP_ALIVE_SECONDS.
+    gateway_header_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    gateway_body_timeout_seconds: float = Field(30.0, gt=0, le=600)
+    gateway_keep_alive_seconds: int = Field(5, ge=1, le=300)
+    # Connections open at once; a request beyond it is answered 503 (uvicorn's limit).
+    gateway_max_connections: int = Field(200, ge=2, le=100_000)
+    # A client refused this many times (400, 401, 408, 413, 422) within the window is answered
+    # 429 with Retry-After, before its request is read, until the window lets it in (0: off).
+    gateway_reject_limit: int = Field(20, ge=0, le=1_000_000)
+    gateway_reject_window_seconds: float = Field(60.0, gt=0, le=86_400)
+    # Refusals are logged counted: the first, then one line per this many, with the counts.
+    gateway_reject_log_every: int = Field(100, ge=1, le=1_000_000)
+    # Proxies whose X-Forwarded-For names the client (uvicorn's FORWARDED_ALLOW_IPS: addresses
+    # or networks, comma-separated): behind a tunnel, its address, so that clients are told apart.
+    gateway_forwarded_allow_ips: str = "127.0.0.1,::1"
+
+    # Inbox retention: events done or ignored are removed this many days after they were
+    # last changed, by the `prune-inbox/scheduled` deployment at INBOX_PRUNE_CRON (in UTC).
+    # Pending, dispatched and failed events are never removed.
+    inbox_retention_days: int = Field(30, ge=1, le=36_500)
+    inbox_prune_cron: str = "15 3 * * *"
+
     # Scale-out: the Prefect work pool of `pf-jira-sync deploy` and `pf-jira-sync worker`
     work_pool: str = Field("pf-jira-sync", min_length=1, max_length=100)
     # Flow runs one worker runs at once (each is a process of its own).
@@ -121,7 +146,7 @@ class Settings(BaseSettings):
             raise ValueError("is a placeholder; set the real value or leave it unset")
         return SecretStr(text)
 
-    @field_validator("reconcile_cron")
+    @field_validator("reconcile_cron", "inbox_prune_cron")
     @classmethod
     def _five_cron_fields(cls, value: str) -> str:
         # Prefect checks the expression itself when the deployment is created.

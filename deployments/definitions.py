@@ -22,6 +22,7 @@ from flows.field_sync import field_sync
 from flows.offboarding import offboarding
 from flows.onboarding import onboarding
 from flows.reconcile import reconcile
+from flows.retention import prune_inbox
 from flows.sync import sync_employees
 
 
@@ -88,4 +89,22 @@ RECONCILE = DeploymentSpec(
         limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
     ),
 )
-ALL = [WEBHOOK, *MANUAL, RECONCILE]
+
+
+def prune_inbox_schedule(settings: Settings) -> Schedule:
+    return Cron(settings.inbox_prune_cron, timezone="UTC")
+
+
+# Inbox retention, daily: events done or ignored older than INBOX_RETENTION_DAYS are removed
+# (never pending, dispatched or failed ones). One run at a time.
+PRUNE_INBOX = DeploymentSpec(
+    prune_inbox,
+    SCHEDULED_DEPLOYMENT,
+    "Remove the inbox's events done or ignored older than INBOX_RETENTION_DAYS "
+    "(older_than_days: another age); pending, dispatched and failed events always stay.",
+    schedule=prune_inbox_schedule,
+    concurrency_limit=ConcurrencyLimitConfig(
+        limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+    ),
+)
+ALL = [WEBHOOK, *MANUAL, RECONCILE, PRUNE_INBOX]

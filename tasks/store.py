@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from prefect.runtime import flow_run
 
 from core.retry import STORE_CALL
-from core.store import EmployeeLink, LinkChange
+from core.store import EmployeeLink, InboxRepository, LinkChange
 from tasks.services import current
 
 
@@ -44,6 +45,19 @@ async def record_effect(
         detail=detail,
         link_update=link_update,
     )
+
+
+@STORE_CALL("prune the inbox · before {older_than}")
+async def prune_inbox(older_than: datetime) -> dict[str, int]:
+    """Remove the inbox's events done or ignored, last changed before `older_than`; how many of
+    each status went. Safe to repeat: a retry removes only what is left."""
+    return await InboxRepository(current().store.engine).prune(older_than)
+
+
+@STORE_CALL("count the inbox")
+async def count_inbox() -> dict[str, int]:
+    """The inbox's events per status."""
+    return await InboxRepository(current().store.engine).count_by_status()
 
 
 def _flow_run_id() -> str | None:

@@ -282,6 +282,9 @@ def test_the_tunnel_routes_only_the_webhook_path_to_the_gateway() -> None:
     for name in ("postgres", "prefect-server", "seq", "worker"):
         assert "edge" not in SERVICES[name]["networks"], name
     assert VARIABLE.fullmatch(environment(tunnel)["TUNNEL_TOKEN"])
+    # The gateway tells senders apart by the address the tunnel names, trusted from `edge` only.
+    (edge,) = COMPOSE["networks"]["edge"]["ipam"]["config"]
+    assert environment(SERVICES["gateway"])["GATEWAY_FORWARDED_ALLOW_IPS"] == edge["subnet"]
 
 
 def test_the_dockerfile_builds_from_the_lock_as_a_non_root_user() -> None:

@@ -6,6 +6,7 @@ assembles the parts, one module per concern:
 - `routes`: the webhook route and the health routes (what each answers: see there);
 - `dependencies`: what the routes need (the config, the inbox, the verified body, the event);
 - `errors`: `Rejection` (answered here with its status), `GatewayConfigError`, store errors;
+- `bounds`: the body deadline, the per-client limit on refused requests, the counted log;
 - here: the lifespan, which opens the inbox, and the exception handlers.
 
 The names other modules import from here (`create_app`, `GatewayConfigError`,
@@ -26,8 +27,9 @@ from core.names import WEBHOOK_PATH
 from core.settings import Settings, get_settings
 from core.store import InboxRepository, MappingStore
 from webhook_gateway import routes
+from webhook_gateway.bounds import BodyDeadline, RejectGate, Rejections, client_host
 from webhook_gateway.config import GatewayConfig, LifespanExtension, ReadinessCheck
-from webhook_gateway.dependencies import MAX_BODY_BYTES, client_address
+from webhook_gateway.dependencies import MAX_BODY_BYTES
 from webhook_gateway.errors import GatewayConfigError, Rejection
 from webhook_gateway.logs import event_properties
 
@@ -77,6 +79,13 @@ def create_app(
         openapi_url=None,
     )
     app.state.config = config
+    # Refusals per client: counted by `rejected`, a client refused too often answered 429 by
+    # the gate before anything of its request is read (the outermost of the two).
+    app.state.rejections = Rejections(
+        config.reject_limit, config.reject_window, config.reject_log_every
+    )
+    app.add_middleware(BodyDeadline, seconds=config.body_timeout)
+    app.add_middleware(RejectGate, rejections=app.state.rejections)
     app.include_router(routes.webhook)
     app.include_router(routes.health)
     return app
@@ -107,13 +116,14 @@ async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
 
 
 async def rejected(request: Request, rejection: Rejection) -> JSONResponse:
-    logger.warning(
-        "webhook rejected from {}: {} {}",
-        client_address(request),
-        rejection.status_code,
-        rejection.reason,
+    # Counted, and logged one line per many (a flood must not fill the log).
+    rejections: Rejections = request.app.state.rejections
+    rejections.refused(client_host(request.scope), rejection.status_code, rejection.reason)
+    # A request refused before its body was all read: the connection is not reused.
+    headers = {"connection": "close"} if rejection.status_code in (408, 413) else None
+    return JSONResponse(
+        {"detail": rejection.reason}, status_code=rejection.status_code, headers=headers
     )
-    return JSONResponse({"detail": rejection.reason}, status_code=rejection.status_code)
 
 
 async def unexpected(request: Request, error: Exception) -> JSONResponse:

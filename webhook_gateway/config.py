@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -20,16 +21,25 @@ ReadinessCheck = Callable[[], Awaitable[object]]
 LifespanExtension = Callable[[FastAPI], AbstractAsyncContextManager[object]]
 
 
+def _default(setting: str) -> Any:
+    return Settings.model_fields[setting].default
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
-    """The inbox's database, the webhook secret (None: unsigned webhooks are accepted) and the
-    hooks `create_app` documents."""
+    """The inbox's database, the webhook secret (None: unsigned webhooks are accepted), the
+    bounds the app keeps itself (`webhook_gateway.bounds`: the body deadline, the refusals
+    that get a client limited and how they are logged) and the hooks `create_app` documents."""
 
     database_url: str
     secret: str | None
     on_stored: Callable[[], None] | None = None
     readiness_checks: Sequence[ReadinessCheck] = ()
     extra_lifespan: LifespanExtension | None = None
+    body_timeout: float = _default("gateway_body_timeout_seconds")
+    reject_limit: int = _default("gateway_reject_limit")
+    reject_window: float = _default("gateway_reject_window_seconds")
+    reject_log_every: int = _default("gateway_reject_log_every")
 
     @classmethod
     def from_settings(
@@ -56,4 +66,8 @@ class GatewayConfig:
             on_stored=on_stored,
             readiness_checks=readiness_checks,
             extra_lifespan=extra_lifespan,
+            body_timeout=settings.gateway_body_timeout_seconds,
+            reject_limit=settings.gateway_reject_limit,
+            reject_window=settings.gateway_reject_window_seconds,
+            reject_log_every=settings.gateway_reject_log_every,
         )

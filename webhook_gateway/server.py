@@ -6,10 +6,12 @@ import asyncio
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
 from webhook_gateway.app import create_app
+from webhook_gateway.bounds import bounded_protocol, count_uvicorn_refusals
 from webhook_gateway.dispatch import Dispatching
 
 DEFAULT_HOST = "127.0.0.1"
@@ -41,7 +43,15 @@ def create_server(
             **app_options,
         }
     app = create_app(settings, **app_options)
-    config = uvicorn.Config(
+    return uvicorn.Server(server_config(app, settings, host=host, port=port))
+
+
+def server_config(
+    app: FastAPI, settings: Settings, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
+) -> uvicorn.Config:
+    """How uvicorn runs the gateway app: with the bounds of the settings (README, "Security")."""
+    count_uvicorn_refusals(settings.gateway_reject_log_every)
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -50,8 +60,14 @@ def create_server(
         # gateway logs each delivery itself, so the access log would only repeat it.
         log_config=None,
         access_log=False,
+        # The head of each request within the header timeout (408 past it); the body's
+        # deadline is the app's (`BodyDeadline`). A slow head counts as a refusal.
+        http=bounded_protocol(settings.gateway_header_timeout_seconds, app.state.rejections),
+        timeout_keep_alive=settings.gateway_keep_alive_seconds,
+        # Past it, uvicorn answers 503 (it counts the connection asking among its connections).
+        limit_concurrency=settings.gateway_max_connections + 1,
+        forwarded_allow_ips=settings.gateway_forwarded_allow_ips,
     )
-    return uvicorn.Server(config)
 
 
 def serve(

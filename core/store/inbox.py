@@ -66,6 +66,9 @@ class EventStatus(StrEnum):
 
 # What `close_run` may set: the end of an event's way (`requeue` starts it again).
 FINAL_STATUSES = frozenset({EventStatus.ignored, EventStatus.done, EventStatus.failed})
+# What `prune` removes once old enough: work done, and events this service does not act on.
+# Never pending or dispatched events (work still to do) nor failed ones (someone must look).
+PRUNABLE_STATUSES = (EventStatus.done, EventStatus.ignored)
 
 # Plain strings in the database, like the link's lifecycle: a new status needs no migration.
 EVENT_STATUS_TYPE = sa.Enum(
@@ -235,6 +238,44 @@ class InboxRepository:
             event.next_attempt_at = None
             event.updated_at = utc_now()
         return event
+
+    async def prune(self, older_than: datetime, *, batch: int = 1000) -> dict[str, int]:
+        """Remove the events done or ignored whose last change (`updated_at`) is before
+        `older_than`; returns how many of each status were removed (both keys always there).
+
+        Only `PRUNABLE_STATUSES`: nothing pending, dispatched or failed is ever removed, nor a
+        status added later. Removed in transactions of `batch` rows, so the gateway's inserts
+        never wait long behind it.
+        """
+        removed = dict.fromkeys((status.value for status in PRUNABLE_STATUSES), 0)
+        oldest_first = (
+            sa.select(_EVENTS.c.id)
+            .where(_EVENTS.c.status.in_(PRUNABLE_STATUSES))
+            .where(_EVENTS.c.updated_at < older_than)
+            .order_by(_EVENTS.c.id)
+            .limit(batch)
+        )
+        while True:
+            async with self._sessions.begin() as session:
+                ids = list(await session.scalars(oldest_first))
+                if not ids:
+                    return removed
+                statement = (
+                    sa.delete(_EVENTS)
+                    .where(_EVENTS.c.id.in_(ids))
+                    # Again here: an event requeued since the select stays.
+                    .where(_EVENTS.c.status.in_(PRUNABLE_STATUSES))
+                    .returning(_EVENTS.c.status)
+                )
+                for status in (await session.execute(statement)).scalars():
+                    removed[EventStatus(status).value] += 1
+
+    async def count_by_status(self) -> dict[str, int]:
+        """How many events the inbox holds in each status (only statuses that occur)."""
+        query = sa.select(_EVENTS.c.status, sa.func.count()).group_by(_EVENTS.c.status)
+        async with self._sessions() as session:
+            rows = (await session.execute(query)).all()
+        return {EventStatus(status).value: count for status, count in sorted(rows)}
 
     async def check_writable(self) -> None:
         """Raise unless the inbox can be written now: a write that changes nothing, rolled back.

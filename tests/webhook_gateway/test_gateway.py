@@ -375,6 +375,48 @@ async def test_marking_many_events_at_once(inbox: InboxRepository) -> None:
     assert await inbox.pending() == []
 
 
+async def test_prune_removes_only_old_events_that_are_done_or_ignored(
+    inbox: InboxRepository,
+) -> None:
+    now = datetime.now(UTC)
+    old, recent = now - timedelta(days=31), now - timedelta(days=29)
+    for status in EventStatus:  # whatever statuses there are: only done and ignored may go
+        employee_id = None if status is EventStatus.ignored else 1
+        for n in range(3):
+            await inbox.add(
+                new_event(
+                    f"old-{status}-{n}", status=status, employee_id=employee_id, received_at=old
+                )
+            )
+        await inbox.add(
+            new_event(
+                f"recent-{status}", status=status, employee_id=employee_id, received_at=recent
+            )
+        )
+    # Received long ago, but done only now: its age is its last change.
+    await inbox.add(new_event("late", received_at=old))
+    await inbox.mark_dispatched(["late"], "run-1")
+    await inbox.close_run("run-1", EventStatus.done, "completed")
+
+    # Batches of 2: the six old events go over three transactions.
+    removed = await inbox.prune(now - timedelta(days=30), batch=2)
+
+    assert removed == {"done": 3, "ignored": 3}
+    left = {event.event_key for event in await inbox.recent(100)}
+    expected = {f"recent-{status}" for status in EventStatus} | {"late"}
+    expected |= {
+        f"old-{status}-{n}"
+        for status in EventStatus
+        if status not in (EventStatus.done, EventStatus.ignored)
+        for n in range(3)
+    }
+    assert left == expected
+    assert await inbox.prune(now - timedelta(days=30)) == {"done": 0, "ignored": 0}
+    counts = await inbox.count_by_status()
+    assert counts["done"] == 2  # recent-done and late
+    assert counts["failed"] == counts["pending"] == counts["dispatched"] == 4
+
+
 async def test_check_writable_sees_a_read_only_database(
     inbox: InboxRepository, database_url: str
 ) -> None:
@@ -940,7 +982,7 @@ async def test_errors_are_json(client: httpx.AsyncClient) -> None:
 
 
 async def test_logs_give_reasons_and_keys_but_never_bodies_signatures_or_secrets(
-    client: httpx.AsyncClient, log_lines: list[str]
+    sqlite_database_url: str, log_lines: list[str]
 ) -> None:
     marker = "Ada-Lovelace-private-address"
     accepted = envelope(
@@ -950,12 +992,19 @@ async def test_logs_give_reasons_and_keys_but_never_bodies_signatures_or_secrets
         meta={"updated_at": "2026-05-01T10:00:00Z"},
     )
     wrong_signature = sign("not-the-secret", accepted)
+    # Every refusal logged here (by default, one line per 100 of them: test_bounds.py).
+    every_refusal = Settings(
+        _env_file=None, webhook_secret=SecretStr(SECRET), gateway_reject_log_every=1
+    )
 
-    await post(client, accepted)
-    await client.post(WEBHOOK_PATH, content=accepted, headers={SIGNATURE_HEADER: wrong_signature})
-    await post(client, padded_envelope(MAX_BODY_BYTES + 10))
-    await post(client, b'{"action": "' + marker.encode())
-    await post(client, json.dumps({"action": marker, "data": [marker]}).encode())
+    async with running_gateway(sqlite_database_url, every_refusal) as (client, _app):
+        await post(client, accepted)
+        await client.post(
+            WEBHOOK_PATH, content=accepted, headers={SIGNATURE_HEADER: wrong_signature}
+        )
+        await post(client, padded_envelope(MAX_BODY_BYTES + 10))
+        await post(client, b'{"action": "' + marker.encode())
+        await post(client, json.dumps({"action": marker, "data": [marker]}).encode())
 
     text = "\n".join(log_lines)
     assert "accepted as pending" in text
