@@ -315,6 +315,37 @@ async def test_failed_attempts_count_and_defer(inbox: InboxRepository) -> None:
     )
 
 
+async def test_a_set_aside_event_keeps_its_reason_and_leaves_the_queue(
+    inbox: InboxRepository,
+) -> None:
+    await inbox.add(new_event("poison", employee_id=7))
+    await inbox.add(new_event("next", employee_id=8))
+    await inbox.add(new_event("sent", employee_id=9))
+    await inbox.mark_dispatched(["sent"], "run-1")
+    retry_at = datetime.now(UTC) - timedelta(seconds=1)
+    await inbox.mark_attempt_failed(["poison"], "dispatch failed (TypeError: x)", retry_at)
+
+    reasons = {"poison": "set aside, not dispatched: bad", "sent": "no", "unknown": "no"}
+    assert await inbox.set_aside(reasons) == 1  # only what is pending
+
+    poison, sent = await inbox.get("poison"), await inbox.get("sent")
+    assert poison is not None
+    assert sent is not None
+    assert (poison.status, poison.outcome, poison.next_attempt_at) == (
+        EventStatus.set_aside,
+        "set aside, not dispatched: bad",
+        None,
+    )
+    assert sent.status is EventStatus.dispatched
+    assert [event.event_key for event in await inbox.pending()] == ["next"]
+    assert [e.event_key for e in await inbox.recent(status=EventStatus.set_aside)] == ["poison"]
+    # `replay` sends it back, once whatever poisoned it is fixed.
+    requeued = await inbox.requeue("poison")
+    assert requeued is not None
+    assert requeued.status is EventStatus.pending
+    assert requeued.outcome == "requeued (was set_aside)"
+
+
 async def test_requeue_sets_an_event_back_to_pending(inbox: InboxRepository) -> None:
     await inbox.add(new_event("r1", employee_id=7))
     await inbox.mark_dispatched(["r1"], "run-1")
