@@ -33,7 +33,13 @@ def open_inbox_database(settings: Settings) -> str:
     return url
 
 
-STATUS_STYLES = {"pending": "yellow", "dispatched": "cyan", "done": "green", "failed": "red"}
+STATUS_STYLES = {
+    "pending": "yellow",
+    "dispatched": "cyan",
+    "done": "green",
+    "failed": "red",
+    "set_aside": "magenta",
+}
 
 
 @app.command()
@@ -43,7 +49,8 @@ def events(
         str | None,
         typer.Option(
             "--status",
-            help="Only events in this state: pending, ignored, dispatched, done, failed.",
+            help="Only events in this state: pending, ignored, dispatched, done, failed, "
+            "set_aside (events the dispatcher could not turn into work, with the reason).",
         ),
     ] = None,
 ) -> None:

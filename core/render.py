@@ -43,6 +43,7 @@ from core.plan import (
 )
 from core.rules import Rules
 from core.store.lease import LeaseTimeout
+from core.text import NAME_LIMIT, printable
 
 # The dry-run table's columns: `plan_rows` keys, the CLI's headers, the artifact's columns.
 PLAN_COLUMNS = ("employee", "name", "action", "what", "why")
@@ -588,14 +589,13 @@ def event_row(event: InboxEvent) -> dict[str, str]:
         outcome = "not acted on"
     else:
         outcome = ""
-    if len(outcome) > EVENT_OUTCOME_MAX:
-        outcome = outcome[: EVENT_OUTCOME_MAX - 1] + "…"
+    outcome = printable(outcome, EVENT_OUTCOME_MAX)
     return {
         "ref": event.ref,
         "received": event.received_at.astimezone().strftime("%m-%d %H:%M:%S"),
         "employee": str(event.employee_id) if event.employee_id is not None else "-",
         # The employee column says whom: `update`, `terminate` (other topics keep their name).
-        "event": event.action.removeprefix("employee_") or event.action,
+        "event": printable(event.action.removeprefix("employee_") or event.action, NAME_LIMIT),
         "status": status,
         "outcome": outcome,
     }

@@ -5,6 +5,11 @@ employee, so a burst for one person is one piece of work, and one flow run carri
 employees (a flow run is a process of its own: see DESIGN, "Throughput"). A dispatch that
 Prefect does not accept is retried with backoff, so an acknowledged event is never lost, even
 while the Prefect server is down.
+
+One event never holds up the others: each is read on its own, whatever its body holds (the
+sender's name and action are escaped and bounded, `core.text`, before they title a run or tag
+it), and an event the dispatcher cannot turn into work (a poisoned event) is set aside once,
+with the reason (status `set_aside`, shown by `pf-jira-sync events`), never retried on its own.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ import hashlib
 import json
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from typing import Any
 from uuid import UUID
 
 from fastapi import FastAPI
@@ -31,10 +36,11 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.settings import PREFECT_API_AUTH_STRING
 
 from core.names import SERVICE_TAGS, WEBHOOK_RUNS, WEBHOOK_TAG, action_tag, employee_tags
-from core.render import event_outcome
+from core.render import EVENT_OUTCOME_MAX, event_outcome
 from core.settings import Settings
 from core.store import EventStatus, InboxRepository, WebhookEvent
 from core.store.models import utc_now
+from core.text import NAME_LIMIT, printable
 from webhook_gateway.app import GatewayConfigError, event_properties
 
 MAX_BACKOFF_SECONDS = 60.0
@@ -105,47 +111,70 @@ class Dispatcher:
 
     async def dispatch_pending(self) -> int:
         """Turn due pending events into flow runs while the pipeline has room (see `__init__`);
-        returns how many events were handed over."""
+        returns how many events were handed over or set aside.
+
+        Each event is read on its own (`_work_of`): one the dispatcher cannot turn into work (a
+        poisoned event) is set aside, once, with the reason, and the others go on.
+        """
         if not self._has_room():
             return 0
         events = await self.inbox.pending(limit=self.batch_max * 5)
-        by_employee: dict[int, list[WebhookEvent]] = {}
+        by_employee: dict[int, list[Work]] = {}
+        poisoned: list[tuple[WebhookEvent, str]] = []
         for event in events:
-            if event.employee_id is not None:
-                by_employee.setdefault(event.employee_id, []).append(event)
-        handed = 0
+            try:
+                work = _work_of(event)
+            except Exception as error:  # whatever it is, it is this event's, not the batch's
+                poisoned.append((event, _poison_reason(error)))
+            else:
+                by_employee.setdefault(work.employee_id, []).append(work)
+        handed = await self._set_aside(poisoned)
         ordered = sorted(by_employee)
         for start in range(0, len(ordered), self.batch_max):
             if not self._has_room():
                 break
             employees = ordered[start : start + self.batch_max]
-            batch = [event for employee in employees for event in by_employee[employee]]
-            if await self._dispatch(employees, batch):
-                handed += len(batch)
+            handed += await self._dispatch({e: by_employee[e] for e in employees})
         return handed
 
-    async def _dispatch(self, employee_ids: list[int], events: list[WebhookEvent]) -> bool:
+    async def _dispatch(self, works: dict[int, list[Work]]) -> int:
+        """One flow run for these employees' events; returns how many events it carries (or,
+        after a refusal that no retry can change, how many were set aside)."""
+        employee_ids = sorted(works)
+        batch = [work for employee in employee_ids for work in works[employee]]
+        events = [work.event for work in batch]
         keys = [event.event_key for event in events]
         try:
             run = await self.client.create_flow_run_from_deployment(
                 await self._webhook_deployment_id(),
-                parameters={"employee_ids": employee_ids, "event_keys": _event_keys(events)},
+                parameters={"employee_ids": employee_ids, "event_keys": _event_keys(batch)},
                 idempotency_key=self._idempotency_key(events),
-                name=_run_name(employee_ids, events),
-                tags=_run_tags(employee_ids, events),
+                name=_run_name(employee_ids, batch),
+                tags=_run_tags(employee_ids, batch),
             )
+        except UNSENDABLE as error:
+            # The request could not even be written (text no encoder takes): the same
+            # events fail the same way on every attempt. Halve the batch until the employee
+            # whose events they are is alone (a few more runs, not one per employee), set
+            # those aside, and the rest goes on.
+            if len(employee_ids) > 1:
+                half = len(employee_ids) // 2
+                first, second = employee_ids[:half], employee_ids[half:]
+                return await self._dispatch({e: works[e] for e in first}) + await self._dispatch(
+                    {e: works[e] for e in second}
+                )
+            return await self._set_aside([(event, _poison_reason(error)) for event in events])
         except Exception as error:
             attempts = max(event.dispatch_attempts for event in events) + 1
             delay = min(2.0**attempts, MAX_BACKOFF_SECONDS)
+            reason = printable(f"{type(error).__name__}: {error}", EVENT_OUTCOME_MAX)
             await self.inbox.mark_attempt_failed(
-                keys,
-                f"dispatch failed ({type(error).__name__}: {error})",
-                utc_now() + timedelta(seconds=delay),
+                keys, f"dispatch failed ({reason})", utc_now() + timedelta(seconds=delay)
             )
             logger.warning(
-                "dispatch of {} event(s) failed, retrying in {:.0f}s: {}", len(keys), delay, error
+                "dispatch of {} event(s) failed, retrying in {:.0f}s: {}", len(keys), delay, reason
             )
-            return False
+            return 0
         await self.inbox.mark_dispatched(keys, str(run.id))
         self._in_flight.add(str(run.id))
         self._holding_back.add(str(run.id))
@@ -159,12 +188,27 @@ class Dispatcher:
             with logger.contextualize(**event_properties(event), FlowRunId=str(run.id)):
                 logger.info(
                     "webhook {} handed to flow run {} ({}, ref {})",
-                    event.event_key,
-                    run.name,
+                    printable(event.event_key),
+                    printable(run.name),
                     run.id,
                     event.ref,
                 )
-        return True
+        return len(events)
+
+    async def _set_aside(self, poisoned: list[tuple[WebhookEvent, str]]) -> int:
+        """Set these pending events aside, each with its reason, once; returns how many."""
+        if not poisoned:
+            return 0
+        count = await self.inbox.set_aside({event.event_key: why for event, why in poisoned})
+        for event, reason in poisoned:
+            with logger.contextualize(**event_properties(event)):
+                logger.warning(
+                    "webhook {} set aside (ref {}), not dispatched: {}",
+                    printable(event.event_key),
+                    event.ref,
+                    reason,
+                )
+        return count
 
     def _has_room(self) -> bool:
         return not self._holding_back and len(self._in_flight) < self.max_in_flight
@@ -261,19 +305,57 @@ class Dispatcher:
         return {str(run_id) for run_id in family}
 
 
-def _event_keys(events: list[WebhookEvent]) -> dict[str, list[str]]:
+@dataclass(frozen=True)
+class Work:
+    """What a pending event adds to a flow run: its employee, and the sender's text it brings,
+    made safe for a run name and tags (escaped and bounded: `core.text`)."""
+
+    event: WebhookEvent
+    employee_id: int
+    name: str | None
+    action: str
+
+
+def _work_of(event: WebhookEvent) -> Work:
+    """The event as work, or an exception saying why it cannot be (it is then set aside)."""
+    if event.employee_id is None:
+        raise Poisoned("it concerns no employee: there is nothing to dispatch")
+    event.event_key.encode()  # a key that cannot be sent fails here, not in the whole batch
+    return Work(
+        event=event,
+        employee_id=event.employee_id,
+        name=_display_name(_name_in(event.body)),
+        action=printable(event.action, NAME_LIMIT),
+    )
+
+
+class Poisoned(Exception):
+    """An event the dispatcher cannot turn into work; the text says why."""
+
+
+# What a request that cannot be written raises (a lone surrogate in a JSON string cannot be
+# encoded as UTF-8): the same on every attempt, unlike an unreachable or failing Prefect server,
+# which is retried. Nothing else: a bug of ours must not set every event aside.
+UNSENDABLE = (UnicodeError,)
+
+
+def _poison_reason(error: BaseException) -> str:
+    text = str(error) if isinstance(error, Poisoned) else f"{type(error).__name__}: {error}"
+    return printable(f"set aside, not dispatched: {text}", EVENT_OUTCOME_MAX)
+
+
+def _event_keys(works: list[Work]) -> dict[str, list[str]]:
     """The flow's `event_keys` parameter: each employee's events, so its lines carry them."""
     keys: dict[str, list[str]] = {}
-    for event in events:
-        if event.employee_id is not None:
-            keys.setdefault(str(event.employee_id), []).append(event.event_key)
+    for work in works:
+        keys.setdefault(str(work.employee_id), []).append(work.event.event_key)
     return keys
 
 
-def _run_tags(employee_ids: list[int], events: list[WebhookEvent]) -> list[str]:
+def _run_tags(employee_ids: list[int], works: list[Work]) -> list[str]:
     """Filterable in the UI: the service, the source, the employees (the first few) and the
     webhook actions."""
-    actions = sorted({event.action for event in events})[:5]
+    actions = sorted({work.action for work in works})[:5]
     return [
         *SERVICE_TAGS,
         WEBHOOK_TAG,
@@ -282,9 +364,9 @@ def _run_tags(employee_ids: list[int], events: list[WebhookEvent]) -> list[str]:
     ]
 
 
-def _run_name(employee_ids: list[int], events: list[WebhookEvent]) -> str:
+def _run_name(employee_ids: list[int], works: list[Work]) -> str:
     if len(employee_ids) == 1:
-        name = _name_in(events[-1].body)
+        name = works[-1].name
         return (
             f"sync · {name} ({employee_ids[0]})" if name else f"sync · employee {employee_ids[0]}"
         )
@@ -292,13 +374,25 @@ def _run_name(employee_ids: list[int], events: list[WebhookEvent]) -> str:
 
 
 def _name_in(body: str) -> str | None:
-    """The employee's name as the webhook gave it (the run is renamed from PeopleForce later)."""
+    """The employee's name as the webhook gave it (the run is renamed from PeopleForce later):
+    the string parts of `data.attributes`, whatever shape the body has, else None."""
     try:
-        attributes: dict[str, Any] = json.loads(body)["data"]["attributes"]
-    except (ValueError, KeyError, TypeError):
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    data = payload.get("data") if isinstance(payload, dict) else None
+    attributes = data.get("attributes") if isinstance(data, dict) else None
+    if not isinstance(attributes, dict):
         return None
     parts = [attributes.get("first_name"), attributes.get("last_name")]
-    return " ".join(str(part) for part in parts if part) or None
+    return (
+        " ".join(part.strip() for part in parts if isinstance(part, str) and part.strip()) or None
+    )
+
+
+def _display_name(name: str | None) -> str | None:
+    """The sender's name as a run name may hold it: escaped, at most `NAME_LIMIT` characters."""
+    return printable(name, NAME_LIMIT) if name else None
 
 
 def prefect_client(settings: Settings) -> PrefectClient:

@@ -9,8 +9,15 @@ from typing import Any
 from loguru import logger
 from pydantic import ValidationError
 
-from core.peopleforce.models import WebhookAttributes, WebhookData, WebhookEnvelope
+from core.peopleforce.models import (
+    EMPLOYEE_PROFILE_ACTIONS,
+    WebhookAttributes,
+    WebhookData,
+    WebhookEnvelope,
+    strict_id,
+)
 from core.store import EventStatus
+from core.text import is_printable, printable
 
 # PeopleForce topics are short snake_case names; a longer one is not from PeopleForce.
 MAX_ACTION_LENGTH = 100
@@ -37,10 +44,14 @@ def decode_body(raw: bytes) -> tuple[str, Any]:
 def parse_envelope(payload: Any) -> WebhookEnvelope:
     """The envelope of a delivery, or `NotAnEnvelope` saying what is missing.
 
-    Only the envelope is required: an object with a non-empty `action` string and a `data`
-    object whose `id`, if any, is a positive integer. The record inside is read with the
-    models; a record field in an unexpected shape does not refuse the delivery (the webhook is
-    only a hint, the flows re-read the employee): the event is then keyed by its body hash.
+    Only the envelope is required: an object with a non-empty `action` string of printable
+    text (no control character, no lone surrogate: it becomes the event key, a run tag and log
+    lines, and a lone surrogate cannot even be stored), and a `data` object whose `id`, if any,
+    is a positive JSON integer. For a sub-record topic (`employee_position_create`) the employee
+    is `data.attributes.employee_id`, a positive JSON integer or a string of digits, nothing
+    coerced into one (`true`, `3.7`, `" 9_10_015 "` are refused). The record inside is read with
+    the models; a record field in an unexpected shape does not refuse the delivery (the webhook
+    is only a hint, the flows re-read the employee): the event is then keyed by its body hash.
     """
     if not isinstance(payload, dict):
         raise NotAnEnvelope("the body is not a JSON object")
@@ -49,24 +60,31 @@ def parse_envelope(payload: Any) -> WebhookEnvelope:
         raise NotAnEnvelope("`action` must be a non-empty string")
     if len(action) > MAX_ACTION_LENGTH:
         raise NotAnEnvelope(f"`action` is longer than {MAX_ACTION_LENGTH} characters")
+    if not is_printable(action):
+        raise NotAnEnvelope(
+            "`action` must be printable text (no control characters or lone surrogates)"
+        )
     data = payload.get("data")
     if not isinstance(data, dict):
         raise NotAnEnvelope("`data` must be an object")
     record_id = data.get("id")
     if record_id is not None and not _is_record_id(record_id):
         raise NotAnEnvelope("`data.id` must be a positive integer")
+    attributes = data.get("attributes")
+    employee_ref = attributes.get("employee_id") if isinstance(attributes, dict) else None
+    if employee_ref is not None and _names_employee_in_attributes(action):
+        employee_ref = _employee_id(employee_ref)
     try:
         envelope = WebhookEnvelope.model_validate(payload)
     except ValidationError as error:
         fields = sorted({".".join(map(str, item["loc"])) for item in error.errors()})
+        # The field names are the sender's keys (custom fields): escaped, and bounded.
         logger.warning(
             "webhook {} for record {}: unexpected shape of {}; keeping only the envelope",
-            action,
+            printable(action),
             record_id,
-            ", ".join(fields),
+            printable(", ".join(fields)),
         )
-        attributes = data.get("attributes")
-        employee_ref = attributes.get("employee_id") if isinstance(attributes, dict) else None
         envelope = WebhookEnvelope(
             action=action,
             data=WebhookData(
@@ -76,10 +94,36 @@ def parse_envelope(payload: Any) -> WebhookEnvelope:
                 ),
             ),
         )
-    employee_id = envelope.employee_id
+    try:
+        employee_id = envelope.employee_id
+    except ValueError:  # checked above; kept so that the model's reading is the one trusted
+        raise NotAnEnvelope(EMPLOYEE_ID_RULE) from None
     if employee_id is not None and not _is_record_id(employee_id):
-        raise NotAnEnvelope("the employee id must be a positive integer")
+        raise NotAnEnvelope(EMPLOYEE_ID_RULE)
     return envelope
+
+
+EMPLOYEE_ID_RULE = (
+    "the employee id must be a positive integer (`data.attributes.employee_id`: "
+    'a JSON integer or a string of digits, "1041")'
+)
+
+
+def _names_employee_in_attributes(action: str) -> bool:
+    """Sub-record topics (`employee_position_create`): the employee is in the attributes."""
+    probe = WebhookEnvelope(action=action)
+    return probe.is_employee_event and action not in EMPLOYEE_PROFILE_ACTIONS
+
+
+def _employee_id(value: object) -> int:
+    """A strict employee id within the store's range, or `NotAnEnvelope`."""
+    try:
+        employee_id = strict_id(value)
+    except ValueError:
+        raise NotAnEnvelope(EMPLOYEE_ID_RULE) from None
+    if not _is_record_id(employee_id):
+        raise NotAnEnvelope(EMPLOYEE_ID_RULE)
+    return employee_id
 
 
 def classify(envelope: WebhookEnvelope) -> EventStatus:

@@ -5,7 +5,9 @@
 - 413 for a body over 1 MiB (refused from `Content-Length`, or while reading a body without one);
 - 401 for a missing or wrong `X-PeopleForce-Signature` (HMAC of the raw bytes; nothing stored);
 - 400 for a body that is not UTF-8 JSON (a leading byte-order mark is tolerated), 422 for JSON
-  that is not a PeopleForce envelope;
+  that is not a PeopleForce envelope (`webhook_gateway.envelope`: among others an `action` with
+  a control character or a lone surrogate, an employee id that is neither a JSON integer nor a
+  string of digits), never a 5xx that a sender would retry forever;
 - 202 `{"event_key", "ref", "status"}` once the event is committed to the inbox: `pending` for an
   employee event, `ignored` for actions this service does not act on (so PeopleForce stops
   resending them); 200 with the stored key and status for a repeated delivery; `ref` is the
@@ -31,6 +33,7 @@ from loguru import logger
 
 from core.names import WEBHOOK_PATH
 from core.store import EventStatus, InboxRepository, WebhookEvent
+from core.text import printable
 from webhook_gateway.config import ReadinessCheck
 from webhook_gateway.dependencies import Config, Inbox, ReceivedEvent
 from webhook_gateway.errors import STORE_UNAVAILABLE, describe_error
@@ -59,7 +62,7 @@ async def _store(
     except STORE_UNAVAILABLE as error:
         logger.error(
             "webhook {} not stored, answering 503: inbox unavailable ({})",
-            event.event_key,
+            printable(event.event_key),
             describe_error(error),
         )
         return JSONResponse({"detail": "inbox unavailable, deliver again later"}, status_code=503)
@@ -68,7 +71,7 @@ async def _store(
     if not created:
         logger.info(
             "webhook {} is a repeat delivery (stored as {}, ref {})",
-            stored.event_key,
+            printable(stored.event_key),
             answer["status"],
             stored.ref,
         )
@@ -76,7 +79,7 @@ async def _store(
     # `ref`: the short reference `events` shows and `replay` takes.
     logger.info(
         "webhook {} accepted as {} (employee {}, ref {})",
-        stored.event_key,
+        printable(stored.event_key),
         answer["status"],
         stored.employee_id,
         stored.ref,
@@ -86,7 +89,7 @@ async def _store(
             on_stored()
         except Exception:
             # The event is safely stored: whoever dispatches will find it on its next pass.
-            logger.exception("on_stored failed after storing {}", stored.event_key)
+            logger.exception("on_stored failed after storing {}", printable(stored.event_key))
     return JSONResponse(answer, status_code=202)
 
 

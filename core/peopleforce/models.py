@@ -9,6 +9,7 @@ in date fields read as missing, and enumerations (status, gender) stay plain str
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
@@ -195,6 +196,31 @@ class Asset(PeopleForceModel):
 
 # --- Webhooks -------------------------------------------------------------------------------
 
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def strict_id(value: object) -> int:
+    """An id as a webhook may give it: a JSON integer, or a string of ASCII digits (`"1041"`).
+
+    Anything else is `ValueError`, never coerced: `true` is no employee 1, `3.7` no employee 3,
+    `" 9_10_015 "` no employee 910015 (what `int()` would make of them).
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        return int(value)
+    raise ValueError("an id is a JSON integer or a string of digits")
+
+
+def _json_integer(value: Any) -> Any:
+    """`data.id`: a JSON integer or null, nothing pydantic would coerce into one."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ValueError("`data.id` is a JSON integer")
+
+
+RecordId = Annotated[int | None, BeforeValidator(_json_integer)]
+
 
 class WebhookManager(PeopleForceModel):
     """`reporting_to` in webhooks: one `full_name`, unlike the REST record."""
@@ -240,7 +266,7 @@ class WebhookAttributes(PeopleForceModel):
 
 
 class WebhookData(PeopleForceModel):
-    id: int | None = None
+    id: RecordId = None
     attributes: WebhookAttributes = Field(default_factory=WebhookAttributes)
     reporting_to: WebhookManager | None = None
     position: Ref | None = None
@@ -287,12 +313,14 @@ class WebhookEnvelope(PeopleForceModel):
         if self.action in EMPLOYEE_PROFILE_ACTIONS:
             return self.data.id
         if self.is_employee_event:
-            candidate = (self.data.attributes.model_extra or {}).get("employee_id")
-            try:
-                return int(candidate) if candidate is not None else None
-            except (TypeError, ValueError):
-                return None
+            return self.sub_record_employee_id()
         return None
+
+    def sub_record_employee_id(self) -> int | None:
+        """`attributes.employee_id` read strictly (`strict_id`): None when absent;
+        `ValueError` when it is there but no id."""
+        candidate = (self.data.attributes.model_extra or {}).get("employee_id")
+        return None if candidate is None else strict_id(candidate)
 
     def event_key(self, raw_body: bytes) -> str:
         """A deterministic de-duplication key (PeopleForce sends no delivery id).

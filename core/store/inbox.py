@@ -55,6 +55,9 @@ class EventStatus(StrEnum):
     - `ignored`: an action this service does not act on (leave requests, applicants, unknown).
     - `dispatched`: a flow run was created for it (`flow_run_id`).
     - `done`, `failed`: the flow run finished; `outcome` says how.
+    - `set_aside`: the dispatcher could not turn it into work (a poisoned event); `outcome`
+      says why. Set aside once, never retried on its own, so it holds nothing up; `replay`
+      sends it back to pending.
     """
 
     pending = "pending"
@@ -62,6 +65,7 @@ class EventStatus(StrEnum):
     dispatched = "dispatched"
     done = "done"
     failed = "failed"
+    set_aside = "set_aside"
 
 
 # What `close_run` may set: the end of an event's way (`requeue` starts it again).
@@ -187,6 +191,26 @@ class InboxRepository:
             },
             only_status=EventStatus.pending,
         )
+
+    async def set_aside(self, reasons: Mapping[str, str]) -> int:
+        """Pending events the dispatcher cannot turn into work, by key, with the reason each
+        is set aside for; returns how many were pending."""
+        changed = 0
+        async with self._sessions.begin() as session:
+            for event_key, reason in sorted(reasons.items()):
+                statement = (
+                    sa.update(_EVENTS)
+                    .where(_EVENTS.c.event_key == event_key)
+                    .where(_EVENTS.c.status == EventStatus.pending)
+                    .values(
+                        status=EventStatus.set_aside,
+                        outcome=reason,
+                        next_attempt_at=None,
+                        updated_at=utc_now(),
+                    )
+                )
+                changed += len((await session.execute(statement.returning(_EVENTS.c.id))).all())
+        return changed
 
     async def close_run(
         self,

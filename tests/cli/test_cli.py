@@ -452,6 +452,27 @@ def test_events_without_a_store_says_where_it_looked(tmp_path: Path) -> None:
     assert not (tmp_path / "nowhere").exists()  # looking created nothing
 
 
+def test_events_shows_what_was_set_aside_and_why(inbox_dir: Path, tmp_path: Path) -> None:
+    async def set_aside() -> None:
+        url = f"sqlite+aiosqlite:///{inbox_dir / 'pf-jira-sync.db'}"
+        async with await MappingStore.open(url) as store:
+            inbox = InboxRepository(store.engine)
+            await inbox.set_aside({REFS["e4"]: "set aside, not dispatched: why it could not be"})
+
+    asyncio.run(set_aside())
+
+    listed = run_cli("events", cwd=tmp_path, DATA_DIR=str(inbox_dir), COLUMNS="120")
+    only = run_cli("events", "--status", "set_aside", cwd=tmp_path, DATA_DIR=str(inbox_dir))
+
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert table_rows(listed.stdout)["e4"][-2:] == [
+        "set_aside",
+        "set aside, not dispatched: why it could not be",
+    ]
+    assert only.returncode == 0, only.stdout + only.stderr
+    assert list(table_rows(only.stdout)) == ["e4"]
+
+
 def stored_event(inbox_dir: Path, key: str) -> WebhookEvent | None:
     async def read() -> WebhookEvent | None:
         url = f"sqlite+aiosqlite:///{inbox_dir / 'pf-jira-sync.db'}"

@@ -20,6 +20,8 @@ from uuid import UUID
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
+from loguru import logger
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     DeploymentFilter,
@@ -32,12 +34,16 @@ from prefect.client.schemas.objects import State, StateType
 from prefect.flow_engine import run_flow_async
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Pending, Running
+from pydantic import SecretStr
 
+from core.names import WEBHOOK_PATH
 from core.peopleforce.signature import SIGNATURE_HEADER, sign
+from core.settings import Settings
 from core.store import EventStatus, InboxRepository, MappingStore, WebhookEvent
 from flows.sync import sync_employees
 from sandbox.server import free_port
 from tests.fixtures_flows import World, webhook_gateway
+from webhook_gateway import create_app, dispatch
 from webhook_gateway.dispatch import Dispatcher, Dispatching
 
 SECRET = "dispatch-test-secret"
@@ -279,3 +285,184 @@ async def add_update_event(inbox: InboxRepository, employee_id: int) -> None:
             body=json.dumps({"employee": employee_id}),
         )
     )
+
+
+# Poisoned events: whatever a signed body holds, one event never holds up the rest, nor loops
+
+
+@dataclass
+class SignedInbox:
+    """The real gateway over ASGI on its own inbox, and a Prefect client on the test server."""
+
+    http: httpx.AsyncClient
+    inbox: InboxRepository
+    client: PrefectClient
+
+    async def deliver(self, employee_id: int, attributes: object) -> str:
+        body = json.dumps(
+            {
+                "action": "employee_update",
+                "data": {
+                    "id": employee_id,
+                    "attributes": attributes,
+                    "meta": {"updated_at": "2026-05-01T10:00:00+03:00"},
+                },
+            }
+        ).encode()  # ASCII: a lone surrogate travels as the JSON escape `\ud800`
+        response = await self.http.post(
+            WEBHOOK_PATH,
+            content=body,
+            headers={SIGNATURE_HEADER: sign(SECRET, body), "content-type": "application/json"},
+        )
+        assert (response.status_code, response.json()["status"]) == (202, "pending")
+        return response.json()["event_key"]
+
+    async def events(self) -> dict[int | None, WebhookEvent]:
+        return {event.employee_id: event for event in await self.inbox.recent(limit=100)}
+
+    async def run_names(self) -> dict[int | None, str]:
+        names = {}
+        for employee_id, event in (await self.events()).items():
+            if event.flow_run_id:
+                names[employee_id] = (await self.client.read_flow_run(UUID(event.flow_run_id))).name
+        return names
+
+
+@pytest.fixture
+async def signed_inbox(prefect_server: None, tmp_path: Path) -> AsyncIterator[SignedInbox]:
+    await (await sync_employees.ato_deployment(name="webhook")).aapply()
+    settings = Settings(_env_file=None, webhook_secret=SecretStr(SECRET))
+    app = create_app(settings, store_url=f"sqlite+aiosqlite:///{tmp_path / 'inbox.db'}")
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://gateway"
+        ) as http,
+        PrefectClient(api=PREFECT_API_URL.value()) as client,
+    ):
+        yield SignedInbox(http, app.state.inbox, client)
+
+
+async def drain(dispatcher: Dispatcher) -> int:
+    """Dispatch until nothing is left to hand over; how many events were handed or set aside."""
+    handed = 0
+    for _ in range(20):
+        await dispatcher.close_finished()
+        if not (count := await dispatcher.dispatch_pending()):
+            return handed
+        handed += count
+    raise AssertionError("the dispatcher never ran out of work")
+
+
+def one_run_each(signed_inbox: SignedInbox) -> Dispatcher:
+    """A dispatcher that gives every employee a run of their own, so each run name shows."""
+    return Dispatcher(
+        signed_inbox.inbox,
+        signed_inbox.client,
+        batch_max=1,
+        max_in_flight=20,
+        run_alone_for=timedelta(0),
+    )
+
+
+async def test_a_signed_event_in_any_shape_becomes_work_once_beside_the_others(
+    signed_inbox: SignedInbox,
+) -> None:
+    """`attributes` a list or a string, a lone surrogate in a name, a 900 KB name: each is
+    dispatched once like any other event (the flow reads the employee from PeopleForce; the
+    webhook's name only titles the run), and none holds up the event beside it."""
+    await signed_inbox.deliver(701, ["Eve", "Adams"])
+    await signed_inbox.deliver(702, "Eve Adams")
+    await signed_inbox.deliver(703, {"first_name": "Eve\ud800", "last_name": "Adams"})
+    await signed_inbox.deliver(704, {"first_name": "E" * 900_000})
+    await signed_inbox.deliver(705, {"first_name": "Ada", "last_name": "Lovelace"})
+
+    assert await drain(one_run_each(signed_inbox)) == 5
+
+    events = await signed_inbox.events()
+    assert {e: (ev.status, ev.dispatch_attempts) for e, ev in events.items()} == dict.fromkeys(
+        (701, 702, 703, 704, 705), (EventStatus.dispatched, 1)
+    )
+    names = await signed_inbox.run_names()
+    assert names[701] == "sync · employee 701"
+    assert names[702] == "sync · employee 702"
+    assert names[703] == "sync · Eve\\ud800 Adams (703)"  # escaped: it can be sent, and read
+    assert names[705] == "sync · Ada Lovelace (705)"
+    # Nothing left to retry: the next rounds find no work.
+    assert await signed_inbox.inbox.pending() == []
+
+
+async def test_a_900_kb_name_becomes_a_bounded_run_name_and_log_line(
+    signed_inbox: SignedInbox,
+) -> None:
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="DEBUG", format="{message} {extra}")
+    try:
+        await signed_inbox.deliver(704, {"first_name": "E" * 900_000, "last_name": "Long"})
+        await signed_inbox.deliver(706, {"first_name": "Eve\n12:00:00.000 ERROR   forged"})
+        assert await drain(one_run_each(signed_inbox)) == 2
+    finally:
+        logger.remove(sink)
+    # A newline in a name forges no line of the dispatcher's either.
+    assert not any("\n" in line.rstrip("\n") for line in lines)
+    assert "sync · Eve\\n12:00:00.000 ERROR   forged (706)" in "".join(lines)
+
+    event = (await signed_inbox.events())[704]
+    assert event.flow_run_id is not None
+    run = await signed_inbox.client.read_flow_run(UUID(event.flow_run_id))
+    assert run.name.startswith("sync · EEEE")
+    assert run.name.endswith("… (704)")
+    assert len(run.name) <= 120
+    assert all(len(tag) <= 120 for tag in run.tags)
+    assert lines
+    assert max(len(line) for line in lines) < 2_000
+
+
+async def test_an_event_that_cannot_be_work_is_set_aside_once_with_its_reason(
+    signed_inbox: SignedInbox,
+) -> None:
+    """A pending event about nobody (an older gateway, a hand-edited row) sat at the head of the
+    queue forever; it is set aside, with the reason, and the event behind it goes on."""
+    await signed_inbox.inbox.add(
+        WebhookEvent(event_key="orphan", action="employee_update", employee_id=None, body="{}")
+    )
+    await signed_inbox.deliver(705, {"first_name": "Ada", "last_name": "Lovelace"})
+    dispatcher = one_run_each(signed_inbox)
+
+    assert await drain(dispatcher) == 2
+
+    events = await signed_inbox.events()
+    orphan = events[None]
+    assert orphan.status == EventStatus.set_aside
+    assert "concerns no employee" in (orphan.outcome or "")
+    assert orphan.dispatch_attempts == 0  # set aside, not tried and failed
+    assert events[705].status == EventStatus.dispatched
+    # Once: the next rounds leave it where it is, and `events --status set_aside` lists it.
+    assert await drain(dispatcher) == 0
+    assert [e.event_key for e in await signed_inbox.inbox.recent(status="set_aside")] == ["orphan"]
+
+
+async def test_a_request_that_cannot_be_sent_sets_aside_only_its_employees_events(
+    signed_inbox: SignedInbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Today's failure, whatever the field it comes from next time: sender text that reaches
+    the request unescaped (here the names, as before `core.text`, and in a run of several
+    employees) makes Prefect's client raise UnicodeEncodeError on every attempt. The batch is
+    halved until that employee is alone: their events are set aside once, with the reason;
+    everyone else's work goes on."""
+    monkeypatch.setattr(dispatch, "_display_name", lambda name: name)
+    monkeypatch.setattr(
+        dispatch, "_run_name", lambda _, works: "sync · " + ", ".join(w.name or "" for w in works)
+    )
+    for employee_id in (801, 802, 803):
+        await signed_inbox.deliver(employee_id, {"first_name": f"Person{employee_id}"})
+    await signed_inbox.deliver(804, {"first_name": "Eve\ud800"})
+    dispatcher = Dispatcher(signed_inbox.inbox, signed_inbox.client)  # one batch of all four
+
+    assert await drain(dispatcher) == 4
+
+    events = await signed_inbox.events()
+    assert events[804].status == EventStatus.set_aside
+    assert "UnicodeEncodeError" in (events[804].outcome or "")
+    assert {events[e].status for e in (801, 802, 803)} == {EventStatus.dispatched}
+    assert await drain(dispatcher) == 0  # never retried on its own

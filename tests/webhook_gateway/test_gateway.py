@@ -315,6 +315,37 @@ async def test_failed_attempts_count_and_defer(inbox: InboxRepository) -> None:
     )
 
 
+async def test_a_set_aside_event_keeps_its_reason_and_leaves_the_queue(
+    inbox: InboxRepository,
+) -> None:
+    await inbox.add(new_event("poison", employee_id=7))
+    await inbox.add(new_event("next", employee_id=8))
+    await inbox.add(new_event("sent", employee_id=9))
+    await inbox.mark_dispatched(["sent"], "run-1")
+    retry_at = datetime.now(UTC) - timedelta(seconds=1)
+    await inbox.mark_attempt_failed(["poison"], "dispatch failed (TypeError: x)", retry_at)
+
+    reasons = {"poison": "set aside, not dispatched: bad", "sent": "no", "unknown": "no"}
+    assert await inbox.set_aside(reasons) == 1  # only what is pending
+
+    poison, sent = await inbox.get("poison"), await inbox.get("sent")
+    assert poison is not None
+    assert sent is not None
+    assert (poison.status, poison.outcome, poison.next_attempt_at) == (
+        EventStatus.set_aside,
+        "set aside, not dispatched: bad",
+        None,
+    )
+    assert sent.status is EventStatus.dispatched
+    assert [event.event_key for event in await inbox.pending()] == ["next"]
+    assert [e.event_key for e in await inbox.recent(status=EventStatus.set_aside)] == ["poison"]
+    # `replay` sends it back, once whatever poisoned it is fixed.
+    requeued = await inbox.requeue("poison")
+    assert requeued is not None
+    assert requeued.status is EventStatus.pending
+    assert requeued.outcome == "requeued (was set_aside)"
+
+
 async def test_requeue_sets_an_event_back_to_pending(inbox: InboxRepository) -> None:
     await inbox.add(new_event("r1", employee_id=7))
     await inbox.mark_dispatched(["r1"], "run-1")
@@ -776,6 +807,91 @@ async def test_a_record_in_an_unexpected_shape_is_still_accepted(
         "status": "pending",
     }
     assert any("unexpected shape of data.attributes.hired_on" in line for line in log_lines)
+
+
+# Sender-controlled text: what cannot be stored or shown is refused, the rest is escaped
+
+
+@pytest.mark.parametrize(
+    "raw_action",
+    [
+        r"employee_update\ud800",  # a lone surrogate: valid as a JSON escape, not as UTF-8
+        r"employee_update\n12:00:00.000 ERROR   forged line",
+        r"employee_update\u0000",  # PostgreSQL text cannot hold NUL
+        r"employee_update\u2028forged",
+    ],
+    ids=["lone-surrogate", "newline", "nul", "line-separator"],
+)
+async def test_an_action_that_is_not_printable_text_is_422_not_500(
+    client: httpx.AsyncClient, inbox_of: InboxRepository, log_lines: list[str], raw_action: str
+) -> None:
+    # The escape is written into the JSON text, as a sender would: the body is valid UTF-8.
+    body = ('{"action":"' + raw_action + '","data":{"id":7}}').encode()
+
+    response = await post(client, body)
+
+    # A 5xx would have a sender that retries on errors deliver it forever.
+    assert response.status_code == 422, response.text
+    assert "`action` must be printable text" in response.json()["detail"]
+    assert await inbox_of.recent() == []
+    assert not any("forged" in line for line in log_lines)
+
+
+async def test_sender_keys_in_a_log_line_are_escaped_and_bounded(
+    client: httpx.AsyncClient, log_lines: list[str]
+) -> None:
+    # Custom field keys are the sender's: a bad value under a key with a newline in it puts
+    # that key into the "unexpected shape" warning.
+    forged = "x\n12:00:00.000 ERROR   webhook_gateway forged line"
+    long_key = "z" * 50_000  # sorts last: the keys before it are in the line
+    body = envelope(
+        "employee_update",
+        9,
+        custom_fields={forged: {"name": 5}, long_key: {"name": 6}, "ok\ud800": {"name": 7}},
+        meta={"updated_at": "2026-05-01T10:00:00+03:00"},
+    )
+
+    response = await post(client, body)
+
+    assert response.status_code == 202, response.text
+    (warning,) = [line.rstrip("\n") for line in log_lines if "unexpected shape" in line]
+    assert "\n" not in warning
+    assert "x\\n12:00:00.000 ERROR" in warning
+    warning.encode()  # no lone surrogate left in it: any sink can write it
+    assert len(warning) < 1000
+    assert not any(line.startswith("12:00:00.000") for line in "\n".join(log_lines).splitlines())
+
+
+@pytest.mark.parametrize(
+    "employee_ref",
+    [True, False, 3.7, 12.0, " 9_10_015 ", "9_10_015", " 12", "12a", "", "-5", "١٢", 0, 2**40,
+     "99999999999999999999", [12], {"id": 12}],
+)  # fmt: skip
+async def test_an_employee_id_is_a_json_integer_or_a_string_of_digits_else_422(
+    client: httpx.AsyncClient, inbox_of: InboxRepository, employee_ref: Any
+) -> None:
+    body = envelope("employee_position_create", 77, attributes={"employee_id": employee_ref})
+
+    response = await post(client, body)
+
+    assert response.status_code == 422, response.text
+    assert "the employee id must be a positive integer" in response.json()["detail"]
+    assert "a JSON integer or a string of digits" in response.json()["detail"]
+    assert await inbox_of.recent() == []
+
+
+@pytest.mark.parametrize("employee_ref", [12, "12", "0012"])
+async def test_an_employee_id_as_an_integer_or_digits_is_that_employee(
+    client: httpx.AsyncClient, inbox_of: InboxRepository, employee_ref: Any
+) -> None:
+    body = envelope("employee_position_create", 77, attributes={"employee_id": employee_ref})
+
+    response = await post(client, body)
+
+    assert (response.status_code, response.json()["status"]) == (202, "pending")
+    stored = await inbox_of.get(response.json()["event_key"])
+    assert stored is not None
+    assert stored.employee_id == 12
 
 
 async def test_concurrent_deliveries_with_duplicates(database_url: str) -> None:
