@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from core import one_host
-from core.logging import configure_logging
-from core.settings import Settings, SettingsError, get_settings
+from core.logging import configure_logging, redact
+from core.settings import Settings, SettingsError, get_settings, mask_url
 
 app = typer.Typer(
     name="pf-jira-sync",
@@ -67,8 +67,9 @@ def load_settings(*, running_sandbox: bool = True) -> Settings:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """One line on stderr and the exit code: the way every command reports a failure."""
-    errors.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    """One line on stderr and the exit code: the way every command reports a failure (with
+    every secret the settings hold masked, should an error's text carry one)."""
+    errors.print(f"[red]error:[/] {escape(redact(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -90,6 +91,7 @@ def describe_prefect_error(error: Exception, api_url: str) -> str:
     """One line for what went wrong talking to the Prefect server."""
     from prefect.exceptions import PrefectHTTPStatusError
 
+    api_url = mask_url(api_url)
     if isinstance(error, httpx.TransportError):
         return f"no Prefect server answers at {api_url} ({type(error).__name__}: {error})"
     if isinstance(error, PrefectHTTPStatusError) and error.response.status_code == 401:

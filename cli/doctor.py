@@ -13,8 +13,8 @@ from rich.table import Table
 
 from cli.app import app, console, load_settings, read_settings
 from core.errors import ApiError, AuthenticationError, ForbiddenError
-from core.logging import configure_logging
-from core.settings import Settings, SettingsError
+from core.logging import configure_logging, redact
+from core.settings import Settings, SettingsError, mask_url
 
 
 @app.command()
@@ -63,7 +63,7 @@ async def _check_peopleforce(settings: Settings) -> str:
 
     async with PeopleForceClient.from_settings(settings) as peopleforce:
         await peopleforce.check()
-    return f"reachable at {settings.peopleforce_base_url}, key accepted"
+    return f"reachable at {mask_url(settings.peopleforce_base_url)}, key accepted"
 
 
 async def _check_jira(settings: Settings) -> str:
@@ -71,14 +71,14 @@ async def _check_jira(settings: Settings) -> str:
 
     async with JiraClient.from_settings(settings) as jira:
         me = await jira.myself()
-    return f"reachable at {settings.jira_api_base}, signed in as {me.display_name}"
+    return f"reachable at {mask_url(settings.jira_api_base)}, signed in as {me.display_name}"
 
 
 async def _check_database(settings: Settings) -> str:
     from core.database import check_writable
 
     await check_writable(settings.effective_database_url)
-    return f"writable: {settings.effective_database_url}"
+    return f"writable: {mask_url(settings.effective_database_url)}"
 
 
 async def _run_check(
@@ -119,6 +119,8 @@ def doctor() -> None:
     results = [CheckResult("settings", True, "valid"), *asyncio.run(run_checks(settings))]
     for result in results:
         mark = "[green]ok  [/]" if result.ok else "[red]FAIL[/]"
-        console.print(f"{mark} {result.name:<12} {result.detail}", highlight=False, soft_wrap=True)
+        # An error's text may quote a URL or a credential: masked like every log line.
+        detail = escape(redact(result.detail))
+        console.print(f"{mark} {result.name:<12} {detail}", highlight=False, soft_wrap=True)
     if not all(result.ok for result in results):
         raise typer.Exit(1)

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.app import app, console, fail, load_settings
-from core.settings import Settings
+from core.settings import Settings, mask_url
 
 
 def open_inbox_database(settings: Settings) -> str:
@@ -72,7 +72,9 @@ def events(
 
     found = asyncio.run(read())
     if not found:
-        console.print(f"no {wanted.value + ' ' if wanted else ''}events in {url}", highlight=False)
+        console.print(
+            f"no {wanted.value + ' ' if wanted else ''}events in {mask_url(url)}", highlight=False
+        )
         return
     # As wide as the terminal (80 when not one, COLUMNS when set): the short columns never
     # wrap, the outcome wraps inside its own column, so rows stay apart at any width.

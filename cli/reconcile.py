@@ -23,7 +23,7 @@ from core.names import (
     full_deployment_name,
     reconcile_run_name,
 )
-from core.settings import Settings, SettingsError
+from core.settings import Settings, SettingsError, mask_url
 
 RECONCILE_DEPLOYMENT = full_deployment_name(RECONCILE_FLOW, SCHEDULED_DEPLOYMENT)
 
@@ -146,7 +146,7 @@ def plan_employee(
 
 def print_no_store_note(settings: Settings) -> None:
     console.print(
-        f"(no mapping store at {settings.effective_database_url} yet: planned as if this "
+        f"(no mapping store at {mask_url(settings.effective_database_url)} yet: planned as if this "
         "service had done nothing)",
         highlight=False,
         soft_wrap=True,

@@ -11,7 +11,7 @@ import httpx
 import typer
 
 from cli.app import app, console, errors, fail, load_settings, prefect_api_url, run_on_prefect
-from core.settings import Settings
+from core.settings import Settings, mask_url
 
 
 @app.command()
@@ -167,7 +167,7 @@ def worker(
     if make_url(settings.effective_database_url).get_backend_name() == "sqlite":
         errors.print(
             f"[yellow]note:[/] the mapping store is a SQLite file on this host "
-            f"({settings.effective_database_url}): workers on other hosts need the same "
+            f"({mask_url(settings.effective_database_url)}): workers on other hosts need the same "
             "DATABASE_URL, a PostgreSQL database",
             highlight=False,
             soft_wrap=True,
@@ -229,7 +229,7 @@ def alerts_install() -> None:
     installed = run_on_prefect(api_url, lambda: install_alerts(url))
     console.print(
         f"{'installed' if installed.created else 'updated'} the automation {AUTOMATION_NAME!r} "
-        f"({installed.automation_id}) in {api_url}: failed, crashed and timed-out runs of the "
+        f"({installed.automation_id}) in {mask_url(api_url)}: failed, crashed and timed-out runs of the "
         f"pf-jira-sync deployments are posted to the URL in the webhook block {BLOCK_NAME!r}",
         highlight=False,
         soft_wrap=True,
@@ -244,7 +244,8 @@ def alerts_remove() -> None:
     _, api_url = alert_settings()
     removed = run_on_prefect(api_url, uninstall_alerts)
     console.print(
-        f"removed {removed} automation(s) named {AUTOMATION_NAME!r} from {api_url}", highlight=False
+        f"removed {removed} automation(s) named {AUTOMATION_NAME!r} from {mask_url(api_url)}",
+        highlight=False,
     )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from core.settings import mask_url
+
 
 class ApiError(Exception):
     """An HTTP call to PeopleForce or Jira failed. `service` names the API, `status` the HTTP status."""
@@ -36,7 +38,8 @@ class ApiError(Exception):
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
-        where = f" ({self.method} {self.url})" if self.method and self.url else ""
+        # The URL as every URL is shown: a password or token in it masked.
+        where = f" ({self.method} {mask_url(self.url)})" if self.method and self.url else ""
         status = f" {self.status}" if self.status is not None else ""
         fields = "".join(f"; {name}: {text}" for name, text in self.field_errors.items())
         return f"{self.service}{status}{where}: {self.message}{fields}"

@@ -11,8 +11,10 @@ Lines carry their context as properties: `EventKey`, `EmployeeId`, `Action` and 
 the code binds them (`logger.contextualize`), `FlowRunId` and `TaskRunId` inside Prefect runs
 (`tasks.run_log`), `Logger` for lines from the standard library, `Component` for the process.
 
-Secrets never leave: one patcher masks the values of the secret settings (and the database
-password), the Prefect API credentials, credential headers and webhook signatures in every line,
+Secrets never leave: one patcher masks the values of the secret settings, the passwords and
+tokens inside the URL settings, the proxies and Prefect's URLs (`Settings.url_secrets`), the
+Prefect API credentials, credential headers, webhook signatures, and the password or credential
+query value of any URL (as `core.settings.mask_url` shows URLs) in every line,
 property and traceback, once, before any sink sees the record (it renders the traceback itself,
 as the `@x` property, and takes the exception off the record, so no sink renders it unmasked).
 A filter does the same for what Prefect's own loggers send to the run logs.
@@ -29,18 +31,17 @@ import sys
 import traceback
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from loguru import logger
 
 from core.seq import SeqSink
+from core.settings import MASK, is_secret_query_name
 
 if TYPE_CHECKING:
     from loguru import Message, Record
 
     from core.settings import Settings
 
-MASK = "********"
 # Values shorter than this are not masked: masking "ab" everywhere would ruin every line.
 MIN_SECRET_LENGTH = 4
 # Credentials that may show up in a line whatever their value: PeopleForce's webhook signature,
@@ -49,6 +50,11 @@ _CREDENTIAL_PATTERNS = [
     r"sha256=[0-9a-fA-F]{64}",
     r"(?P<header>(?i:authorization|x-api-key|x-seq-apikey|x-peopleforce-signature)"
     r"[\"']?\s*[:=]\s*[\"']?)(?:(?i:basic|bearer) )?[^\s\"',;}]{4,}",
+    # The password of any URL (`scheme://user:PASSWORD@host`), the user kept.
+    r"(?P<userinfo>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@\"']*:)[^\s/@\"']+(?=@)",
+    # A query parameter: its value is masked when its name says it is a credential (`?password=`,
+    # `&access_token=` ...: `core.settings.is_secret_query_name`, as `mask_url` does).
+    r"(?P<query>[?&](?P<qname>[A-Za-z0-9_.%-]+)=)(?P<qvalue>[^\s&#\"']+)",
 ]
 # Prefect's own credentials, read from the environment (this module does not import Prefect).
 PREFECT_SECRET_VARIABLES = ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
@@ -56,6 +62,8 @@ PREFECT_SECRET_VARIABLES = ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
 _configured = False
 _secrets: set[str] = set()
 _secret_pattern: re.Pattern[str] = re.compile("|".join(_CREDENTIAL_PATTERNS))
+# The registered values alone, for the parts of a credential pattern's match that are kept.
+_literal_pattern: re.Pattern[str] | None = None
 # Where the patcher puts the masked traceback text: CLEF's name for it, so Seq gets it as is.
 TRACEBACK = "@x"
 
@@ -78,14 +86,25 @@ def clear_secrets() -> None:
 
 
 def _compile() -> None:
-    global _secret_pattern
+    global _secret_pattern, _literal_pattern
     # Longest first, so a secret that contains another is masked whole.
     literal = [re.escape(value) for value in sorted(_secrets, key=len, reverse=True)]
     _secret_pattern = re.compile("|".join([*literal, *_CREDENTIAL_PATTERNS]))
+    _literal_pattern = re.compile("|".join(literal)) if literal else None
+
+
+def _mask_literals(text: str) -> str:
+    return _literal_pattern.sub(MASK, text) if _literal_pattern is not None else text
 
 
 def _mask(match: re.Match[str]) -> str:
-    return (match.groupdict().get("header") or "") + MASK
+    groups = match.groupdict()
+    if groups.get("qname") is not None:
+        value = groups["qvalue"]
+        shown = MASK if is_secret_query_name(groups["qname"]) else _mask_literals(value)
+        return _mask_literals(groups["query"]) + shown
+    # What a credential pattern keeps (a header's name, a URL's user) may hold a secret too.
+    return _mask_literals(groups.get("header") or groups.get("userinfo") or "") + MASK
 
 
 def redact(text: str) -> str:
@@ -103,8 +122,7 @@ def secret_values(settings: Settings) -> list[str]:
     if settings.jira_email and settings.jira_api_token:
         pair = f"{settings.jira_email}:{settings.jira_api_token.get_secret_value()}"
         values.append(base64.b64encode(pair.encode()).decode())
-    if settings.database_url:
-        values.append(urlsplit(settings.database_url).password or "")
+    values += settings.url_secrets()
     for name in PREFECT_SECRET_VARIABLES:
         if value := os.environ.get(name):
             values += [value, base64.b64encode(value.encode()).decode()]  # as basic auth too

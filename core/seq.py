@@ -28,6 +28,8 @@ from typing import Any
 import httpx
 from loguru import logger
 
+from core.settings import mask_url
+
 # Loguru's levels as Seq names them.
 SEQ_LEVELS = {
     "TRACE": "Verbose",
@@ -181,7 +183,7 @@ class SeqSink:
             # Once, when Seq stops taking logs (the line reaches Seq only if it comes back in time).
             logger.warning(
                 "Seq at {} is not taking logs ({}); log lines are dropped until it does",
-                self.endpoint,
+                mask_url(self.endpoint),
                 error,
             )
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +22,122 @@ PLACEHOLDER_SECRETS = {
     "your-api-key",
     "...",
 }
+
+
+# How a secret is shown, in a URL or a log line.
+MASK = "********"
+# Query parameters whose value is a credential (`?password=`, `?token=`, `?api_key=` ...): the
+# name is matched case-insensitively, with `-` and `_` ignored, and also as a suffix
+# (`access_token`, `sslpassword`, `X-Amz-Signature`).
+SECRET_QUERY_NAMES = (
+    "password",
+    "passwd",
+    "pwd",
+    "pass",
+    "secret",
+    "token",
+    "key",
+    "apikey",
+    "auth",
+    "sig",
+    "signature",
+    "credential",
+    "credentials",
+)
+# The environment's proxies (httpx and Prefect follow them), shown by `config` and masked.
+PROXY_VARIABLES = (
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "ALL_PROXY",
+    "https_proxy",
+    "http_proxy",
+    "all_proxy",
+)
+# Settings that are URLs (a password or token may be inside), besides the secret ones.
+URL_SETTINGS = (
+    "peopleforce_base_url",
+    "jira_base_url",
+    "database_url",
+    "prefect_api_url",
+    "seq_url",
+    "sandbox_webhook_url",
+)
+# URLs Prefect reads from the environment itself (its server's database on PostgreSQL).
+PREFECT_URL_VARIABLES = (
+    "PREFECT_API_URL",
+    "PREFECT_API_DATABASE_CONNECTION_URL",
+    "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+)
+
+
+def is_secret_query_name(name: str) -> bool:
+    """Whether a query parameter of this name carries a credential (Jira's `nextPageToken`, a
+    pagination cursor, does not)."""
+    normalized = re.sub(r"[-_.]", "", unquote(name).lower())
+    if normalized.endswith("pagetoken"):
+        return False
+    return any(normalized.endswith(secret) for secret in SECRET_QUERY_NAMES)
+
+
+def mask_url(url: str | object) -> str:
+    """How a URL is shown anywhere (`config`, `doctor`, banners, log lines): the user is kept,
+    the password and the values of credential query parameters (`?password=`, `?token=` ...)
+    become `********`. Anything else is returned as it is, also text that is no URL."""
+    text = str(url)
+    if "://" not in text:
+        return text
+    try:
+        parts = urlsplit(text)
+        has_password = parts.password is not None
+    except ValueError:  # unparseable (a broken IPv6 bracket): show nothing that may be a secret
+        return text.split("://", 1)[0] + "://" + MASK
+    netloc = parts.netloc
+    if has_password:
+        userinfo, _, host = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{MASK}@{host}"
+    query = parts.query
+    if query:
+        pairs = query.split("&")
+        query = "&".join(
+            f"{pair.split('=', 1)[0]}={MASK}"
+            if "=" in pair and is_secret_query_name(pair.split("=", 1)[0])
+            else pair
+            for pair in pairs
+        )
+    if netloc == parts.netloc and query == parts.query:
+        return text
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def url_secrets(url: str | object | None) -> list[str]:
+    """The secrets inside a URL (its password, the credential query values), as written and
+    decoded: what the log redaction registers so that they are masked wherever they travel."""
+    if url is None or "://" not in str(url):
+        return []
+    try:
+        parts = urlsplit(str(url))
+        values = [parts.password or ""]
+    except ValueError:
+        return []
+    values += [
+        value
+        for name, value in parse_qsl(parts.query, keep_blank_values=False)
+        if is_secret_query_name(name)
+    ]
+    values += [
+        pair.split("=", 1)[1]
+        for pair in parts.query.split("&")
+        if "=" in pair and is_secret_query_name(pair.split("=", 1)[0])
+    ]
+    values += [unquote(value) for value in values]
+    return list(dict.fromkeys(value for value in values if value))
+
+
+def environment_proxies(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The proxies set in the environment, by variable."""
+    environ = dict(os.environ) if environ is None else environ
+    return {name: environ[name] for name in PROXY_VARIABLES if environ.get(name)}
 
 
 class SettingsError(Exception):
@@ -200,16 +319,26 @@ class Settings(BaseSettings):
             )
 
     def masked(self) -> dict[str, Any]:
-        """The effective settings for display: secrets shown only as set or unset."""
+        """The effective settings for display: secrets shown only as set or unset, the
+        passwords and tokens inside URLs masked (`mask_url`); the environment's proxies too."""
         shown: dict[str, Any] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 value = "**********"
-            shown[name.upper()] = "" if value is None else str(value)
-        shown["JIRA_API_BASE (derived)"] = self.jira_api_base or ""
-        shown["DATABASE_URL (effective)"] = self.effective_database_url
+            shown[name.upper()] = "" if value is None else mask_url(value)
+        shown["JIRA_API_BASE (derived)"] = mask_url(self.jira_api_base or "")
+        shown["DATABASE_URL (effective)"] = mask_url(self.effective_database_url)
+        for name, value in environment_proxies().items():
+            shown[f"{name} (environment)"] = mask_url(value)
         return shown
+
+    def url_secrets(self) -> list[str]:
+        """The secrets inside the URL settings, the environment's proxies and Prefect's URLs."""
+        urls: list[object] = [getattr(self, name) for name in URL_SETTINGS]
+        urls += environment_proxies().values()
+        urls += [os.environ.get(name) for name in PREFECT_URL_VARIABLES]
+        return [value for url in urls for value in url_secrets(url)]
 
 
 def describe_validation_error(error: ValidationError) -> str:

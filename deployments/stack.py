@@ -50,7 +50,7 @@ import httpx
 from core import one_host
 from core.names import WEBHOOK_PATH
 from core.rules import RulesError, load_rules
-from core.settings import Settings
+from core.settings import Settings, mask_url
 
 PREFECT_HOST = "127.0.0.1"
 TRY_ARGS = ("sandbox", "hire", "Ada Lovelace", "--department", "Engineering")
@@ -309,6 +309,12 @@ class Stack:
     def _preflight(self) -> None:
         """Refuse at once what would fail later, after a long wait for the Prefect server."""
         settings = self.settings
+        # First, so that it is said also when a check below stops `up`.
+        if settings.prefect_api_url and str(settings.prefect_api_url).rstrip("/") != self.api_url:
+            warn(
+                f"note: PREFECT_API_URL={mask_url(settings.prefect_api_url)} is ignored: "
+                "`up` runs its own server"
+            )
         if (
             not self.sandbox
             and not settings.webhook_secret
@@ -355,10 +361,6 @@ class Stack:
             self.prefect_home.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StackFailure(f"cannot use DATA_DIR {self.data_dir}: {error}") from None
-        if settings.prefect_api_url and str(settings.prefect_api_url).rstrip("/") != self.api_url:
-            warn(
-                f"note: PREFECT_API_URL={settings.prefect_api_url} is ignored: `up` runs its own server"
-            )
 
     def _reset_sandbox_state(self) -> None:
         """An empty store and Prefect database for the simulators, which start empty."""
@@ -466,7 +468,7 @@ class Stack:
             )
         say(f"  Logs:                {self.log_dir}")
         if self.settings.seq_url:
-            say(f"  Seq (structured):    {self.settings.seq_url}")
+            say(f"  Seq (structured):    {mask_url(self.settings.seq_url)}")
         if self.settings.alert_webhook_url:
             say("  Alerts:              failed runs are posted to ALERT_WEBHOOK_URL")
         say()

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from types import TracebackType
 
-from core.settings import Settings
+from core.settings import Settings, mask_url
 from sandbox import jira, peopleforce
 from sandbox.seed import SeedPerson, seed_people
 from sandbox.server import BackgroundServer
@@ -97,7 +97,7 @@ class Simulators:
             f"{len(self.people)} people; control: {self._servers[0].url}/_sandbox/employees)",
             f"Jira simulator:        {self.jira_url}  (basic auth {JIRA_EMAIL} / {JIRA_API_TOKEN}; "
             f"issues: {self.jira_url}/_sandbox/issues)",
-            f"Webhooks go to:        {self.webhook_url or '(nowhere: set SANDBOX_WEBHOOK_URL)'}",
+            f"Webhooks go to:        {mask_url(self.webhook_url) if self.webhook_url else '(nowhere: set SANDBOX_WEBHOOK_URL)'}",
             "Point pf-jira-sync at them (sandbox credentials, not secrets):",
         ]
         lines += [f"  export {name}={value}" for name, value in self.environment().items()]

@@ -21,10 +21,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from loguru import logger
-from sqlalchemy.engine import make_url
 
 from core.names import WEBHOOK_PATH
-from core.settings import Settings, get_settings
+from core.settings import Settings, get_settings, mask_url
 from core.store import InboxRepository, MappingStore
 from webhook_gateway import routes
 from webhook_gateway.bounds import BodyDeadline, RejectGate, Rejections, client_host
@@ -106,7 +105,7 @@ async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
         app.state.inbox = InboxRepository(store.engine)
         logger.info(
             "webhook gateway ready: inbox at {}",
-            make_url(config.database_url).render_as_string(hide_password=True),
+            mask_url(config.database_url),
         )
         if config.extra_lifespan is None:
             yield

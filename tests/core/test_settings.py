@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings, SettingsError, get_settings
+from core.settings import (
+    Settings,
+    SettingsError,
+    environment_proxies,
+    get_settings,
+    mask_url,
+    url_secrets,
+)
 from tests.paths import ROOT
 
 SETTING_NAMES = [name.upper() for name in Settings.model_fields]
@@ -136,6 +143,70 @@ def test_secrets_never_show(clean_env: pytest.MonkeyPatch) -> None:
     for value in secrets.values():
         assert value not in shown
     assert settings.masked()["JIRA_API_TOKEN"] == "**********"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql+asyncpg://pfjs:s3cr%40t@db:5432/pf_jira_sync",
+            "postgresql+asyncpg://pfjs:********@db:5432/pf_jira_sync",
+        ),
+        ("http://admin:p@ss:w0rd@prefect:4200/api", "http://admin:********@prefect:4200/api"),
+        ("http://:only-a-password@proxy:3128", "http://:********@proxy:3128"),
+        (
+            "https://seq.example.com/?apiKey=k3y&level=info&X-Amz-Signature=abc",
+            "https://seq.example.com/?apiKey=********&level=info&X-Amz-Signature=********",
+        ),
+        (
+            "postgresql://db/x?sslpassword=pw&access_token=t&password=p",
+            "postgresql://db/x?sslpassword=********&access_token=********&password=********",
+        ),
+        # Nothing to mask: returned as it is (a user alone, a cursor, a path, no URL at all).
+        ("http://user@proxy:3128", "http://user@proxy:3128"),
+        (
+            "https://x.atlassian.net/rest?nextPageToken=c42",
+            "https://x.atlassian.net/rest?nextPageToken=c42",
+        ),
+        (
+            "sqlite+aiosqlite:////srv/data/pf-jira-sync.db",
+            "sqlite+aiosqlite:////srv/data/pf-jira-sync.db",
+        ),
+        ("30 1 * * *", "30 1 * * *"),
+        ("http://[broken/x", "http://********"),
+    ],
+)
+def test_mask_url_keeps_the_user_and_masks_passwords_and_tokens(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+def test_url_secrets_are_found_as_written_and_decoded() -> None:
+    found = url_secrets("postgresql://pfjs:s3cr%40t@db/x?token=a%2Fb&page=2")
+    assert set(found) == {"s3cr%40t", "s3cr@t", "a%2Fb", "a/b"}
+    assert url_secrets("http://user@host/x?page=2") == []
+    assert url_secrets(None) == []
+
+
+def test_environment_proxies_are_read_from_the_environment() -> None:
+    proxies = environment_proxies({"HTTPS_PROXY": "http://u:p4ss@proxy:3128", "PATH": "/bin"})
+    assert proxies == {"HTTPS_PROXY": "http://u:p4ss@proxy:3128"}
+    assert mask_url(proxies["HTTPS_PROXY"]) == "http://u:********@proxy:3128"
+
+
+def test_masked_settings_hide_the_passwords_inside_urls(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("DATABASE_URL", "postgresql+asyncpg://pfjs:db-pw-31@db:5432/pf_jira_sync")
+    clean_env.setenv("PREFECT_API_URL", "http://admin:prefect-pw-32@prefect:4200/api")
+    clean_env.setenv("SEQ_URL", "http://seq:seq-pw-33@seq:5341/?token=seq-token-34")
+    clean_env.setenv("HTTPS_PROXY", "http://proxy:proxy-pw-35@proxy:3128")
+    shown = get_settings().masked()
+    text = str(shown)
+    for secret in ("db-pw-31", "prefect-pw-32", "seq-pw-33", "seq-token-34", "proxy-pw-35"):
+        assert secret not in text
+    assert shown["DATABASE_URL"] == "postgresql+asyncpg://pfjs:********@db:5432/pf_jira_sync"
+    assert shown["DATABASE_URL (effective)"] == shown["DATABASE_URL"]
+    assert shown["PREFECT_API_URL"] == "http://admin:********@prefect:4200/api"
+    assert shown["SEQ_URL"] == "http://seq:********@seq:5341/?token=********"
+    assert shown["HTTPS_PROXY (environment)"] == "http://proxy:********@proxy:3128"
 
 
 def test_config_command_masks_secrets(tmp_path: Path) -> None:

@@ -52,10 +52,13 @@ from core.logging import (
     console_format,
     console_sink,
     patch_record,
+    redact,
     register_secrets,
     remove_seq_sink,
+    secret_values,
 )
 from core.seq import SeqSink
+from core.settings import Settings
 from core.store import EffectAction, InboxRepository
 from flows.observability import artifact_key
 from flows.onboarding import onboarding
@@ -268,6 +271,57 @@ def test_secrets_logged_by_mistake_are_masked_in_every_sink(
     )
     assert RedactingFilter().filter(record)
     assert record.getMessage() == "failed: ********"
+
+
+def test_passwords_and_tokens_in_urls_are_masked_in_every_line(
+    observed: Observed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Any URL's password and credential query values, registered or not; the user is kept."""
+    logger.bind(Store="postgresql+asyncpg://pfjs:db-pw-unregistered@db:5432/x").warning(
+        "proxy http://proxy:proxy-pw-unregistered@proxy:3128 refused "
+        "https://hooks.example.com/x?access_token=tok-unregistered&page=2 "
+        "(next: /search/jql?nextPageToken=cursor-42)"
+    )
+    assert observed.seq.flush()
+    console = capsys.readouterr().err
+    outputs = [console, *observed.clef.bodies]
+    assert_no_secret(outputs, ["db-pw-unregistered", "proxy-pw-unregistered", "tok-unregistered"])
+    assert "http://proxy:********@proxy:3128 refused" in console
+    assert "?access_token=********&page=2" in console
+    assert "nextPageToken=cursor-42" in console  # a pagination cursor, not a credential
+    (event,) = [e for e in observed.clef.events if e["@l"] == "Warning"]
+    assert event["Store"] == "postgresql+asyncpg://pfjs:********@db:5432/x"
+
+
+def test_the_secrets_inside_url_settings_and_proxies_are_registered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Also where no pattern would find them: a password quoted alone, decoded or not."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:https-proxy-pw@proxy:3128")
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql://p:prefect-db-pw@db/p")
+    settings = Settings(
+        database_url="postgresql+asyncpg://pfjs:db%40pw-1@db:5432/pf_jira_sync",
+        prefect_api_url="http://admin:prefect-pw-2@prefect:4200/api",  # type: ignore[arg-type]
+        seq_url="http://seq:5341/?apikey=seq-query-key-3",  # type: ignore[arg-type]
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    values = secret_values(settings)
+    for secret in (
+        "db%40pw-1",
+        "db@pw-1",
+        "prefect-pw-2",
+        "seq-query-key-3",
+        "https-proxy-pw",
+        "prefect-db-pw",
+    ):
+        assert secret in values
+    register_secrets(values)
+    try:
+        assert redact("the password is db@pw-1, or prefect-pw-2") == (
+            "the password is ********, or ********"
+        )
+    finally:
+        clear_secrets()
 
 
 def test_a_process_configured_from_settings_ships_to_seq_and_flushes_at_exit(
