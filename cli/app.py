@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from core import one_host
+from core.errors import is_transient_store_error
 from core.logging import configure_logging, redact
 from core.settings import Settings, SettingsError, get_settings, mask_url
 
@@ -114,3 +115,19 @@ def run_on_prefect(api_url: str, work: Callable[[], Coroutine[Any, Any, Any]]) -
         raise
     except Exception as error:
         fail(describe_prefect_error(error, api_url))
+
+
+def run_on_store(work: Callable[[], Coroutine[Any, Any, Any]], url: str) -> Any:
+    """Run `work` against the mapping store at `url`; a store that does not answer (a server
+    that is down, a wrong host or port) is one line and exit 1, not a traceback."""
+    try:
+        return asyncio.run(work())
+    except typer.Exit:
+        raise
+    except Exception as error:
+        if not is_transient_store_error(error):
+            raise
+        fail(
+            f"the mapping store at {mask_url(url)} does not answer "
+            f"({type(error).__name__}): is the database running, and DATABASE_URL right?"
+        )

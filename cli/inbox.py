@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.app import app, console, fail, load_settings
+from cli.app import app, console, fail, load_settings, run_on_store
 from core.settings import Settings, mask_url
 
 
@@ -70,7 +69,7 @@ def events(
         async with await MappingStore.open(url) as store:
             return await InboxRepository(store.engine).recent(limit, wanted)
 
-    found = asyncio.run(read())
+    found = run_on_store(read, url)
     if not found:
         console.print(
             f"no {wanted.value + ' ' if wanted else ''}events in {mask_url(url)}", highlight=False
@@ -163,7 +162,7 @@ def replay(
             return before, await inbox.requeue(before.event_key)
 
     try:
-        before, event = asyncio.run(requeue())
+        before, event = run_on_store(requeue, url)
     except ValueError as error:  # an event about no employee: nothing to run
         fail(str(error), code=2)
     if before is None or event is None:

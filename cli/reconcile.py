@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.app import app, console, errors, fail, load_settings, run_on_prefect
+from cli.app import app, console, errors, fail, load_settings, run_on_prefect, run_on_store
 from cli.doctor import explain
 from core.errors import ApiError
 from core.names import (
@@ -55,12 +55,12 @@ def load_reconcile_rules(settings: Settings) -> Any:
         fail(str(error), code=2)
 
 
-def run_reading(work: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+def run_reading(work: Callable[[], Coroutine[Any, Any, Any]], store_url: str | None) -> Any:
     """Run a read against PeopleForce, Jira and the store; one line and exit 1 if it fails."""
     from core.company import ListingError
 
     try:
-        return asyncio.run(work())
+        return run_on_store(work, store_url or "(none)")
     except SettingsError as error:
         fail(str(error), code=2)
     except ApiError as error:
@@ -115,7 +115,7 @@ def plan_employee(
                 lambda: peopleforce.list_assets(employee_id),
             )
 
-    facts, result = run_reading(read)
+    facts, result = run_reading(read, url)
     name = result.employee_name or "(unknown)"
     console.print(f"[bold]Employee {employee_id} {escape(name)}[/]", highlight=False)
     console.print("[bold]Inputs[/]")
@@ -212,7 +212,7 @@ def dry_run_reconcile(settings: Settings, full: bool) -> None:
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=errors, transient=True) as progress:
-        company = run_reading(lambda: read(progress))
+        company = run_reading(lambda: read(progress), url)
     verdict = safeguard(
         company,
         max_share=settings.safeguard_max_share,

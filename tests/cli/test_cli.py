@@ -547,3 +547,23 @@ def test_replay_refuses_bad_input_in_one_line(
     assert result.returncode == 2
     assert result.stderr.strip() == error
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", [["events"], ["replay", "e1"], ["plan", "7"]])
+def test_a_store_that_does_not_answer_is_one_line_not_a_traceback(
+    tmp_path: Path, command: list[str]
+) -> None:
+    url = f"postgresql+asyncpg://pfjs:store-secret-9f1@127.0.0.1:{free_port()}/pf_jira_sync"
+    done = run_cli(
+        *command,
+        cwd=tmp_path,
+        DATABASE_URL=url,
+        PEOPLEFORCE_BASE_URL=f"http://127.0.0.1:{free_port()}",
+        PEOPLEFORCE_API_KEY="key",
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "store-secret-9f1" not in done.stdout + done.stderr
+    if command[0] != "plan":  # `plan` reads PeopleForce first: nothing answers there either
+        assert "the mapping store at postgresql+asyncpg://pfjs:********@127.0.0.1" in done.stderr
+        assert "does not answer" in done.stderr
