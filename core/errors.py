@@ -110,6 +110,20 @@ class ApiTimeoutError(TransportError):
     """The request timed out. For a create this does not mean it failed: guard before retrying."""
 
 
+class UnexpectedAnswerError(ApiError):
+    """The server answered, but not in a shape the client can read: not JSON, a field it needs
+    missing or of another type, a status that is neither success nor failure (a redirect).
+
+    Permanent: the same answer will not read better on a retry. `operation` names the client
+    method that could not read it; the message says what was wrong. After a create, the answer
+    being unreadable does not mean nothing was created: guard before creating again.
+    """
+
+    def __init__(self, service: str, message: str, *, operation: str | None = None, **kwargs):
+        self.operation = operation
+        super().__init__(service, f"{operation}: {message}" if operation else message, **kwargs)
+
+
 def is_transient(error: BaseException) -> bool:
     """True when the same call may succeed if made again later.
 

@@ -133,7 +133,9 @@ async def find_subtasks(parent_key: str, who: str) -> dict[str, str]:
     async for issue in current().jira.search(
         f"parent = {parent_key} ORDER BY key", fields=["summary"]
     ):
-        found.setdefault(issue["fields"]["summary"], issue["key"])
+        summary = issue["fields"].get("summary")
+        if isinstance(summary, str):
+            found.setdefault(summary, issue["key"])
     return found
 
 
@@ -180,7 +182,9 @@ async def create_subtasks(
         for failure in result.failed
     ]
     transient = result.interrupted_by is not None and is_transient(result.interrupted_by)
-    return SubtaskOutcome([c.key for c in result.created], refused, retryable=transient)
+    # Issues Jira created in an answer it garbled are recorded too: never created twice.
+    created = [c.key for c in result.created] + [c.key for c in result.unplaced]
+    return SubtaskOutcome(created, refused, retryable=transient)
 
 
 @API_CALL("update fields of {issue_key} · {who}")

@@ -14,9 +14,19 @@ from typing import Any, TypedDict, Unpack
 from urllib.parse import quote
 
 import httpx
+from pydantic import ValidationError
 
-from core.errors import ApiError, NotFoundError, RequestRejectedError
-from core.http import DEFAULT_TIMEOUT, ApiClient, ErrorBodyParser, send
+from core.errors import ApiError, NotFoundError, RequestRejectedError, UnexpectedAnswerError
+from core.http import (
+    DEFAULT_TIMEOUT,
+    ApiClient,
+    ErrorBodyParser,
+    answer_error,
+    read_answer,
+    read_json,
+    send,
+)
+from core.jira import answers
 from core.jira.adf import AdfNode, adf_to_text, text_to_adf
 from core.settings import Settings, SettingsError
 
@@ -67,6 +77,10 @@ class BulkResult:
     failed: list[BulkFailure] = field(default_factory=list)
     # The error that stopped the run after some issues were already created; None otherwise.
     interrupted_by: ApiError | None = None
+    # Issues Jira reports created in an answer too garbled to tell which element each one is
+    # (an unusable element number, a count that does not add up): created all the same, so
+    # they must be recorded, and the elements of that request are not to be sent again blindly.
+    unplaced: list[CreatedIssue] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -94,12 +108,16 @@ class JiraUser:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JiraUser:
+        return cls.from_answer(answers.USER.validate_python(data))
+
+    @classmethod
+    def from_answer(cls, user: answers.UserAnswer) -> JiraUser:
         return cls(
-            account_id=data["accountId"],
-            display_name=data.get("displayName"),
-            email_address=data.get("emailAddress"),
-            active=bool(data.get("active", True)),
-            account_type=data.get("accountType"),
+            account_id=user.accountId,
+            display_name=user.displayName,
+            email_address=user.emailAddress,
+            active=user.active is not False,
+            account_type=user.accountType,
         )
 
 
@@ -114,40 +132,64 @@ class Issue:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Issue:
+        return cls.from_answer(answers.ISSUE.validate_python(data))
+
+    @classmethod
+    def from_answer(cls, issue: answers.IssueAnswer) -> Issue:
         return cls(
-            id=str(data["id"]),
-            key=data.get("key", ""),
-            fields=dict(data.get("fields") or {}),
-            properties=dict(data.get("properties") or {}),
+            id=issue.id,
+            key=issue.key,
+            fields=dict(issue.fields or {}),
+            properties=dict(issue.properties or {}),
         )
+
+    # `fields` holds whatever Jira puts there (the spec allows any value): each accessor
+    # answers None (or no labels) for a value not in the shape it reads.
 
     @property
     def summary(self) -> str | None:
-        return self.fields.get("summary")
+        return _text(self.fields.get("summary"))
 
     @property
     def description_text(self) -> str:
-        return adf_to_text(self.fields.get("description"))
+        try:
+            return adf_to_text(self.fields.get("description"))
+        except (TypeError, AttributeError, ValueError, RecursionError):
+            return ""
 
     @property
     def status(self) -> str | None:
-        return (self.fields.get("status") or {}).get("name")
+        return _text(_member(self.fields.get("status"), "name"))
 
     @property
     def status_category(self) -> str | None:
-        return ((self.fields.get("status") or {}).get("statusCategory") or {}).get("key")
+        category = _member(self.fields.get("status"), "statusCategory")
+        return _text(_member(category, "key"))
 
     @property
     def labels(self) -> list[str]:
-        return list(self.fields.get("labels") or [])
+        labels = self.fields.get("labels")
+        return (
+            [label for label in labels if isinstance(label, str)]
+            if isinstance(labels, list)
+            else []
+        )
 
     @property
     def parent_key(self) -> str | None:
-        return (self.fields.get("parent") or {}).get("key")
+        return _text(_member(self.fields.get("parent"), "key"))
 
     @property
     def assignee_account_id(self) -> str | None:
-        return (self.fields.get("assignee") or {}).get("accountId")
+        return _text(_member(self.fields.get("assignee"), "accountId"))
+
+
+def _member(value: Any, name: str) -> Any:
+    return value.get(name) if isinstance(value, dict) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 class TransitionNotAvailableError(RequestRejectedError):
@@ -243,7 +285,8 @@ def parse_jira_error(response: httpx.Response) -> tuple[str, dict[str, str]]:
         return ("" if is_html or len(text) > 300 else text), {}
     if not isinstance(body, dict):
         return "", {}
-    messages = [str(message) for message in body.get("errorMessages") or [] if message]
+    listed = body.get("errorMessages")
+    messages = [str(message) for message in listed if message] if isinstance(listed, list) else []
     if not messages and isinstance(body.get("message"), str):  # api.atlassian.com gateway form
         messages.append(body["message"])
     errors = body.get("errors")
@@ -256,8 +299,92 @@ def parse_jira_error(response: httpx.Response) -> tuple[str, dict[str, str]]:
 def _json_or_none(response: httpx.Response) -> Any:
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
+
+
+BULK = "create_issues_bulk"
+
+
+def _read_bulk_answer(
+    response: httpx.Response, body: Any, start: int, size: int, result: BulkResult
+) -> UnexpectedAnswerError | None:
+    """Read one bulk answer into `result`, item by item; the error when it leaves elements in
+    doubt (already recorded as their failures, with every readable issue kept)."""
+    problems: list[str] = []
+    if not isinstance(body, dict):
+        problems.append("the answer is not an object")
+        body = {}
+    issues: list[answers.CreatedIssueAnswer] = []
+    listed = body.get("issues")
+    if isinstance(listed, list):
+        for item in listed:
+            try:
+                issues.append(answers.CREATED_ISSUE.validate_python(item))
+            except ValidationError:
+                problems.append("an issue without a usable id and key")
+    elif listed is not None:
+        problems.append("`issues` is not a list")
+    failures: dict[int, answers.BulkErrorAnswer] = {}
+    reported = body.get("errors")
+    if isinstance(reported, list):
+        for item in reported:
+            try:
+                failure = answers.BULK_ERROR.validate_python(item)
+            except ValidationError:
+                problems.append("an unreadable error item")
+                continue
+            if not 0 <= failure.failedElementNumber < size:
+                problems.append(
+                    f"element number {failure.failedElementNumber} outside 0-{size - 1}"
+                )
+                continue
+            failures[failure.failedElementNumber] = failure
+    elif reported is not None:
+        problems.append("`errors` is not a list")
+    for position, failure in sorted(failures.items()):
+        element = failure.elementErrors or answers.ElementErrors()
+        result.failed.append(
+            BulkFailure(
+                index=start + position,
+                status=failure.status,
+                messages=tuple(str(m) for m in element.errorMessages or []),
+                field_errors={str(k): str(v) for k, v in (element.errors or {}).items()},
+            )
+        )
+    # Jira lists the created issues in request order, skipping the failed elements.
+    succeeded = [position for position in range(size) if position not in failures]
+    if not problems and len(issues) == len(succeeded):
+        result.created.extend(
+            BulkCreated(index=start + position, id=issue.id, key=issue.key)
+            for position, issue in zip(succeeded, issues, strict=True)
+        )
+        return None
+    if not problems:
+        problems.append(f"{len(issues)} issues for {len(succeeded)} accepted elements")
+    unique = list(dict.fromkeys(problems))
+    doubt = answer_error(
+        SERVICE,
+        BULK,
+        response,
+        f"cannot tell which element each created issue is ({'; '.join(unique[:3])}): "
+        f"{len(issues)} issues reported created, {len(succeeded)} elements may exist",
+    )
+    result.unplaced.extend(CreatedIssue(id=issue.id, key=issue.key) for issue in issues)
+    result.failed.extend(
+        BulkFailure(start + position, response.status_code, (doubt.message,), error=doubt)
+        for position in succeeded
+    )
+    return doubt
+
+
+def _stop(result: BulkResult, error: ApiError, indexes: range) -> None:
+    """The run stops at `error`: the elements of `indexes` are reported failed with it."""
+    result.interrupted_by = error
+    result.failed.extend(
+        BulkFailure(index, error.status, (error.message,), error.field_errors, error)
+        for index in indexes
+    )
 
 
 # --------------------------------------------------------------------------- client
@@ -331,7 +458,8 @@ class JiraClient(ApiClient):
 
     async def myself(self) -> JiraUser:
         """The account the credentials belong to; a cheap check that URL and token work."""
-        return JiraUser.from_json((await self._request("GET", "myself")).json())
+        response = await self._request("GET", "myself")
+        return JiraUser.from_answer(read_answer(SERVICE, "myself", response, answers.USER))
 
     async def find_user_by_email(self, email: str) -> str | None:
         """The accountId of the active human user with exactly this email, if Jira shows it.
@@ -340,11 +468,19 @@ class JiraClient(ApiClient):
         email, so only an exact, case-insensitive `emailAddress` match counts.
         """
         response = await self._request("GET", "user/search", params={"query": email})
+        users = read_answer(SERVICE, "find_user_by_email", response, answers.USER_LIST)
         wanted = email.strip().casefold()
-        for user in response.json():
-            address = (user.get("emailAddress") or "").strip().casefold()
-            if address == wanted and user.get("accountType") == "atlassian":
-                return user["accountId"]
+        for user in users:
+            address = (user.emailAddress or "").strip().casefold()
+            if address == wanted and user.accountType == "atlassian":
+                if user.accountId is None:
+                    raise answer_error(
+                        SERVICE,
+                        "find_user_by_email",
+                        response,
+                        "the matching user has no accountId",
+                    )
+                return user.accountId
         return None
 
     # ----------------------------------------------------------------- issues
@@ -359,8 +495,15 @@ class JiraClient(ApiClient):
     ) -> CreatedIssue:
         """Create one issue. A timeout does not mean it was not created: check before retrying."""
         payload = issue_payload(project_key, issue_type, summary, description, **options)
-        body = (await self._request("POST", "issue", json=payload)).json()
-        return CreatedIssue(id=str(body["id"]), key=body["key"])
+        response = await self._request("POST", "issue", json=payload)
+        created = read_answer(
+            SERVICE,
+            "create_issue",
+            response,
+            answers.CREATED_ISSUE,
+            hint="; the issue may have been created all the same",
+        )
+        return CreatedIssue(id=created.id, key=created.key)
 
     async def create_issues_bulk(self, payloads: Sequence[IssuePayload]) -> BulkResult:
         """Create many issues, at most 50 per request; failures are reported per element.
@@ -369,34 +512,43 @@ class JiraClient(ApiClient):
         too. If a whole request fails (rate limit, timeout) after earlier ones created issues,
         the run stops and the rest are reported failed with that error, so nothing created is
         lost from view; if nothing was created yet, the error is raised as usual.
+
+        An answer that cannot be read in full still gives all it can: each issue it names with
+        an id and a key is reported, in `created` when its element is known, else in
+        `unplaced`; the elements it leaves in doubt (they may exist) fail with an
+        `UnexpectedAnswerError` and the run stops there (`interrupted_by`). Only when no issue
+        at all was reported created is that error raised instead.
         """
         result = BulkResult()
         for start in range(0, len(payloads), BULK_CREATE_LIMIT):
             chunk = payloads[start : start + BULK_CREATE_LIMIT]
             try:
-                body = await self._create_chunk(chunk)
+                response, body = await self._create_chunk(chunk)
             except ApiError as error:
-                if not result.created:
+                if not (result.created or result.unplaced):
                     raise
-                result.interrupted_by = error
-                result.failed.extend(
-                    BulkFailure(index, error.status, (error.message,), error.field_errors, error)
-                    for index in range(start, len(payloads))
-                )
+                _stop(result, error, range(start, len(payloads)))
                 break
-            self._read_bulk_answer(body, start, len(chunk), result)
+            doubt = _read_bulk_answer(response, body, start, len(chunk), result)
+            if doubt is not None:
+                if not (result.created or result.unplaced):
+                    raise doubt
+                _stop(result, doubt, range(start + len(chunk), len(payloads)))
+                break
         result.failed.sort(key=lambda failure: failure.index)
         return result
 
-    async def _create_chunk(self, chunk: Sequence[IssuePayload]) -> dict[str, Any]:
+    async def _create_chunk(self, chunk: Sequence[IssuePayload]) -> tuple[httpx.Response, Any]:
         # An all-failed chunk comes back as 400 with the per-element body; keep that body
         # (the error only holds a truncated copy) so it is read like a partial success.
-        all_failed: list[dict[str, Any]] = []
+        all_failed: list[tuple[httpx.Response, Any]] = []
 
         def parse_body(response: httpx.Response) -> tuple[str, dict[str, str]]:
             body = _json_or_none(response)
-            if isinstance(body, dict) and isinstance(body.get("errors"), list):
-                all_failed.append(body)
+            if isinstance(body, dict) and (
+                isinstance(body.get("errors"), list) or isinstance(body.get("issues"), list)
+            ):
+                all_failed.append((response, body))
             return parse_jira_error(response)
 
         try:
@@ -407,40 +559,13 @@ class JiraClient(ApiClient):
             if error.status == 400 and all_failed:
                 return all_failed[0]
             raise
-        return response.json()
-
-    @staticmethod
-    def _read_bulk_answer(
-        body: Mapping[str, Any], start: int, size: int, result: BulkResult
-    ) -> None:
-        failed_positions = set()
-        for item in body.get("errors") or []:
-            position = item.get("failedElementNumber")
-            if not isinstance(position, int) or not 0 <= position < size:
-                raise ApiError(SERVICE, f"bulk create reported an unusable element number: {item}")
-            failed_positions.add(position)
-            element = item.get("elementErrors") or {}
-            result.failed.append(
-                BulkFailure(
-                    index=start + position,
-                    status=item.get("status"),
-                    messages=tuple(str(m) for m in element.get("errorMessages") or []),
-                    field_errors={str(k): str(v) for k, v in (element.get("errors") or {}).items()},
-                )
-            )
-        # Jira lists the created issues in request order, skipping the failed elements.
-        succeeded = [position for position in range(size) if position not in failed_positions]
-        issues = body.get("issues") or []
-        if len(issues) != len(succeeded):
-            raise ApiError(
-                SERVICE,
-                f"bulk create returned {len(issues)} issues for {len(succeeded)} accepted "
-                "elements; cannot tell which is which",
-            )
-        result.created.extend(
-            BulkCreated(index=start + position, id=str(issue["id"]), key=issue["key"])
-            for position, issue in zip(succeeded, issues, strict=True)
+        body = read_json(
+            SERVICE,
+            BULK,
+            response,
+            hint="; the issues of this request may have been created all the same",
         )
+        return response, body
 
     async def get_issue(
         self,
@@ -454,7 +579,7 @@ class JiraClient(ApiClient):
             "properties": ",".join(properties) if properties else None,
         }
         response = await self._request("GET", f"issue/{_segment(key)}", params=params)
-        return Issue.from_json(response.json())
+        return Issue.from_answer(read_answer(SERVICE, "get_issue", response, answers.ISSUE))
 
     async def current_key(self, key: str) -> str | None:
         """The key the issue answers under now (Jira answers a moved issue's old key with its
@@ -489,7 +614,7 @@ class JiraClient(ApiClient):
         """Add a comment (plain text is converted to ADF); returns the comment id."""
         adf = text_to_adf(body) if isinstance(body, str) else body
         response = await self._request("POST", f"issue/{_segment(key)}/comment", json={"body": adf})
-        return str(response.json()["id"])
+        return read_answer(SERVICE, "add_comment", response, answers.COMMENT).id
 
     async def set_issue_property(self, key: str, property_key: str, value: Any) -> None:
         """Set an entity property (any non-empty JSON up to 32 KB). Not JQL-searchable."""
@@ -504,14 +629,17 @@ class JiraClient(ApiClient):
     async def get_transitions(self, key: str) -> list[Transition]:
         """The transitions available to these credentials from the issue's current status."""
         response = await self._request("GET", f"issue/{_segment(key)}/transitions")
+        answer = read_answer(SERVICE, "get_transitions", response, answers.TRANSITIONS)
         return [
             Transition(
-                id=str(item["id"]),
-                name=item.get("name", ""),
-                to_status=(item.get("to") or {}).get("name", ""),
-                to_category=((item.get("to") or {}).get("statusCategory") or {}).get("key"),
+                id=item.id,
+                name=item.name or "",
+                to_status=(item.to.name if item.to else None) or "",
+                to_category=(
+                    item.to.statusCategory.key if item.to and item.to.statusCategory else None
+                ),
             )
-            for item in response.json().get("transitions") or []
+            for item in answer.transitions or []
         ]
 
     async def transition_to(self, key: str, status_name: str) -> bool:
@@ -563,20 +691,33 @@ class JiraClient(ApiClient):
         if properties:
             body["properties"] = list(properties)
         while True:
-            page = (await self._request("POST", "search/jql", json=body)).json()
-            for issue in page.get("issues") or []:
-                yield issue
-            token = page.get("nextPageToken")
+            response = await self._request("POST", "search/jql", json=body)
+            page = read_answer(SERVICE, "search", response, answers.SEARCH_PAGE)
+            for issue in page.issues or []:
+                # The id, the key and a `fields` object are always there for the caller.
+                yield {
+                    **(issue.model_extra or {}),
+                    "id": issue.id,
+                    "key": issue.key,
+                    "fields": dict(issue.fields or {}),
+                    **({"properties": issue.properties} if issue.properties is not None else {}),
+                }
+            token = page.nextPageToken
             # The last page may omit isLast or the token (JRACLOUD-92184): either ends it.
-            if page.get("isLast") is True or not token:
+            if page.isLast is True or not token:
                 return
             if token == body.get("nextPageToken"):
-                raise ApiError(SERVICE, f"search returned the same page token twice for {jql!r}")
+                raise answer_error(
+                    SERVICE, "search", response, f"the same page token twice for {jql!r}"
+                )
             body["nextPageToken"] = token
 
     async def search_issues(self, jql: str, max_results: int = 100) -> list[Issue]:
         """Every issue a bounded `jql` finds, with its labels (one request per page)."""
-        return [Issue.from_json(issue) async for issue in self.search(jql, ["labels"], max_results)]
+        return [
+            Issue(issue["id"], issue["key"], issue["fields"], issue.get("properties") or {})
+            async for issue in self.search(jql, ["labels"], max_results)
+        ]
 
 
 def _segment(value: str) -> str:

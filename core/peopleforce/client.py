@@ -14,10 +14,11 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar
 
 import httpx
+from loguru import logger
 from pydantic import BaseModel, ValidationError
 
-from core.errors import ApiError
-from core.http import DEFAULT_TIMEOUT, ApiClient, send
+from core.errors import NotFoundError, UnexpectedAnswerError
+from core.http import DEFAULT_TIMEOUT, ApiClient, answer_error, describe, read_json, send
 from core.peopleforce.models import Asset, Employee, EmployeeSummary
 
 if TYPE_CHECKING:
@@ -34,6 +35,17 @@ _ADVICE = {
     403: "the key is valid but not allowed here: the key may hide this data, or its IP "
     "allow-list or disabled API access blocks this host",
 }
+
+# What an answer that is not JSON, or a 404 on the employee list, most likely means.
+_BASE_URL_ADVICE = (
+    "PEOPLEFORCE_BASE_URL must be the API root, the spec's server with its prefix "
+    "(https://app.peopleforce.io/api/public/v3); a mock that serves the spec's paths at its "
+    "root (Prism) takes its bare address"
+)
+_NOT_JSON_HINT = (
+    "; the live API answers JSON whatever Content-Type its spec declares (form-urlencoded for "
+    "GET /employees), so this is not it: " + _BASE_URL_ADVICE
+)
 
 _HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
@@ -148,12 +160,13 @@ class PeopleForceClient(ApiClient):
 
     async def get_employee(self, employee_id: int) -> Employee:
         """`GET /employees/{id}`: the full record, the only one with custom fields."""
+        operation = "get_employee"
         response = await self._get(f"employees/{int(employee_id)}")
-        body = self._json(response)
+        body = self._json(response, operation)
         record = body.get("data") if isinstance(body, dict) else None
         if not isinstance(record, dict):
-            raise self._shape_error(response, "no employee object under `data`")
-        return self._parse(Employee, record, response)
+            raise self._shape_error(response, operation, "no employee object under `data`")
+        return self._parse(Employee, record, response, operation)
 
     async def iter_employees(
         self,
@@ -181,8 +194,8 @@ class PeopleForceClient(ApiClient):
             if not email_list:
                 return
             params.extend(("emails[]", e) for e in email_list)
-        async for item, response in self._paginate("employees", params):
-            yield self._parse(EmployeeSummary, item, response)
+        async for item in self._paginate("employees", params, EmployeeSummary, "iter_employees"):
+            yield item
 
     async def iter_terminated(
         self,
@@ -196,8 +209,10 @@ class PeopleForceClient(ApiClient):
             params.append(("terminated_on[gte]", terminated_from.isoformat()))
         if terminated_to is not None:
             params.append(("terminated_on[lte]", terminated_to.isoformat()))
-        async for item, response in self._paginate("employees/terminated", params):
-            yield self._parse(Employee, item, response)
+        async for item in self._paginate(
+            "employees/terminated", params, Employee, "iter_terminated"
+        ):
+            yield item
 
     async def employees_page(
         self,
@@ -208,24 +223,39 @@ class PeopleForceClient(ApiClient):
     ) -> Page[EmployeeSummary]:
         """One page of `GET /employees` (filters as `iter_employees`)."""
         params = _employee_filters(status, updated_since, None, None)
-        items, pages, response = await self._read_page("employees", params, page)
-        return Page(page, [self._parse(EmployeeSummary, i, response) for i in items], pages)
+        items, pages = await self._read_page(
+            "employees", params, page, EmployeeSummary, "employees_page"
+        )
+        return Page(page, items, pages)
 
     async def terminated_page(self, page: int) -> Page[Employee]:
         """One page of `GET /employees/terminated`: full records, termination dates included."""
-        items, pages, response = await self._read_page("employees/terminated", [], page)
-        return Page(page, [self._parse(Employee, i, response) for i in items], pages)
+        items, pages = await self._read_page(
+            "employees/terminated", [], page, Employee, "terminated_page"
+        )
+        return Page(page, items, pages)
 
     async def list_assets(self, employee_id: int) -> list[Asset]:
-        """`GET /employees/{id}/assets` (one request: the spec declares no paging here)."""
+        """`GET /employees/{id}/assets` (one request: the spec declares no paging here).
+
+        The spec declares no answer for this operation; what is read: `{"data": [...]}` (the
+        shape of every other list, `data: null` for none), a bare list, or a 204. An asset
+        with a field that cannot be read keeps the rest (the field is left out, with a
+        warning); one without a readable id is skipped, with a warning: one odd record does
+        not cost the whole list. Any other answer is an `UnexpectedAnswerError`.
+        """
+        operation = "list_assets"
         response = await self._get(f"employees/{int(employee_id)}/assets")
-        body = self._json(response)
+        if response.status_code == 204:
+            return []
+        body = self._json(response, operation)
         items = body.get("data") if isinstance(body, dict) else body
-        if items is None:
+        if items is None and isinstance(body, dict) and "data" in body:
             return []
         if not isinstance(items, list):
-            raise self._shape_error(response, "`data` is not a list")
-        return [self._parse(Asset, item, response) for item in items]
+            raise self._shape_error(response, operation, "no list of assets (`data`)")
+        assets = (_read_asset(item, employee_id) for item in items)
+        return [asset for asset in assets if asset is not None]
 
     async def check(self) -> int | None:
         """A cheap authenticated call for `doctor`: the first page of active employees.
@@ -233,11 +263,21 @@ class PeopleForceClient(ApiClient):
         Returns the total PeopleForce reports, when it reports one; raises the typed error
         (AuthenticationError, ForbiddenError, TransportError...) otherwise.
         """
-        response = await self._get("employees", params=[("page", "1")])
-        body = self._json(response)
+        try:
+            response = await self._get("employees", params=[("page", "1")])
+        except NotFoundError as error:  # the employee list is never missing from the API
+            raise NotFoundError(
+                SERVICE,
+                f"{error.message} ({_BASE_URL_ADVICE})",
+                status=error.status,
+                method=error.method,
+                url=error.url,
+                body=error.body,
+            ) from error
+        body = self._json(response, "check")
         pagination = _pagination(body.get("metadata") if isinstance(body, dict) else None)
         count = pagination.get("count")
-        return count if isinstance(count, int) else None
+        return count if isinstance(count, int) and not isinstance(count, bool) else None
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -247,9 +287,9 @@ class PeopleForceClient(ApiClient):
         return await send(self._http, SERVICE, request, parse_error_body)
 
     async def _paginate(
-        self, path: str, params: QueryPairs
-    ) -> AsyncIterator[tuple[dict[str, Any], httpx.Response]]:
-        """Raw items of every page, de-duplicated by id.
+        self, path: str, params: QueryPairs, model: type[ModelT], operation: str
+    ) -> AsyncIterator[ModelT]:
+        """The items of every page, read into `model`, de-duplicated by id.
 
         Stops at the last page per `metadata` (nested `pagination` or flat), at an empty or null
         `data`, or at a page that brings no new id: some tenants answer page 1 for any page.
@@ -257,16 +297,17 @@ class PeopleForceClient(ApiClient):
         seen: set[Any] = set()
         page = 1
         while True:
-            items, pages, response = await self._read_page(path, params, page)
+            items, pages = await self._read_page(path, params, page, model, operation)
             if not items:
                 return
             fresh = 0
             for item in items:
-                if item["id"] in seen:
+                item_id = getattr(item, "id", None)
+                if item_id in seen:
                     continue
-                seen.add(item["id"])
+                seen.add(item_id)
                 fresh += 1
-                yield item, response
+                yield item
             if fresh == 0:
                 return
             if pages is not None and page >= pages:
@@ -274,52 +315,81 @@ class PeopleForceClient(ApiClient):
             page += 1
 
     async def _read_page(
-        self, path: str, params: QueryPairs, page: int
-    ) -> tuple[list[dict[str, Any]], int | None, httpx.Response]:
-        """The raw items of one page (an empty or null `data` reads as no items) and the page
-        count from `metadata` (nested `pagination` or flat), when there is one."""
+        self, path: str, params: QueryPairs, page: int, model: type[ModelT], operation: str
+    ) -> tuple[list[ModelT], int | None]:
+        """The items of one page read into `model` (an empty or null `data` reads as no items)
+        and the page count from `metadata` (nested `pagination` or flat), when there is one."""
         response = await self._get(path, params=[*params, ("page", str(page))])
-        body = self._json(response)
+        body = self._json(response, operation)
         if not isinstance(body, dict):
-            raise self._shape_error(response, "expected an object with `data`")
+            raise self._shape_error(response, operation, "expected an object with `data`")
         items = body.get("data") or []
         if not isinstance(items, list):
-            raise self._shape_error(response, "`data` is not a list")
+            raise self._shape_error(response, operation, "`data` is not a list")
         for item in items:
             if not isinstance(item, dict) or "id" not in item:
-                raise self._shape_error(response, "a list item has no `id`")
+                raise self._shape_error(response, operation, "a list item has no `id`")
         pages = _pagination(body.get("metadata")).get("pages")
-        return items, pages if isinstance(pages, int) else None, response
+        readable_pages = pages if isinstance(pages, int) and not isinstance(pages, bool) else None
+        return [self._parse(model, item, response, operation) for item in items], readable_pages
 
-    def _json(self, response: httpx.Response) -> Any:
-        try:
-            return response.json()
-        except ValueError:
-            raise self._shape_error(
-                response,
-                "the answer is not JSON (is PEOPLEFORCE_BASE_URL the API, e.g. "
-                "https://app.peopleforce.io/api/public/v3?)",
-            ) from None
+    def _json(self, response: httpx.Response, operation: str) -> Any:
+        return read_json(SERVICE, operation, response, hint=_NOT_JSON_HINT)
 
-    def _parse(self, model: type[ModelT], item: Any, response: httpx.Response) -> ModelT:
+    def _parse(
+        self, model: type[ModelT], item: Any, response: httpx.Response, operation: str
+    ) -> ModelT:
         try:
             return model.model_validate(item)
-        except ValidationError as error:
+        except (ValidationError, RecursionError) as error:
             raise self._shape_error(
-                response, f"unexpected {model.__name__} shape: {error}"
+                response, operation, f"unexpected {model.__name__} shape: {describe(error)}"
             ) from error
 
     @staticmethod
-    def _shape_error(response: httpx.Response, detail: str) -> ApiError:
+    def _shape_error(
+        response: httpx.Response, operation: str, detail: str
+    ) -> UnexpectedAnswerError:
         # Not transient: a body we cannot read will not read better on a retry.
-        return ApiError(
-            SERVICE,
-            detail,
-            status=response.status_code,
-            method=response.request.method,
-            url=str(response.request.url.copy_with(query=None)),
-            body=response.text[:2000],
-        )
+        return answer_error(SERVICE, operation, response, detail)
+
+
+def _read_asset(item: Any, employee_id: int) -> Asset | None:
+    """One asset of a list: the fields that can be read, or None when not even its id can
+    (either way with a warning naming what was left out)."""
+    try:
+        return Asset.model_validate(item)
+    except (ValidationError, RecursionError) as error:
+        return _salvage_asset(item, employee_id, error)
+
+
+def _salvage_asset(item: Any, employee_id: int, error: Exception) -> Asset | None:
+    problem = describe(error)
+    unreadable = (
+        {str(e["loc"][0]) for e in error.errors() if e["loc"]}
+        if isinstance(error, ValidationError)
+        else set()
+    )
+    if isinstance(item, dict) and unreadable and "id" not in unreadable:
+        try:
+            asset = Asset.model_validate(
+                {name: value for name, value in item.items() if name not in unreadable}
+            )
+        except (ValidationError, RecursionError):
+            asset = None
+        if asset is not None:
+            logger.warning(
+                "PeopleForce asset {!r} of employee {}: left out unreadable {} ({})",
+                asset.id,
+                employee_id,
+                ", ".join(sorted(unreadable)),
+                problem,
+            )
+            return asset
+    logger.warning(
+        "PeopleForce asset of employee {} skipped, it cannot be read: {}", employee_id, problem
+    )
+    return None
 
 
 def _employee_filters(

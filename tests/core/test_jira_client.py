@@ -395,7 +395,7 @@ async def test_search_with_no_match_makes_one_call(jira: JiraClient, jira_sim: J
 
 
 async def test_search_stops_on_a_repeated_page_token() -> None:
-    page = {"issues": [{"id": "1"}], "isLast": False, "nextPageToken": "same"}
+    page = {"issues": [{"id": "1", "key": "HR-1"}], "isLast": False, "nextPageToken": "same"}
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json=page))
     async with JiraClient("https://acme.atlassian.net", "a@b.c", "t", transport=transport) as jira:
         with pytest.raises(ApiError, match="same page token"):
