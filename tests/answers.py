@@ -19,6 +19,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from tests.contract import resolve_ref
+
 JSON_LEAVES = (
     st.none()
     | st.booleans()
@@ -74,12 +76,7 @@ class SchemaValues:
         self._made: dict[tuple[int, int], st.SearchStrategy[Any]] = {}
 
     def resolve(self, node: dict[str, Any]) -> dict[str, Any]:
-        while "$ref" in node:
-            target: Any = self.spec
-            for part in node["$ref"].removeprefix("#/").split("/"):
-                target = target[part]
-            node = target
-        return node
+        return resolve_ref(self.spec, node)
 
     def for_schema(self, schema: dict[str, Any], depth: int = 0) -> st.SearchStrategy[Any]:
         made = self._made.get((id(schema), depth))

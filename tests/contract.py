@@ -24,6 +24,16 @@ from werkzeug.datastructures import Headers, ImmutableMultiDict
 from tests.paths import SPECS
 
 
+def resolve_ref(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """`node`, or what its local `$ref` (`#/components/...`) points at, followed to the end."""
+    while "$ref" in node:
+        target: Any = spec
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
 class ContractViolation(AssertionError):
     """A request or response that the published spec does not allow."""
 
@@ -101,12 +111,7 @@ class SpecContract:
         raise self._violate(f"{method} {path}: no such operation in {self.name}")
 
     def _resolve(self, node: dict[str, Any]) -> dict[str, Any]:
-        while "$ref" in node:
-            target: Any = self.spec
-            for part in node["$ref"].removeprefix("#/").split("/"):
-                target = target[part]
-            node = target
-        return node
+        return resolve_ref(self.spec, node)
 
     def check_request(self, request: httpx.Request, base_url: str) -> Operation:
         path = _relative_path(request.url, base_url)

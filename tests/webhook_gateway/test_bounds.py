@@ -9,7 +9,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from loguru import logger
 from pydantic import SecretStr
 
 from core.names import WEBHOOK_PATH
@@ -91,16 +90,6 @@ def signed_head(body_length: int) -> bytes:
         f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: gateway\r\ncontent-type: application/json\r\n"
         f"content-length: {body_length}\r\n{SIGNATURE_HEADER}: {sign(SECRET, BODY)}\r\n\r\n"
     ).encode()
-
-
-@pytest.fixture
-def log_lines() -> Iterator[list[str]]:
-    lines: list[str] = []
-    sink_id = logger.add(lines.append, level="DEBUG", format="{level} {message}")
-    try:
-        yield lines
-    finally:
-        logger.remove(sink_id)
 
 
 # Read timeouts

@@ -13,7 +13,7 @@ import codecs
 import hashlib
 import json
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +24,6 @@ import pytest
 import sqlalchemy as sa
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from loguru import logger
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -115,17 +114,6 @@ def inbox_of(gateway: tuple[httpx.AsyncClient, FastAPI]) -> InboxRepository:
 async def inbox(database_url: str) -> AsyncIterator[InboxRepository]:
     async with await MappingStore.open(database_url) as store:
         yield InboxRepository(store.engine)
-
-
-@pytest.fixture
-def log_lines() -> Iterator[list[str]]:
-    """Every loguru message (with its level) logged during the test."""
-    lines: list[str] = []
-    sink_id = logger.add(lines.append, level="DEBUG", format="{level} {message}")
-    try:
-        yield lines
-    finally:
-        logger.remove(sink_id)
 
 
 async def post(
