@@ -74,10 +74,6 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def prefect_api_url(
     settings: Settings,
     why: str = "give the Prefect server's API, e.g. http://prefect-server:4200/api",

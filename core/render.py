@@ -42,6 +42,7 @@ from core.plan import (
     linked_issues,
 )
 from core.rules import Rules
+from core.store import EventStatus, WebhookEvent
 from core.store.lease import LeaseTimeout
 from core.text import NAME_LIMIT, printable
 
@@ -536,31 +537,6 @@ EVENT_COLUMNS = ("ref", "received", "employee", "event", "status", "outcome")
 EVENT_OUTCOME_MAX = 240
 
 
-class InboxEvent(Protocol):
-    """A webhook event in the inbox, as far as `events` reads it (`core.store.WebhookEvent`)."""
-
-    @property
-    def ref(self) -> str: ...
-
-    @property
-    def received_at(self) -> datetime: ...
-
-    @property
-    def action(self) -> str: ...
-
-    @property
-    def employee_id(self) -> int | None: ...
-
-    @property
-    def status(self) -> str: ...
-
-    @property
-    def flow_run_id(self) -> str | None: ...
-
-    @property
-    def outcome(self) -> str | None: ...
-
-
 def event_outcome(
     run_name: str, jira_keys: Sequence[str], *, state: str = "Completed", message: str = ""
 ) -> str:
@@ -576,9 +552,9 @@ def event_outcome(
     return f"{jira}; {state} in flow run {run_name}: {message}".strip().removesuffix(":")
 
 
-def event_row(event: InboxEvent) -> dict[str, str]:
+def event_row(event: WebhookEvent) -> dict[str, str]:
     """One `events` row, keyed by `EVENT_COLUMNS`, each cell on one line."""
-    status = str(getattr(event.status, "value", event.status))
+    status = EventStatus(event.status).value
     if event.outcome:
         outcome = " ".join(event.outcome.split())
     elif event.flow_run_id:

@@ -48,8 +48,6 @@ NOT_STARTED_RUN_STATES = {StateType.SCHEDULED, StateType.PENDING}
 START_GRACE = timedelta(minutes=2)
 # DISPATCH_RUN_ALONE_SECONDS' default, for a dispatcher built without settings (tests).
 RUN_ALONE_FOR = timedelta(seconds=Settings.model_fields["dispatch_run_alone_seconds"].default)
-# Subflows of subflows, as deep as a dispatched run may nest them (sync -> process today).
-MAX_SUBFLOW_DEPTH = 3
 FINAL_RUN_STATES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 
 
@@ -290,19 +288,15 @@ class Dispatcher:
 
     async def _family(self, run: FlowRun) -> set[str]:
         """The run and its subflow runs: the store records each Jira effect with the flow run
-        that made it, which is a process subflow (`onboarding · ...`) of the dispatched run."""
-        family, parents = {run.id}, [run.id]
-        for _ in range(MAX_SUBFLOW_DEPTH):
-            children = await self.client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=parents)
-                )
+        that made it, which is a process subflow (`onboarding · ...`) of the dispatched run.
+        Process flows start no subflows of their own, so one level is all there is (one read
+        per finished run)."""
+        children = await self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])
             )
-            parents = [child.id for child in children if child.id not in family]
-            if not parents:
-                break
-            family.update(parents)
-        return {str(run_id) for run_id in family}
+        )
+        return {str(run.id), *(str(child.id) for child in children)}
 
 
 @dataclass(frozen=True)
