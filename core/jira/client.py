@@ -99,6 +99,29 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class Comment:
+    id: str
+    author_account_id: str | None
+    body: Any  # ADF, as Jira stored it
+    created: str | None
+
+    @property
+    def text(self) -> str:
+        try:
+            return adf_to_text(self.body)
+        except (TypeError, AttributeError, ValueError, RecursionError):
+            return ""
+
+
+@dataclass(frozen=True)
+class IssueLink:
+    """A subtask (or parent) as another issue shows it."""
+
+    key: str
+    summary: str | None
+
+
+@dataclass(frozen=True)
 class JiraUser:
     account_id: str
     display_name: str | None
@@ -178,6 +201,17 @@ class Issue:
     @property
     def parent_key(self) -> str | None:
         return _text(_member(self.fields.get("parent"), "key"))
+
+    @property
+    def subtasks(self) -> list[IssueLink]:
+        """The subtasks listed in the `subtasks` field (read with the issue, so current)."""
+        listed = self.fields.get("subtasks")
+        links = []
+        for item in listed if isinstance(listed, list) else []:
+            key = _text(_member(item, "key"))
+            if key:
+                links.append(IssueLink(key, _text(_member(_member(item, "fields"), "summary"))))
+        return links
 
     @property
     def assignee_account_id(self) -> str | None:
@@ -616,6 +650,32 @@ class JiraClient(ApiClient):
         response = await self._request("POST", f"issue/{_segment(key)}/comment", json={"body": adf})
         return read_answer(SERVICE, "add_comment", response, answers.COMMENT).id
 
+    async def get_comments(
+        self, key: str, *, newest_first: bool = True, max_results: int = 50
+    ) -> list[Comment]:
+        """One page of the issue's comments, the newest first unless asked otherwise.
+
+        Read with the issue, so current (unlike a search): a comment just added is there.
+        """
+        response = await self._request(
+            "GET",
+            f"issue/{_segment(key)}/comment",
+            params={
+                "orderBy": "-created" if newest_first else "created",
+                "maxResults": max_results,
+            },
+        )
+        page = read_answer(SERVICE, "get_comments", response, answers.COMMENT_PAGE)
+        return [
+            Comment(
+                id=item.id,
+                author_account_id=item.author.accountId if item.author else None,
+                body=item.body,
+                created=item.created,
+            )
+            for item in page.comments or []
+        ]
+
     async def set_issue_property(self, key: str, property_key: str, value: Any) -> None:
         """Set an entity property (any non-empty JSON up to 32 KB). Not JQL-searchable."""
         if value is None:
@@ -677,11 +737,13 @@ class JiraClient(ApiClient):
         max_results: int = 100,
         *,
         properties: Sequence[str] | None = None,
+        reconcile: Sequence[int] = (),
     ) -> AsyncIterator[dict[str, Any]]:
         """Every issue matching a bounded `jql`, page by page (`POST /search/jql`).
 
         `fields=None` asks for Jira's navigable fields (the endpoint alone would return ids
-        only). Results are eventually consistent: an issue created seconds ago may be missing.
+        only). Results are eventually consistent: an issue created or changed seconds ago may
+        be missing or stale, except those whose ids are in `reconcile` (at most 50).
         """
         body: dict[str, Any] = {
             "jql": jql,
@@ -690,6 +752,8 @@ class JiraClient(ApiClient):
         }
         if properties:
             body["properties"] = list(properties)
+        if reconcile:
+            body["reconcileIssues"] = [int(issue_id) for issue_id in reconcile]
         while True:
             response = await self._request("POST", "search/jql", json=body)
             page = read_answer(SERVICE, "search", response, answers.SEARCH_PAGE)
