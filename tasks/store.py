@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from prefect.runtime import flow_run
 
 from core.retry import STORE_CALL
-from core.store import EmployeeLink, InboxRepository, LinkChange
+from core.store import EmployeeLink, InboxRepository, Intents, LinkChange
 from tasks.services import current
 
 
@@ -45,6 +46,42 @@ async def record_effect(
         detail=detail,
         link_update=link_update,
     )
+
+
+@STORE_CALL("announce {operation} · {who}")
+async def announce_write(
+    employee_id: int,
+    operation: str,
+    guard: str,
+    who: str,
+    *,
+    issue_key: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+) -> None:
+    """Record, before sending it, that the Jira write `guard` is about to be made (committed
+    first: a process killed after the send leaves this behind). A retry after a lost answer
+    records it twice, which says the same."""
+    await Intents(current().store.engine).announce(
+        employee_id,
+        operation,
+        guard,
+        issue_key=issue_key,
+        flow_run_id=_flow_run_id(),
+        detail=detail,
+    )
+
+
+@STORE_CALL("read writes in doubt · {who}")
+async def write_in_doubt(employee_id: int, guard: str, who: str) -> bool:
+    """True when the write `guard` was announced and never settled: it may have happened
+    without being recorded, and only a strongly consistent read of Jira can tell."""
+    return bool(await Intents(current().store.engine).open(employee_id, guard))
+
+
+@STORE_CALL("settle writes · {who}")
+async def settle_writes(employee_id: int, guards: Sequence[str], who: str) -> None:
+    """The writes `guards` are recorded: they are no longer in doubt."""
+    await Intents(current().store.engine).settle(employee_id, guards)
 
 
 @STORE_CALL("prune the inbox · before {older_than}")
