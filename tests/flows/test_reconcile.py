@@ -317,9 +317,8 @@ async def test_reconcile_waits_while_a_webhook_run_holds_the_employee(
     busy = company.hire("Ada", "Lovelace", in_days=3)
     free = company.hire("Alan", "Turing", in_days=3)
     leases = Leases(company.services.store.engine)
-    assert await leases.try_acquire(busy.id, "webhook-run")
-    run = asyncio.create_task(reconcile())
-    try:
+    async with leases.holding("webhook-run") as webhook_run, webhook_run.hold(busy.id):
+        run = asyncio.create_task(reconcile())
         for _ in range(300):  # until the run has applied the free one (at most a minute)
             if company.parents_of(free.id):
                 break
@@ -327,10 +326,29 @@ async def test_reconcile_waits_while_a_webhook_run_holds_the_employee(
         assert company.parents_of(free.id)
         await asyncio.sleep(1)  # several of the lease's polls
         assert company.parents_of(busy.id) == []
-    finally:
-        await leases.release(busy.id, "webhook-run")
     await run
     assert len(company.parents_of(busy.id)) == 1
+
+
+async def test_hired_and_leaving_at_once_the_offboarding_names_the_onboarding(
+    company: World, settings: Settings
+) -> None:
+    """One plan for both: the onboarding is applied first and the offboarding planned again, so
+    that it reads as it does when the webhook path created the onboarding first."""
+    person = company.hire("Fixed", "Term", in_days=5)
+    company.peopleforce.state.terminate(person.id, effective_on=company.days(40))
+    result = await reconcile()
+    assert result["actions"] == {"create_issue (onboarding)": 1, "create_issue (offboarding)": 1}
+    onboarding_issue, offboarding_issue = company.parents_of(person.id)
+    assert offboarding_issue.summary.startswith("Offboarding")
+    assert offboarding_issue.description is not None
+    assert f"Related: {onboarding_issue.key}" in adf_to_text(offboarding_issue.description)
+    link = await company.services.store.get(person.id)
+    assert link is not None
+    assert (link.lifecycle, link.offboarding_issue_key) == (
+        Lifecycle.offboarding,
+        offboarding_issue.key,
+    )
 
 
 async def test_the_deployment_runs_on_the_configured_cron_one_run_at_a_time(
