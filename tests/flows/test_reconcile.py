@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
+from uuid import uuid4
 
 import pytest
 from prefect import get_client
@@ -28,7 +29,7 @@ from pydantic import AnyHttpUrl
 from core.jira.adf import adf_to_text
 from core.peopleforce import PeopleForceClient
 from core.settings import Settings, get_settings
-from core.store import EffectAction, Leases, Lifecycle
+from core.store import EffectAction, EventStatus, InboxRepository, Leases, Lifecycle, WebhookEvent
 from deployments.definitions import ALL, RECONCILE
 from flows.observability import artifact_key
 from flows.offboarding import offboarding
@@ -37,6 +38,7 @@ from flows.reconcile import PLAN_ARTIFACT, SUMMARY_ARTIFACT, SafeguardStopped, r
 from sandbox.seed import SeedPerson
 from sandbox.server import free_port
 from sandbox.stack import Simulators
+from tasks import store as tasks_store
 from tests.fixtures_flows import World
 from tests.fixtures_peopleforce import PeopleForceSandbox
 from tests.paths import ROOT
@@ -349,6 +351,101 @@ async def test_hired_and_leaving_at_once_the_offboarding_names_the_onboarding(
         Lifecycle.offboarding,
         offboarding_issue.key,
     )
+
+
+# --- the inbox's backlog: what a crash left ---------------------------------------------------
+
+
+async def acknowledged(
+    world: World,
+    person: SeedPerson,
+    action: str,
+    status: EventStatus = EventStatus.failed,
+    *,
+    ago: timedelta = timedelta(minutes=10),
+) -> WebhookEvent:
+    """A webhook event the gateway acknowledged `ago`, as PeopleForce sent it, left `status`
+    (failed: its run crashed; pending: never dispatched)."""
+    body = json.dumps(world.peopleforce.state.render_webhook(action, person))
+    event = WebhookEvent(
+        event_key=f"{action}:{person.id}:{uuid4().hex}",
+        action=action,
+        employee_id=person.id,
+        status=status,
+        body=body,
+        outcome="Crashed in flow run sync · 40 employees" if status == "failed" else None,
+    )
+    event.received_at = event.updated_at = datetime.now(UTC) - ago
+    stored, created = await InboxRepository(world.services.store.engine).add(event)
+    assert created
+    return stored
+
+
+async def event_state(world: World, event: WebhookEvent) -> tuple[str, str]:
+    assert event.id is not None
+    stored = await InboxRepository(world.services.store.engine).get_by_id(event.id)
+    assert stored is not None
+    return stored.status.value, stored.outcome or ""
+
+
+async def test_the_backlog_a_crash_left_is_repaired_past_the_safeguard_and_closed(
+    company: World, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash left 6 of 18 employees' events failed (33 %, over the 20 % share): the work they
+    asked for is done, not refused, and their events end done; events that came after the run
+    read the inbox, or that the dispatcher is about to send, are left alone."""
+    leaver = await onboarded(company, "Marie", "Curie")
+    company.peopleforce.state.terminate(leaver.id, effective_on=company.days(-1))
+    hires = [company.hire("Crash", f"Left{n}", in_days=3) for n in range(5)]
+    quiet = next(p for p in company.peopleforce.state.people.values() if p.first_name == "Quiet")
+    failed = [await acknowledged(company, person, "employee_create") for person in hires]
+    failed.append(await acknowledged(company, leaver, "employee_terminate"))
+    stale = await acknowledged(company, hires[0], "employee_update", EventStatus.pending)
+    fresh = await acknowledged(
+        company, hires[1], "employee_update", EventStatus.pending, ago=timedelta(seconds=1)
+    )
+    in_step = await acknowledged(company, quiet, "employee_update")  # its work was done
+    late: list[WebhookEvent] = []
+    read_backlog = tasks_store.read_inbox_backlog
+
+    async def and_then_one_more_arrives() -> list[WebhookEvent]:
+        found = await read_backlog()
+        late.append(await acknowledged(company, hires[2], "employee_update", ago=timedelta(0)))
+        return found
+
+    monkeypatch.setattr(tasks_store, "read_inbox_backlog", and_then_one_more_arrives)
+    result = await reconcile()
+    assert result["safeguard"] == []
+    assert (result["need_work"], result["owed_to_webhooks"]) == (6, 6)
+    assert result["events_closed"] == 8
+    for person, event in zip([*hires, leaver], failed, strict=True):
+        key = company.parents_of(person.id)[-1].key
+        status, outcome = await event_state(company, event)
+        assert status == "done"
+        assert outcome.startswith(f"Jira {key}; repaired by the reconciliation, flow run ")
+    assert (await event_state(company, stale))[0] == "done"
+    status, outcome = await event_state(company, in_step)
+    assert status == "done"
+    assert outcome.startswith("no change in Jira; in step at the reconciliation, flow run ")
+    assert (await event_state(company, fresh))[0] == "pending"  # the dispatcher's
+    assert (await event_state(company, late[0]))[0] == "failed"  # after the read: not ours
+
+
+async def test_a_stopped_run_points_at_the_redrive_of_failed_events(
+    company: World, settings: Settings
+) -> None:
+    """Five hires nobody announced (29 %) stop the run; the one failed webhook event is not left
+    silently: the refusal says how to re-drive it."""
+    for n in range(5):
+        company.hire("Unannounced", f"Hire{n}", in_days=3)
+    crashed = await acknowledged(company, company.hire("Ada", "Lovelace"), "employee_create")
+    with pytest.raises(SafeguardStopped) as stopped:
+        await reconcile()
+    message = str(stopped.value)
+    assert "would touch 5 of 18 employees (28%) besides the 1 that acknowledged webhooks" in message
+    assert "1 failed webhook event(s) of 1 employee(s) were not repaired" in message
+    assert "`pf-jira-sync replay --status failed`" in message
+    assert (await event_state(company, crashed))[0] == "failed"
 
 
 async def test_the_deployment_runs_on_the_configured_cron_one_run_at_a_time(
