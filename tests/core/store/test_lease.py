@@ -87,10 +87,11 @@ async def test_concurrent_acquires_have_one_winner(store: MappingStore) -> None:
 async def test_a_live_holder_keeps_its_leases_past_the_ttl(store: MappingStore) -> None:
     leases = Leases(store.engine)
     taken_by_others: list[bool] = []
-    async with leases.holding("long-run", ttl=SHORT, renew_every=SHORT / 4) as held:
+    ttl = timedelta(seconds=2)  # renewed each 0.25 s: a stalled loop has 1.75 s to spare
+    async with leases.holding("long-run", ttl=ttl, renew_every=ttl / 8) as held:
         async with held.hold(7), held.hold(8):
-            deadline = time.monotonic() + 3 * SHORT.total_seconds()
-            while time.monotonic() < deadline:  # three TTLs of work
+            deadline = time.monotonic() + 2 * ttl.total_seconds()
+            while time.monotonic() < deadline:  # two TTLs of work
                 taken_by_others.append(await leases.try_acquire(7, "other", ttl=SHORT))
                 taken_by_others.append(await leases.try_acquire(8, "other", ttl=SHORT))
                 await asyncio.sleep(0.1)
@@ -156,7 +157,7 @@ HOLDER_PROCESS = textwrap.dedent(
     async def main():
         engine = create_engine(sys.argv[1])
         ttl = timedelta(seconds=float(sys.argv[2]))
-        async with Leases(engine).holding("doomed", ttl=ttl, renew_every=ttl / 4) as held:
+        async with Leases(engine).holding("doomed", ttl=ttl, renew_every=ttl / 6) as held:
             async with held.hold(7):
                 print("held", flush=True)
                 await asyncio.sleep(3600)
@@ -169,7 +170,7 @@ HOLDER_PROCESS = textwrap.dedent(
 async def test_a_killed_holders_lease_lapses_and_a_live_one_is_kept(store: MappingStore) -> None:
     """A real process holds the lease: alive, it keeps it past its TTL; killed with SIGKILL (no
     release, no cleanup), the lease is free again within about a TTL."""
-    ttl = 2.0
+    ttl = 3.0  # renewed each 0.5 s
     url = store.engine.url.render_as_string(hide_password=False)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -186,7 +187,7 @@ async def test_a_killed_holders_lease_lapses_and_a_live_one_is_kept(store: Mappi
         assert process.stdout is not None
         line = await asyncio.wait_for(process.stdout.readline(), 60)
         assert line.strip() == b"held"
-        await asyncio.sleep(2 * ttl)  # two TTLs: the renewals keep it
+        await asyncio.sleep(1.5 * ttl)  # past its TTL: the renewals keep it
         assert await leases.holder_of(7) == "doomed"
         assert not await leases.try_acquire(7, "replay", ttl=SHORT)
         process.send_signal(signal.SIGKILL)
