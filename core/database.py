@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy import event, text
+from sqlalchemy import event
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -52,16 +52,17 @@ async def check_writable(database_url: str) -> None:
     time. SQLite's Python driver opens a transaction only before INSERT, UPDATE and DELETE and
     runs DDL in autocommit, which would keep the table: there the transaction is opened by hand.
     """
+    probe = sa.Table(PROBE_TABLE, sa.MetaData(), sa.Column("id", sa.Integer))
     engine = create_engine(database_url)
     try:
         async with engine.connect() as connection:
             if await connection.run_sync(lambda sync: sa.inspect(sync).has_table(PROBE_TABLE)):
-                await connection.execute(text(f"DROP TABLE {PROBE_TABLE}"))
+                await connection.run_sync(probe.drop)
                 await connection.commit()
             if engine.dialect.name == "sqlite":
                 await connection.exec_driver_sql("BEGIN")
-            await connection.execute(text(f"CREATE TABLE {PROBE_TABLE} (id INTEGER)"))
-            await connection.execute(text(f"INSERT INTO {PROBE_TABLE} VALUES (1)"))
+            await connection.run_sync(probe.create)
+            await connection.execute(probe.insert().values(id=1))
             await connection.rollback()
     finally:
         await engine.dispose()

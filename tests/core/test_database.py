@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
 
 from core.database import PROBE_TABLE, check_writable, create_engine
 from core.store import MappingStore
@@ -41,5 +42,5 @@ async def test_the_probe_table_an_earlier_doctor_left_is_dropped(database_url: s
 async def test_a_read_only_sqlite_database_fails_the_check(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     await check_writable(f"sqlite+aiosqlite:///{path}")  # creates the file
-    with pytest.raises(sa.exc.OperationalError, match="readonly"):
+    with pytest.raises(OperationalError, match="readonly"):
         await check_writable(f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true")
