@@ -492,10 +492,10 @@ def describe(schema: FieldSchema | None) -> str:
 
 
 def _candidates(source: str, kind: FieldType, fields: Sequence[JiraField]) -> str:
-    """The fields of the wanted type, those named like the PeopleForce field first."""
+    """The custom fields of the wanted type, those named like the PeopleForce field first."""
     word = source.rsplit(".", 1)[-1].split("_")[0].casefold()
-    fitting = [f for f in fields if f.schema is not None and fits(kind, f.schema)]
-    fitting.sort(key=lambda f: (word not in f.name.casefold(), not f.custom, f.name.casefold()))
+    fitting = [f for f in fields if f.custom and f.schema is not None and fits(kind, f.schema)]
+    fitting.sort(key=lambda f: (word not in f.name.casefold(), f.name.casefold()))
     shown = [f"{f.id} ({f.name})" for f in fitting[:CANDIDATES_SHOWN]]
     if len(fitting) > CANDIDATES_SHOWN:
         shown.append("...")
