@@ -237,6 +237,13 @@ async def _prefect_version(api_url: str) -> str:
             return await client.api_version()
 
 
+async def _connectable(port: int) -> None:
+    """Raise `OSError` unless something accepts connections on this host's `port`."""
+    _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout=5)
+    writer.close()
+    await writer.wait_closed()
+
+
 async def check_prefect(settings: Settings) -> CheckResult:
     """The Prefect API answers. PREFECT_API_URL unset is a warning, not a failure: checking
     PeopleForce, Jira and the rules, and `plan`, need no Prefect; the commands that do (`up`'s
@@ -250,6 +257,8 @@ async def check_prefect(settings: Settings) -> CheckResult:
     )
     started = time.monotonic()
     try:
+        if not configured:  # nothing listening: say so without loading Prefect's client
+            await _connectable(settings.prefect_server_port)
         version = await asyncio.wait_for(_prefect_version(api_url), timeout=CHECK_TIMEOUT)
     except Exception as error:  # a line, whatever it is
         if configured:
