@@ -16,7 +16,9 @@ delay. It never gives up: a child that keeps dying is said as an error on each r
 giving up would stop the gateway, and PeopleForce does not resend what was refused. Each
 child restarts alone: the gateway stores webhooks in its inbox and hands them to Prefect
 whenever it answers, so it keeps running while the Prefect server or the deployments server
-restarts. The Prefect server restarts on the same PREFECT_HOME and port (SQLite recovers its
+restarts. This process holds the gateway's listening socket and hands it to each gateway it
+starts (`--fd`): while one gateway is dead and the next one starts, PeopleForce's
+connections wait in the socket's queue instead of being refused. The Prefect server restarts on the same PREFECT_HOME and port (SQLite recovers its
 own journal after a kill -9). The deployments server restarts only once the Prefect API
 answers. One that outlives the Prefect server polls the new one by itself (its client retries
 a lost server), and one that stops polling for `RUNNER_POLL_TIMEOUT` while the Prefect server
@@ -91,6 +93,7 @@ PREFECT_SERVER_TUNING = {
 # restarting) should delay a batch, not fail it: 7 retries, up to 4 minutes.
 FLOW_RUN_TUNING = {"PREFECT_CLIENT_MAX_RETRIES": "7"}
 GATEWAY_START_TIMEOUT = 90.0
+GATEWAY_BACKLOG = 2048  # uvicorn's default: connections that wait while no gateway accepts
 DEPLOYMENTS_READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
 # How long a stop waits for the flow runs in progress to finish before the deployments server
@@ -187,6 +190,8 @@ class ChildSpec:
     # What the child leaves in its group when it dies gets SIGTERM, then SIGKILL after this
     # long; 0: SIGKILL at once (nothing there worth waiting for, and the port must be free).
     leftover_grace: float = 0.0
+    # Inherited file descriptors (the gateway's listening socket).
+    pass_fds: tuple[int, ...] = ()
 
 
 @dataclass
@@ -272,6 +277,7 @@ class ChildProcess:
         env: dict[str, str],
         log_path: Path,
         restart: int = 0,
+        pass_fds: tuple[int, ...] = (),
     ) -> ChildProcess:
         """Start `command`; its first start keeps the last run's log as `.log.1`, its
         `restart`-th start appends to the log after a line that says so."""
@@ -291,6 +297,7 @@ class ChildProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=pass_fds,
             )
         return cls(name, process, log_path, log_offset=offset)
 
@@ -438,6 +445,7 @@ class Stack:
         self._polls = PollWatch()
         self.deployment_names: list[str] = []
         self._served_ids: list[str] = []  # the deployments the deployments server serves
+        self._gateway_socket: socket.socket | None = None  # held across the gateway's restarts
         self._stop_signal: int | None = None
         self._stop_signal_at = 0.0
         self._serve_started_at: datetime | None = None
@@ -575,6 +583,7 @@ class Stack:
 
     def child_specs(self) -> list[ChildSpec]:
         """The children, in start order: the Prefect server, then what talks to it."""
+        gateway_fd = None if self._gateway_socket is None else self._gateway_socket.fileno()
         return [
             ChildSpec(
                 PREFECT_SERVER,
@@ -610,17 +619,43 @@ class Stack:
                     self.settings.gateway_host,
                     "--port",
                     str(self.settings.gateway_port),
+                    *(() if gateway_fd is None else ("--fd", str(gateway_fd))),
                 ),
                 health_url=f"{self.gateway_url}/healthz",
                 start_timeout=GATEWAY_START_TIMEOUT,
+                pass_fds=() if gateway_fd is None else (gateway_fd,),
             ),
         ]
+
+    def _listen_for_gateway(self) -> None:
+        """Bind the gateway's address here, for every gateway this stack starts (see the
+        module's docstring)."""
+        host, port = self.settings.gateway_host, self.settings.gateway_port
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            # uvicorn's backlog; SO_REUSEADDR (set by create_server) as uvicorn binds.
+            self._gateway_socket = socket.create_server(
+                (host, port), family=family, backlog=GATEWAY_BACKLOG
+            )
+        except OSError as error:
+            raise StackFailure(
+                f"cannot listen on {host}:{port} (GATEWAY_PORT) for the gateway: {error}"
+            ) from None
+        self._gateway_socket.set_inheritable(True)
+
+    def _close_gateway_socket(self) -> None:
+        """From now on, only the running gateway holds it: once it stops, connections are
+        refused (rather than left waiting for a gateway that never comes)."""
+        if self._gateway_socket is not None:
+            self._gateway_socket.close()
+            self._gateway_socket = None
 
     def _start(self) -> None:
         """The first start: any child that dies or does not answer in time stops it all."""
         if self.sandbox:
             say("starting the PeopleForce and Jira simulators")
             self._start_simulators()
+        self._listen_for_gateway()
         specs = {spec.name: spec for spec in self.child_specs()}
         prefect = self._start_child(specs[PREFECT_SERVER])
         self._wait_until_healthy(prefect, specs[PREFECT_SERVER])
@@ -899,6 +934,7 @@ class Stack:
             env=env,
             log_path=self.log_dir / f"{spec.log_name}.log",
             restart=restart,
+            pass_fds=spec.pass_fds,
         )
 
     def _start_child(self, spec: ChildSpec) -> ChildProcess:
@@ -998,6 +1034,7 @@ class Stack:
                 f"{signal.Signals(self._stop_signal).name} received: stopping "
                 "(Ctrl-C again, a moment later, hurries: it kills the flow runs in progress)"
             )
+        self._close_gateway_socket()
         for child in reversed(self.children):
             if child.name == DEPLOYMENTS_SERVER and self._stop_signal is not None:
                 self._drain_flow_runs(child)

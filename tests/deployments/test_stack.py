@@ -654,17 +654,19 @@ def test_a_child_in_its_own_session_is_stopped_with_its_whole_group(tmp_path: Pa
 
 # The supervisor's restarts, on the real `Stack` with stand-in children.
 
-# One program for every stand-in child: `STAND_IN ROLE [PORT]`. In STAND_IN_DIR: a file named
+# One program for every stand-in child: `STAND_IN ROLE ARGS...`, ARGS those of the child it
+# stands in for (`--port`, and the gateway's `--fd`, the listening socket `up` holds). In
+# STAND_IN_DIR: a file named
 # after the role makes that role exit at once (a crash loop, or a first start that fails);
 # `stuck` stops the deployments server's polls; the deployments server's "flow run" notes the
 # SIGTERM it gets in `terminated`; `polled` is the deployments server's last poll.
 STAND_IN = """\
-import json, os, signal, subprocess, sys, time
+import json, os, signal, socket, subprocess, sys, time
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-role = sys.argv[1]
+role, args = sys.argv[1], sys.argv[2:]
 folder = Path(os.environ["STAND_IN_DIR"])
 if (folder / role).exists():
     print(f"{role}: crashing on purpose", flush=True)
@@ -717,9 +719,15 @@ elif role == "deployments":
         if not (folder / "stuck").exists():
             (folder / "polled").touch()
         time.sleep(0.3)
+elif "--fd" in args:
+    server = ThreadingHTTPServer(("", 0), Answers, bind_and_activate=False)
+    server.socket = socket.socket(fileno=int(args[args.index("--fd") + 1]))
+    print(f"{role} listening on the socket it was given", flush=True)
+    server.serve_forever()
 else:
+    server = ThreadingHTTPServer(("127.0.0.1", int(args[args.index("--port") + 1])), Answers)
     print(f"{role} listening", flush=True)
-    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Answers).serve_forever()
+    server.serve_forever()
 """
 # `up` on the stand-ins: the real Stack (preflight, first start, supervision, stop), with each
 # child's command replaced and the slow thresholds made short.
@@ -732,19 +740,21 @@ stack_module.RUNNER_POLL_TIMEOUT = 4.0
 stack_module.CRASH_LOOP_DEATHS = 3
 
 
+ROLES = {
+    stack_module.PREFECT_SERVER: "prefect",
+    stack_module.DEPLOYMENTS_SERVER: "deployments",
+    stack_module.GATEWAY: "gateway",
+}
+
+
 class StandIns(stack_module.Stack):
     def child_specs(self):
-        ports = {
-            stack_module.PREFECT_SERVER: ("prefect", self.settings.prefect_server_port),
-            stack_module.DEPLOYMENTS_SERVER: ("deployments", None),
-            stack_module.GATEWAY: ("gateway", self.settings.gateway_port),
-        }
-        specs = []
-        for spec in super().child_specs():
-            role, port = ports[spec.name]
-            args = (sys.argv[1], role) + ((str(port),) if port else ())
-            specs.append(dataclasses.replace(spec, python_args=args))
-        return specs
+        return [
+            dataclasses.replace(
+                spec, python_args=(sys.argv[1], ROLES[spec.name], *spec.python_args)
+            )
+            for spec in super().child_specs()
+        ]
 
 
 sys.exit(StandIns(Settings(_env_file=None)).run())
@@ -799,6 +809,11 @@ def test_each_child_killed_with_sigkill_comes_back_alone(
         child_pid(up, name) for name in ("Prefect server", "deployments server", "webhook gateway")
     )
     os.kill(gateway, signal.SIGKILL)
+    while running(gateway):
+        time.sleep(0.01)
+    # Not refused: the connection waits in the queue of the socket `up` holds, for the next one.
+    healthz = f"http://127.0.0.1:{env['GATEWAY_PORT']}/healthz"
+    assert httpx.get(healthz, timeout=60, trust_env=False).status_code == 200
     wait_for_line(up, r"^the webhook gateway answers again at .*/healthz \(.* after restart 1\)$")
     death = wait_for_line(up, r"^warning: the webhook gateway was killed by SIGKILL.*$")[0]
     assert re.fullmatch(
@@ -806,8 +821,7 @@ def test_each_child_killed_with_sigkill_comes_back_alone(
         r"0.5 s \(restart 1\)",
         death,
     ), death
-    assert "gateway listening" in up.output  # the end of its log, under the line
-    assert answers(f"http://127.0.0.1:{env['GATEWAY_PORT']}/healthz")
+    assert "gateway listening on the socket it was given" in up.output  # its log's end
     assert running(prefect)
     assert running(deployments)
 
