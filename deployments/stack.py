@@ -18,13 +18,18 @@ child restarts alone: the gateway stores webhooks in its inbox and hands them to
 whenever it answers, so it keeps running while the Prefect server or the deployments server
 restarts. This process holds the gateway's listening socket and hands it to each gateway it
 starts (`--fd`): while one gateway is dead and the next one starts, PeopleForce's
-connections wait in the socket's queue instead of being refused. The Prefect server restarts on the same PREFECT_HOME and port (SQLite recovers its
-own journal after a kill -9). The deployments server restarts only once the Prefect API
-answers. One that outlives the Prefect server polls the new one by itself (its client retries
-a lost server), and one that stops polling for `RUNNER_POLL_TIMEOUT` while the Prefect server
-answers is restarted. What a dead deployments server leaves in its process group, its flow
-runs, gets SIGTERM (each run then reports itself Crashed, which is retried) and SIGKILL after
-`LEFTOVER_GRACE`.
+connections wait in the socket's queue instead of being refused.
+
+The Prefect server restarts on the same PREFECT_HOME and port (SQLite recovers its own
+journal after a kill -9; the server leaves no lock or pid file in the foreground). The
+deployments server restarts only once the Prefect API answers. One that outlives the Prefect
+server polls the new one by itself (its client retries a lost server), and one that stops
+polling for `RUNNER_POLL_TIMEOUT` while the Prefect server answers is restarted. What a dead
+deployments server leaves in its process group, its flow runs, gets SIGTERM and SIGKILL after
+`LEFTOVER_GRACE`, so that nothing runs on that nobody supervises. Those runs cannot report
+their end to Prefect (their output went to a pipe the dead server read, and the first write
+to it ends them): they stay Running until Prefect's detection of runs whose process died
+finds them.
 
 SIGINT or SIGTERM stops everything in reverse order and returns 0: the gateway first, then
 the flow runs in progress are given `DRAIN_TIMEOUT` to finish before the deployments server
@@ -116,8 +121,8 @@ STABLE_SECONDS = 30.0
 # This many deaths in a row, each within STABLE_SECONDS of its start: a crash loop (a setting
 # changed under it, a full disk, a database gone), said as an error on each restart.
 CRASH_LOOP_DEATHS = 5
-# How long the flow runs a dead deployments server leaves behind get between SIGTERM (on which
-# each one reports itself Crashed) and SIGKILL.
+# How long the flow runs a dead deployments server leaves behind get between SIGTERM and
+# SIGKILL (a run that can still reach Prefect ends Crashed on SIGTERM).
 LEFTOVER_GRACE = 10.0
 # The deployments server polls every SERVE_POLL_SECONDS, and its Prefect client retries a lost
 # server 2, 4, 8 ... s apart (7 times, FLOW_RUN_TUNING): after an outage of N s, its next poll
