@@ -638,7 +638,8 @@ class Stack:
         host, port = self.settings.gateway_host, self.settings.gateway_port
         try:
             family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-            # uvicorn's backlog; SO_REUSEADDR (set by create_server) as uvicorn binds.
+            # SO_REUSEADDR (create_server sets it) as uvicorn binds; only the gateways get it
+            # (`pass_fds`: every other child starts with no inherited descriptor).
             self._gateway_socket = socket.create_server(
                 (host, port), family=family, backlog=GATEWAY_BACKLOG
             )
@@ -646,7 +647,6 @@ class Stack:
             raise StackFailure(
                 f"cannot listen on {host}:{port} (GATEWAY_PORT) for the gateway: {error}"
             ) from None
-        self._gateway_socket.set_inheritable(True)
 
     def _close_gateway_socket(self) -> None:
         """From now on, only the running gateway holds it: once it stops, connections are
