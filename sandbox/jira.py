@@ -41,6 +41,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sandbox import jira_meta
 from sandbox.faults import WRITE_METHODS, FaultInjector, Faults
 
 DEFAULT_CUSTOM_FIELDS = frozenset(f"customfield_{number}" for number in range(10050, 10060))
@@ -1638,6 +1639,8 @@ def create_app(
 
     app.include_router(rest_api)
     app.include_router(sandbox_control)
+    # Configuration reads (projects, createmeta, fields, statuses, assignable users): doctor's.
+    jira_meta.install(app, Renderer, ISSUE_TYPES.values(), STATUSES, rest_api.dependencies)
     return app
 
 

@@ -8,8 +8,9 @@ from typing import Any
 
 from prefect.runtime import flow_run
 
+from core.company import BACKLOG_LIMIT, BACKLOG_STATUSES
 from core.retry import STORE_CALL
-from core.store import EmployeeLink, InboxRepository, Intents, LinkChange
+from core.store import EmployeeLink, InboxRepository, Intents, LinkChange, WebhookEvent
 from tasks.services import current
 
 
@@ -100,3 +101,23 @@ async def count_inbox() -> dict[str, int]:
 def _flow_run_id() -> str | None:
     run_id = flow_run.get_id()
     return str(run_id) if run_id else None
+
+
+# For the reconciliation: the inbox's backlog, and closing the events it repaired.
+
+
+@STORE_CALL("read the inbox's backlog")
+async def read_inbox_backlog() -> list[WebhookEvent]:
+    """Acknowledged events no run has done (failed, or not dispatched), newest first, at most
+    `BACKLOG_LIMIT` of each status (the rest waits for the next reconciliation)."""
+    inbox = InboxRepository(current().store.engine)
+    return [
+        event for status in BACKLOG_STATUSES for event in await inbox.recent(BACKLOG_LIMIT, status)
+    ]
+
+
+@STORE_CALL("close the inbox events the reconciliation repaired")
+async def close_repaired_events(outcomes: dict[int, str]) -> int:
+    """Mark the events whose work the reconciliation did as done, each with its outcome. Safe
+    to repeat: only events still failed or pending change."""
+    return await InboxRepository(current().store.engine).close_repaired(outcomes)
