@@ -27,7 +27,7 @@ from core.errors import (
     is_transient,
 )
 from core.jira.adf import adf_to_text, text_to_adf
-from core.jira.client import SERVICE, Issue, subtask_payload
+from core.jira.client import SERVICE, Comment, Issue, subtask_payload
 from core.plan import CreateIssue, FieldValue, Subtask
 from core.retry import API_CALL
 from core.rules import FieldType
@@ -97,10 +97,6 @@ async def find_account_id(email: str, who: str) -> str | None:
 async def find_issue_by_label(label: str, who: str) -> str | None:
     """An issue this service created but did not record, long enough ago for search to show
     it. One created seconds ago may be missing: `find_created_issue` does not miss it."""
-    return await _first_labelled(label)
-
-
-async def _first_labelled(label: str) -> str | None:
     async for issue in current().jira.search(f'labels = "{label}" ORDER BY key', fields=["labels"]):
         return issue["key"]
     return None
@@ -114,7 +110,6 @@ SCAN_BATCH = 10
 MAX_SCAN = 1000
 
 
-@API_CALL("look for {label} by key · {who}")
 async def find_created_issue(project: str, label: str, who: str) -> str | None:
     """The issue labelled `label` if Jira has it, even one created a moment ago: after a create
     whose answer was lost, or a crash between a create and its record.
@@ -128,17 +123,18 @@ async def find_created_issue(project: str, label: str, who: str) -> str | None:
     Jira has none. (1) comes before (2): an issue search learns of between the two is then
     found by (2) or lies after the key of (1), never missed. Each key read costs one request:
     as many as the issues created in the project within search's lag (seconds), and this runs
-    only when a create is in doubt.
+    only when a create is in doubt. Each read is retried on its own (a 429 on one key does not
+    start the look over); `WriteInDoubtError` when it cannot tell yet.
     """
     project = project.upper()
-    newest = await _newest_number(project)
-    found = await _first_labelled(label)
+    newest = await _newest_number(project, who)
+    found = await find_issue_by_label(label, who)
     if found is not None:
         return found
     first = max(newest - SCAN_SLACK, 0) + 1
     for start in range(first, first + MAX_SCAN, SCAN_BATCH):
         read = await asyncio.gather(
-            *(_labels_at(f"{project}-{n}") for n in range(start, start + SCAN_BATCH))
+            *(_issue_at(f"{project}-{n}", who) for n in range(start, start + SCAN_BATCH))
         )
         for issue in read:
             if issue is not None and label in issue.labels:
@@ -152,7 +148,8 @@ async def find_created_issue(project: str, label: str, who: str) -> str | None:
     )
 
 
-async def _newest_number(project: str) -> int:
+@API_CALL("read the newest key of {project} · {who}")
+async def _newest_number(project: str, who: str) -> int:
     """The number of the newest key search knows in `project` (0: none)."""
     async for issue in current().jira.search(
         f'project = "{project}" ORDER BY key DESC', fields=["labels"], max_results=1
@@ -162,7 +159,9 @@ async def _newest_number(project: str) -> int:
     return 0
 
 
-async def _labels_at(key: str) -> Issue | None:
+@API_CALL("read {key} · {who}")
+async def _issue_at(key: str, who: str) -> Issue | None:
+    """The issue answering under `key`, with its labels; None when Jira has none."""
     try:
         return await current().jira.get_issue(key, fields=["labels"])
     except NotFoundError:
@@ -317,7 +316,6 @@ async def update_fields(
         raise ConfigurationError(explain_rejection(error, values, services.rules_file)) from error
 
 
-@API_CALL("look for the comment on {issue_key} · {who}")
 async def find_comment(issue_key: str, text: str, who: str) -> str | None:
     """The id of this comment if it is the newest one this service wrote on the issue.
 
@@ -327,13 +325,22 @@ async def find_comment(issue_key: str, text: str, who: str) -> str | None:
     issue: each one reports a change (fields, the last day, a cancellation), and the next
     change says something else.
     """
-    jira = current().jira
-    me = (await jira.myself()).account_id
+    me = await _own_account_id(who)
     wanted = _words(adf_to_text(text_to_adf(text)))
-    for comment in await jira.get_comments(issue_key):
+    for comment in await _newest_comments(issue_key, who):
         if comment.author_account_id == me:
             return comment.id if _words(comment.text) == wanted else None
     return None
+
+
+@API_CALL("read who this service is in Jira · {who}")
+async def _own_account_id(who: str) -> str:
+    return (await current().jira.myself()).account_id
+
+
+@API_CALL("read the comments of {issue_key} · {who}")
+async def _newest_comments(issue_key: str, who: str) -> list[Comment]:
+    return await current().jira.get_comments(issue_key)
 
 
 def _words(text: str) -> list[str]:

@@ -160,6 +160,32 @@ async def test_a_cancellation_whose_answers_are_lost_cancels_and_says_so_once(
     assert lost_answers(world) == 1 + len(subtasks) + 1  # each transition, and the comment
 
 
+async def test_flaky_jira_that_also_loses_answers_makes_each_issue_once(world: World) -> None:
+    people = [world.hire("Flaky", f"Person{n}", in_days=1, department="Sales") for n in range(3)]
+    world.jira.state.set_faults(
+        Faults(
+            error_rate=0.3,
+            error_statuses=[429, 503],
+            retry_after="1",
+            after_apply_rate=0.3,
+            after_apply_outcomes=["reset", 500, 502, 503],
+            search_lag_seconds=SEARCH_LAG,
+            seed=5,
+        )
+    )
+
+    outcomes = await onboarding([person.id for person in people])
+
+    assert [outcome.error for outcome in outcomes] == [None] * 3
+    for person in people:
+        (parent,) = world.parents_of(person.id)
+        assert len(subtasks_of(world, parent)) == 3
+    stats = world.jira.state.stats()
+    assert stats["faults_injected"] > 0
+    assert stats["applied_then_failed"] > 0
+    assert await open_intents(world) == []
+
+
 # --------------------------------------------------------------------------- killed between send and record
 
 
