@@ -114,7 +114,8 @@ JIRA_FAULTS: dict[str, dict[str, Any]] = {
     "ambiguous-creates": {
         "after_apply_rate": 0.2,
         "after_apply_outcomes": ["timeout", "reset", 500, 502, 503],
-        # Longer than the Jira client's 30 s read timeout: a "timeout" is one to the client.
+        # --hold-seconds: longer than the Jira client's 30 s read timeout by default, so that
+        # a "timeout" is one to the client.
         "after_apply_hold_seconds": 35,
         "only_methods": ["POST"],
         "seed": 15,
@@ -696,7 +697,16 @@ def put_jira_faults(http: httpx.Client, jira: str, faults: dict[str, Any]) -> st
     """Set the Jira simulator's faults; why not, when it does not know them (None: set)."""
     response = http.put(f"{jira}/_sandbox/faults", json=faults)
     if response.status_code == 422:
-        return f"the Jira simulator refuses the faults (422): {response.text[:200]}"
+        problems = response.json().get("detail") or []
+        unknown = [
+            str(problem.get("loc", ["", "?"])[-1])
+            for problem in problems
+            if problem.get("type") == "extra_forbidden"
+        ]
+        if unknown and len(unknown) == len(problems):
+            return f"the Jira simulator does not know {', '.join(unknown)}"
+        # It knows the fields but refuses a value: the bench is wrong, not the simulator.
+        raise RuntimeError(f"the Jira simulator refuses these faults: {response.text[:300]}")
     response.raise_for_status()
     # A simulator whose Faults ignore unknown fields answers 200 without them.
     missing = sorted(name for name in faults if name not in response.json())
@@ -924,7 +934,10 @@ def run_burst_fault(fault: str, args: argparse.Namespace, data_dir: Path) -> Row
     try:
         if fault in JIRA_FAULTS:
             # Before the stack starts: a fault the simulator lacks costs no stack.
-            why = put_jira_faults(deployment.http, deployment.jira, JIRA_FAULTS[fault])
+            wanted = dict(JIRA_FAULTS[fault])
+            if "after_apply_hold_seconds" in wanted:
+                wanted["after_apply_hold_seconds"] = args.hold_seconds
+            why = put_jira_faults(deployment.http, deployment.jira, wanted)
             if why:
                 return Row(fault, unavailable=why, notes=[why])
         deployment.stack.start()
@@ -954,6 +967,12 @@ def run_burst_fault(fault: str, args: argparse.Namespace, data_dir: Path) -> Row
             row.quiet_seconds = quiet_after(deployment.journal, outcome.ended_at)
         row.gateway_back_seconds = outcome.gateway_back_seconds
         row.notes += outcome.notes
+        if fault in JIRA_FAULTS:
+            stats = deployment.http.get(f"{deployment.jira}/_sandbox/stats").json()
+            row.notes.append(
+                f"Jira: {stats.get('writes')} writes, {stats.get('reads')} reads reached the "
+                f"API; faults injected: {stats.get('faults_injected')}"
+            )
         lost = lost_events(events, issues, minimum)
         if lost:
             row.notes.append(
@@ -1139,6 +1158,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--quiet", type=float, default=20.0, help="seconds without a Jira write that end a wait"
+    )
+    parser.add_argument(
+        "--hold-seconds",
+        type=float,
+        default=35.0,
+        help="ambiguous-creates: how long Jira holds an answer it then drops (35)",
     )
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--keep", type=Path, help="keep each fault's data directory (logs) here")

@@ -9,9 +9,14 @@ import sys
 from types import ModuleType
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.jira.adf import text_to_adf
+from sandbox import jira
+from sandbox.server import BackgroundServer
 from tests.paths import ROOT
 
 
@@ -230,3 +235,39 @@ def test_the_table_has_one_row_per_fault() -> None:
     assert lines[1].split()[0] == "prefect-kill"
     assert lines[1].split()[-1] == "PASS"
     assert lines[2].endswith("not available")
+
+
+class StrictFaults(BaseModel):
+    """A simulator's faults that refuse unknown fields, and one out-of-range value."""
+
+    model_config = ConfigDict(extra="forbid")
+    search_lag_seconds: float = Field(0, ge=0, le=30)
+
+
+def strict_simulator() -> FastAPI:
+    app = FastAPI()
+
+    @app.put("/_sandbox/faults")
+    async def replace(faults: StrictFaults) -> StrictFaults:
+        return faults
+
+    return app
+
+
+def test_a_jira_fault_the_simulator_lacks_is_not_available_whether_refused_or_ignored() -> None:
+    lenient_app = jira.create_app(email="bot@example.com", api_token="t")  # ignores extras
+    with (
+        BackgroundServer(lenient_app) as lenient,
+        BackgroundServer(strict_simulator()) as strict,
+        httpx.Client(trust_env=False) as http,
+    ):
+        assert faults.put_jira_faults(http, lenient.url, {"error_rate": 0.3}) is None
+        # A field it lacks (one no simulator will have: this must hold after others are added).
+        ignored = faults.put_jira_faults(http, lenient.url, {"no_such_fault": 5})
+        assert ignored == "the Jira simulator does not know no_such_fault"
+        refused = faults.put_jira_faults(http, strict.url, {"after_apply_rate": 0.2})
+        assert refused == "the Jira simulator does not know after_apply_rate"
+        assert faults.put_jira_faults(http, strict.url, {"search_lag_seconds": 5}) is None
+        # A known field with a value it refuses is the bench's mistake: say so, loudly.
+        with pytest.raises(RuntimeError, match="refuses these faults"):
+            faults.put_jira_faults(http, strict.url, {"search_lag_seconds": 99})
