@@ -2,9 +2,10 @@
 
 In order: (with `--sandbox`) both simulators in this process, pointed at the gateway; the
 Prefect server as a child process with its own PREFECT_HOME (its SQLite database lives there,
-apart from the mapping store); once its API answers, the deployments server
-(`python -m deployments.serve`) and the webhook gateway (`python -m webhook_gateway`), both
-told where the Prefect API is. A child that dies during this first start (bad settings, a
+apart from the mapping store) and, beside it, the webhook gateway (`python -m webhook_gateway`,
+which needs only the store, so webhooks are taken within seconds of a start); once the Prefect
+API answers, the deployments server (`python -m deployments.serve`). Both are told where the
+Prefect API is. A child that dies during this first start (bad settings, a
 port taken meanwhile) is reported with the end of its log, the others are stopped and
 `run_stack` returns non-zero at once.
 
@@ -587,7 +588,8 @@ class Stack:
         self._wrote_sandbox_settings = True
 
     def child_specs(self) -> list[ChildSpec]:
-        """The children, in start order: the Prefect server, then what talks to it."""
+        """The children: the Prefect server, the deployments server that needs it, and the gateway
+        (started beside the Prefect server: it needs only the store)."""
         gateway_fd = None if self._gateway_socket is None else self._gateway_socket.fileno()
         return [
             ChildSpec(
@@ -663,11 +665,14 @@ class Stack:
         self._listen_for_gateway()
         specs = {spec.name: spec for spec in self.child_specs()}
         prefect = self._start_child(specs[PREFECT_SERVER])
+        # The gateway needs only the store: it starts beside the Prefect server, so that after
+        # a power cut webhooks are taken again within seconds, not once Prefect is up (its
+        # dispatcher hands the events over when Prefect answers).
+        gateway = self._start_child(specs[GATEWAY])
+        self._wait_until_healthy(gateway, specs[GATEWAY])
         self._wait_until_healthy(prefect, specs[PREFECT_SERVER])
         serve_started_at = self._serve_started_at = datetime.now(UTC)
         self._start_child(specs[DEPLOYMENTS_SERVER])
-        gateway = self._start_child(specs[GATEWAY])
-        self._wait_until_healthy(gateway, specs[GATEWAY])
         self._wait_for_deployments(serve_started_at)
 
     def _announce(self) -> None:
