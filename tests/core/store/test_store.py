@@ -49,7 +49,7 @@ async def test_migrate_from_empty_database_to_head(database_url: str) -> None:
     await migrate(database_url)
     await migrate(database_url)  # a second run finds nothing to do
 
-    assert await current_revision(database_url) == head_revision() == HEAD_REVISION == "0004"
+    assert await current_revision(database_url) == head_revision() == HEAD_REVISION == "0005"
     assert await table_names(database_url) == STORE_TABLES | {VERSION_TABLE}
 
 
