@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {
@@ -357,6 +364,19 @@ class Settings(BaseSettings):
         ):
             raise ValueError("must be an http:// or https:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _silence_outlasts_heartbeats(self) -> Settings:
+        # A run is crashed after this silence: shorter than two heartbeats (and a margin for a
+        # late one), it would crash runs that are alive.
+        least = 2 * self.flow_heartbeat_seconds + 15
+        if self.flow_silent_crash_seconds < least:
+            raise ValueError(
+                f"FLOW_SILENT_CRASH_SECONDS ({self.flow_silent_crash_seconds}) must be at least "
+                f"two heartbeats and 15 s ({least}, with FLOW_HEARTBEAT_SECONDS="
+                f"{self.flow_heartbeat_seconds}): a shorter silence crashes live runs"
+            )
+        return self
 
     @property
     def jira_api_base(self) -> str | None:
