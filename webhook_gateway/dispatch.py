@@ -248,7 +248,7 @@ class Dispatcher:
         self._said_unreachable_at = now
         logger.warning(
             "cannot reach Prefect at {} for {:.0f}s: {} events waiting ({}: {})",
-            mask_url(str(self.client.api_url)),
+            mask_url(str(self.client.api_url).rstrip("/")),
             down_for,
             await self.inbox.waiting(),
             type(error).__name__,
