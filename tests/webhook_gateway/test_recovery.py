@@ -31,7 +31,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.flow_engine import run_flow_async
 from prefect.settings import PREFECT_API_URL
-from prefect.states import Crashed, Pending
+from prefect.states import Crashed, Pending, State
 
 from core.store import EventStatus, InboxRepository, MappingStore, WebhookEvent
 from core.store.models import utc_now
@@ -233,6 +233,7 @@ async def test_a_failed_run_keeps_what_it_did_and_ends_a_permanent_failure_at_on
         )
     finally:
         world.jira.state.projects["IT"] = it_project
+    assert isinstance(state, State)
     assert state.is_failed()
 
     await dispatcher.close_finished()
