@@ -228,13 +228,18 @@ class Dispatcher:
 
     async def prefect_answers(self) -> bool:
         """Whether the Prefect API answers its health check now (bounded like any call)."""
+        started = time.monotonic()
         try:
-            error = await self._prefect(self.client.api_healthcheck())
-        except Exception:
-            return False
+            # The client returns the error of a failed check rather than raising it.
+            error = await asyncio.wait_for(
+                self.client.api_healthcheck(), timeout=self.recovery.prefect_timeout
+            )
+        except TimeoutError as timeout:
+            error = timeout
         if error is not None:
-            await self._not_answering(time.monotonic(), error)
+            await self._not_answering(started, error)
             return False
+        await self._answering()
         return True
 
     async def _not_answering(self, started: float, error: BaseException) -> None:
@@ -464,7 +469,11 @@ class Dispatcher:
             run_id, state = str(run.id), run.state
             waiting = state is None or state.type in NOT_STARTED_RUN_STATES
             if state is not None and (orphaned := self._orphaned(run, now)):
-                await self._crash(run, orphaned)
+                try:
+                    await self._crash(run, orphaned)
+                except Exception as error:  # tried again next round; the others go on
+                    if not _unreachable(error):
+                        logger.warning("could not mark flow run {} Crashed: {}", run.id, error)
                 continue
             # A run not started yet holds back the next (its events would make it larger),
             # unless runs go side by side from the start (`run_alone_for` 0: idle workers of a

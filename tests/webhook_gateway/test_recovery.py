@@ -36,6 +36,7 @@ from prefect.states import Crashed, Pending, State
 from core.store import EventStatus, InboxRepository, MappingStore, WebhookEvent
 from core.store.models import utc_now
 from flows.sync import sync_employees
+from sandbox.server import free_port
 from tests.fixtures_flows import World
 from webhook_gateway import dispatch
 from webhook_gateway.dispatch import Dispatcher, Recovery
@@ -327,7 +328,8 @@ async def test_a_hung_prefect_is_said_within_seconds_and_again_when_it_answers(
                 poll=0.2,
                 busy_poll=0.1,
                 settle=0.05,
-                recovery=Recovery(prefect_timeout=1.0),
+                # Short for the test; a slow answer on a loaded machine may still time out.
+                recovery=Recovery(prefect_timeout=2.0),
             )
             loop = asyncio.create_task(dispatcher.run())
             try:
@@ -337,24 +339,25 @@ async def test_a_hung_prefect_is_said_within_seconds_and_again_when_it_answers(
                     lambda: inbox_status(inbox, first, EventStatus.dispatched), "not dispatched"
                 )
                 proxy.flowing.clear()  # SIGSTOP
+                hung_at = len(log_lines)  # (a slow answer before may have been said already)
                 hung = [await add_event(inbox, employee) for employee in (52, 53, 54)]
                 dispatcher.wake()
                 warned = f"WARNING cannot reach Prefect at {proxied} for "
 
                 async def warnings() -> int:
-                    return sum(line.startswith(warned) for line in log_lines)
+                    return sum(line.startswith(warned) for line in log_lines[hung_at:])
 
                 await until(lambda: _at_least(warnings, 1), "no warning", seconds=30)
-                line = next(line for line in log_lines if line.startswith(warned))
+                line = next(line for line in log_lines[hung_at:] if line.startswith(warned))
                 assert "s: 3 events waiting" in line
                 await until(lambda: _at_least(warnings, 2), "said only once", seconds=30)
                 proxy.flowing.set()  # SIGCONT
                 await until(
-                    lambda: _any_line(log_lines, "INFO Prefect reachable again after "),
+                    lambda: _any_line(log_lines[hung_at:], "INFO Prefect reachable again after "),
                     "recovery not said",
                     seconds=30,
                 )
-                back = next(line for line in log_lines if "reachable again" in line)
+                back = next(line for line in log_lines[hung_at:] if "reachable again" in line)
                 assert back.rstrip().endswith("s; dispatching 3 events")
                 for key in hung:
                     await until(
@@ -485,3 +488,29 @@ async def test_two_dispatchers_on_one_postgresql_store_dispatch_each_event_once(
     # Both gateways dispatched.
     assert {run.id for run in runs if str(run.id) in created_by_b}
     assert len({event.flow_run_id for event in events.values()}) > 3
+
+
+async def test_a_prefect_that_refuses_connections_is_said_once_a_while_not_per_event(
+    inbox: InboxRepository, log_lines: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatch, "UNREACHABLE_AFTER", 0.3)
+    dead = f"http://127.0.0.1:{free_port()}/api"
+    async with PrefectClient(api=dead) as client:
+        dispatcher = Dispatcher(
+            inbox, client, poll=0.05, settle=0.01, recovery=Recovery(prefect_timeout=10.0)
+        )
+        keys = [await add_event(inbox, employee) for employee in (61, 62)]
+        started = time.monotonic()
+        # Rounds for a few seconds (Prefect's client tries a refused connection for 1.5 s).
+        while time.monotonic() - started < 4:
+            await dispatcher.round()
+
+    warnings = [line for line in log_lines if line.startswith("WARNING cannot reach Prefect")]
+    assert len(warnings) == 1  # then once a minute
+    assert warnings[0].startswith(f"WARNING cannot reach Prefect at {dead} for ")
+    assert "s: 2 events waiting (ConnectError: " in warnings[0]
+    assert not any("reachable again" in line for line in log_lines)
+    assert not any("dispatch of" in line for line in log_lines)  # no line per batch
+    for key in keys:  # nothing reached Prefect: back to pending, to be batched afresh
+        event = await stored(inbox, key)
+        assert (event.status, event.claim_token) == (EventStatus.pending, None)
