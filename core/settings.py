@@ -205,9 +205,10 @@ class Settings(BaseSettings):
         description="Seconds any one call of the dispatcher to the Prefect API may take.",
     )
     # Events a dispatcher is handing to Prefect are claimed for it this long: a dispatcher that
-    # died meanwhile (or any gateway, when several share one store) leaves them to the next.
+    # died meanwhile leaves them to the next (another gateway on the store, or itself restarted).
+    # Longer than a call may take (DISPATCH_PREFECT_TIMEOUT_SECONDS), short enough to be quick.
     dispatch_claim_seconds: float = Field(
-        60.0,
+        30.0,
         ge=5,
         le=3600,
         description="Seconds a dispatcher's claim on the events it is dispatching lasts.",
@@ -366,7 +367,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _silence_outlasts_heartbeats(self) -> Settings:
+    def _recovery_bounds_fit(self) -> Settings:
         # A run is crashed after this silence: shorter than two heartbeats (and a margin for a
         # late one), it would crash runs that are alive.
         least = 2 * self.flow_heartbeat_seconds + 15
@@ -375,6 +376,14 @@ class Settings(BaseSettings):
                 f"FLOW_SILENT_CRASH_SECONDS ({self.flow_silent_crash_seconds}) must be at least "
                 f"two heartbeats and 15 s ({least}, with FLOW_HEARTBEAT_SECONDS="
                 f"{self.flow_heartbeat_seconds}): a shorter silence crashes live runs"
+            )
+        # A claim that ends before the call it covers lets another dispatcher send the same
+        # batch meanwhile: harmless (the same key, the same run), but wasted.
+        if self.dispatch_claim_seconds <= 2 * self.dispatch_prefect_timeout_seconds:
+            raise ValueError(
+                f"DISPATCH_CLAIM_SECONDS ({self.dispatch_claim_seconds:g}) must be more than "
+                f"twice DISPATCH_PREFECT_TIMEOUT_SECONDS ({self.dispatch_prefect_timeout_seconds:g})"
+                ": a claim must outlast the calls it covers"
             )
         return self
 
