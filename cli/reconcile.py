@@ -171,16 +171,25 @@ def dry_run_reconcile(settings: Settings, full: bool) -> None:
     """Plan the whole company in this process (no Prefect) and print it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
-    from core.company import ClientSources, plan_reconciliation, safeguard
+    from core.company import (
+        BACKLOG_LIMIT,
+        BACKLOG_STATUSES,
+        ClientSources,
+        acknowledged_by_employee,
+        plan_reconciliation,
+        safeguard,
+    )
     from core.jira.client import JiraClient
     from core.peopleforce.client import PeopleForceClient
     from core.plan import today_in
-    from core.store import EmployeeLink, MappingStore
+    from core.store import EmployeeLink, InboxRepository, MappingStore, WebhookEvent
 
     rules = load_reconcile_rules(settings)
     url = existing_store_url(settings)
     now = datetime.now().astimezone()
     today = today_in(rules.zone, now)
+
+    acknowledged: dict[int, Any] = {}
 
     async def read(progress: Progress) -> Any:
         bars: dict[str, TaskID] = {}
@@ -191,9 +200,15 @@ def dry_run_reconcile(settings: Settings, full: bool) -> None:
             progress.update(bars[what], completed=done, total=total)
 
         links: list[EmployeeLink] = []
+        backlog: list[WebhookEvent] = []
         if url is not None:
             async with await MappingStore.open(url) as store:
+                # As the run does: the inbox's backlog first, so that the safeguard reads alike.
+                inbox = InboxRepository(store.engine)
+                for status in BACKLOG_STATUSES:
+                    backlog += await inbox.recent(BACKLOG_LIMIT, status)
                 links = [link async for link in store.all_links()]
+        acknowledged.update(acknowledged_by_employee(backlog))
         async with (
             PeopleForceClient.from_settings(settings) as peopleforce,
             JiraClient.from_settings(settings) as jira,
@@ -207,6 +222,7 @@ def dry_run_reconcile(settings: Settings, full: bool) -> None:
                 concurrency=settings.reconcile_read_concurrency,
                 lookback_days=settings.reconcile_lookback_days,
                 full=full,
+                read_in_full=acknowledged,
                 progress=advance,
             )
 
@@ -217,6 +233,7 @@ def dry_run_reconcile(settings: Settings, full: bool) -> None:
         company,
         max_share=settings.safeguard_max_share,
         max_offboard=settings.safeguard_max_offboard,
+        acknowledged=acknowledged,
     )
     print_company_plan(company, verdict)
     if url is None:

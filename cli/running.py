@@ -26,8 +26,10 @@ def up(
 ) -> None:
     """Run the service on this host: Prefect server, served deployments, webhook gateway.
 
-    Prints the URLs once everything answers; Ctrl-C stops it all. A part that dies is reported
-    with the end of its log (under DATA_DIR/logs) and the command exits non-zero.
+    Prints the URLs once everything answers; Ctrl-C stops it all. A part that fails its first
+    start is reported with the end of its log (under DATA_DIR/logs) and the command exits
+    non-zero; a part that dies later is restarted (backoff 0.5 s doubling to 30 s), with a
+    line that says which, why and the how-many-th restart.
     """
     from deployments.stack import run_stack, webhook_url
     from sandbox.stack import Simulators
@@ -155,6 +157,11 @@ def worker(
 
     Start one on each host that should run flows; all of them share one Prefect server and the
     mapping store (DATABASE_URL on PostgreSQL). Flow runs get this service's settings.
+
+    It becomes the Prefect worker and restarts nothing itself: run it under something that
+    restarts it (compose's `restart: unless-stopped`, systemd's `Restart=always`). It rides
+    out a Prefect server that restarts, and exits non-zero when the server stays unreachable
+    for many minutes (or, with --deploy, is unreachable as it starts).
     """
     from sqlalchemy.engine import make_url
 

@@ -14,7 +14,9 @@ Jira is read in batches: one label search per 50 mapped employees, and one looku
 mapped issue the search did not return (moved, deleted, or not indexed yet).
 
 No I/O of its own: a `Sources` reads, so the flow passes retried Prefect tasks and the CLI the
-clients themselves. The safeguard lives here too; `core.render` turns plans and verdicts into text.
+clients themselves. The safeguard lives here too, and what the inbox's backlog (acknowledged
+webhook events no run has done) means for it and which of those events a run has done;
+`core.render` turns plans and verdicts into text.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from core.errors import NotFoundError
 from core.jira.client import Issue, JiraClient
 from core.names import employee_label
 from core.peopleforce.client import Page, PeopleForceClient
-from core.peopleforce.models import Employee, EmployeeSummary
+from core.peopleforce.models import Employee, EmployeeSummary, WebhookEnvelope
 from core.plan import (
+    CancelOffboarding,
     CreateIssue,
     Facts,
     IssueCheck,
     IssueKind,
+    MoveDueDate,
     Plan,
     Report,
     linked_issues,
@@ -43,6 +47,7 @@ from core.plan import (
 )
 from core.retry import INTERACTIVE_READ
 from core.rules import Rules
+from core.store.inbox import EventStatus, WebhookEvent
 from core.store.models import EmployeeLink
 from core.store.repository import normalize_email, previous_link
 
@@ -100,6 +105,8 @@ class CompanyPlan:
     facts: dict[int, Facts]
     returned: int  # employees PeopleForce returned (the safeguard's whole)
     reads: ReadCounts = field(default_factory=ReadCounts)
+    # Planned from their full record (not from a list item): their plan can be trusted whole.
+    read_in_full: frozenset[int] = frozenset()
 
     @property
     def needs_work(self) -> list[int]:
@@ -352,6 +359,7 @@ async def plan_reconciliation(
     concurrency: int,
     lookback_days: int,
     full: bool = False,
+    read_in_full: Iterable[int] = (),
     progress: Progress | None = None,
 ) -> CompanyPlan:
     """Read the company (PeopleForce and Jira at once, each `concurrency` requests at a time)
@@ -359,7 +367,9 @@ async def plan_reconciliation(
 
     `full` reads every full record instead of only those changed in the last `lookback_days`;
     so does the first run (nothing mapped yet), when a future termination entered long ago is
-    as much news as any other.
+    as much news as any other. `read_in_full`: these employees' full records are read whatever
+    else (those with acknowledged webhook events not worked yet: whether they are in step
+    must be known for sure, custom fields included).
     """
     reads = ReadCounts()
     peopleforce, jira = asyncio.Semaphore(concurrency), asyncio.Semaphore(concurrency)
@@ -394,7 +404,8 @@ async def plan_reconciliation(
     by_id = {summary.id: summary for summary in summaries}
     records: dict[int, Employee | None] = {record.id: record for record in leavers}
     # Leavers come in full already; whoever changed lately (or everyone, `full`) is read now.
-    wanted = {summary.id for summary in (summaries if full else recent)} - set(records)
+    wanted = {summary.id for summary in (summaries if full else recent)} | set(read_in_full)
+    wanted -= set(records)
     records |= await read_records(sources, sorted(wanted), peopleforce, reads, progress)
     by_link = {link.employee_id: link for link in links}
     facts, plans = plan_company(by_id, records, by_link, checks, rules, today)
@@ -410,7 +421,7 @@ async def plan_reconciliation(
         facts |= replanned[0]
         plans |= replanned[1]
     returned = len(set(by_id) | {i for i, record in records.items() if record is not None})
-    return CompanyPlan(today, plans, facts, returned, reads)
+    return CompanyPlan(today, plans, facts, returned, reads, frozenset(records))
 
 
 # --- The safeguard -------------------------------------------------------------------------
@@ -418,41 +429,192 @@ async def plan_reconciliation(
 
 @dataclass(frozen=True)
 class Verdict:
-    """Whether a run may apply its plan: `reasons` is empty when it may."""
+    """Whether a run may apply its plan: `reasons` is empty when it may.
+
+    `owed`: employees among the `touched` whose work acknowledged webhook events asked for
+    (`owed_to_webhooks`), not counted against the limits."""
 
     employees: int
     touched: int
     offboardings: int
     reasons: tuple[str, ...] = ()
+    owed: int = 0
 
     @property
     def stop(self) -> bool:
         return bool(self.reasons)
 
 
-def safeguard(company: CompanyPlan, *, max_share: float, max_offboard: int) -> Verdict:
+def safeguard(
+    company: CompanyPlan,
+    *,
+    max_share: float,
+    max_offboard: int,
+    acknowledged: Mapping[int, Acknowledged] | None = None,
+) -> Verdict:
     """Stop a run that would change too many people at once: a mass change is more often a
-    mistake (a wrong key or filter, a rules change, PeopleForce answering oddly) than news."""
+    mistake (a wrong key or filter, a rules change, PeopleForce answering oddly) than news.
+
+    Work that acknowledged webhook events asked for (`acknowledged`, see `owed_to_webhooks`)
+    is not counted: after a crash it is the backlog the webhook path owes, not a change the
+    reconciliation found."""
+    acknowledged = acknowledged or {}
+    owed = {
+        employee_id
+        for employee_id in company.needs_work
+        if owed_to_webhooks(company.plans[employee_id], acknowledged.get(employee_id))
+    }
     touched = len(company.needs_work)
-    offboardings = sum(
-        1
-        for p in company.plans.values()
-        for action in p.actions
-        if isinstance(action, CreateIssue) and action.kind == "offboarding"
-    )
+    counted = touched - len(owed)
+    offboardings = {
+        employee_id: sum(
+            1
+            for action in p.actions
+            if isinstance(action, CreateIssue) and action.kind == "offboarding"
+        )
+        for employee_id, p in company.plans.items()
+    }
+    counted_offboardings = sum(n for e, n in offboardings.items() if e not in owed)
+    besides = f" besides the {len(owed)} that acknowledged webhooks asked for" if owed else ""
     whole = max(company.returned, 1)
     reasons = []
-    if touched / whole > max_share:
+    if counted / whole > max_share:
         reasons.append(
-            f"it would touch {touched} of {company.returned} employees "
-            f"({touched / whole:.0%}), more than SAFEGUARD_MAX_SHARE ({max_share:.0%})"
+            f"it would touch {counted} of {company.returned} employees "
+            f"({counted / whole:.0%}){besides}, more than SAFEGUARD_MAX_SHARE ({max_share:.0%})"
         )
-    if offboardings > max_offboard:
+    if counted_offboardings > max_offboard:
         reasons.append(
-            f"it would offboard {offboardings} employees, more than SAFEGUARD_MAX_OFFBOARD "
-            f"({max_offboard})"
+            f"it would offboard {counted_offboardings} employees{besides}, more than "
+            f"SAFEGUARD_MAX_OFFBOARD ({max_offboard})"
         )
-    return Verdict(company.returned, touched, offboardings, tuple(reasons))
+    return Verdict(
+        company.returned, touched, sum(offboardings.values()), tuple(reasons), owed=len(owed)
+    )
+
+
+# --- Acknowledged webhook events the reconciliation finds not worked -----------------------
+
+# The statuses of events whose work no run has done: failed (a run crashed or failed) or not
+# dispatched yet. A dispatched event is left to its run.
+BACKLOG_STATUSES = (EventStatus.failed, EventStatus.pending)
+# Read at most this many of each (newest first); the rest waits for the next run.
+BACKLOG_LIMIT = 10_000
+# A pending event this young is left to the dispatcher, which is about to send it: closed by
+# the reconciliation only once older than this before its read (PeopleForce's API may answer a
+# moment behind the webhooks it sends).
+PENDING_STALE_AFTER = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Acknowledged:
+    """One employee's acknowledged webhook events that no run has done, as the inbox held them
+    before the reconciliation read PeopleForce: so every change they announce was made
+    before that read, and the records read show it."""
+
+    events: tuple[WebhookEvent, ...]
+    # Some event's own payload announces a termination: `employee_terminate`, or a record
+    # carrying a termination date (a future termination comes as `employee_update`).
+    announces_termination: bool = False
+    announces_revert: bool = False  # `employee_termination_revert`
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for event in self.events if event.status == EventStatus.failed)
+
+
+def acknowledged_by_employee(events: Iterable[WebhookEvent]) -> dict[int, Acknowledged]:
+    """The inbox's backlog (events in `BACKLOG_STATUSES`) per employee."""
+    by_employee: dict[int, list[WebhookEvent]] = defaultdict(list)
+    for event in events:
+        if event.employee_id is not None and event.status in BACKLOG_STATUSES:
+            by_employee[event.employee_id].append(event)
+    found: dict[int, Acknowledged] = {}
+    for employee_id, held in sorted(by_employee.items()):
+        found[employee_id] = Acknowledged(
+            tuple(sorted(held, key=lambda event: event.id or 0)),
+            announces_termination=any(_announces_termination(event) for event in held),
+            announces_revert=any(e.action == "employee_termination_revert" for e in held),
+        )
+    return found
+
+
+def _announces_termination(event: WebhookEvent) -> bool:
+    if event.action == "employee_terminate":
+        return True
+    try:
+        envelope = WebhookEnvelope.model_validate_json(event.body)
+    except ValueError:  # keyed by its hash: the record inside did not read; it says nothing
+        return False
+    return envelope.data.attributes.termination_effective_date is not None
+
+
+def owed_to_webhooks(employee_plan: Plan, acknowledged: Acknowledged | None) -> bool:
+    """Whether this plan is work acknowledged webhook events already asked for, so that the
+    safeguard need not count it.
+
+    Why this is safe: the safeguard guards what the reconciliation finds by itself, where a
+    mass change is more likely a mistake than news. A webhook the gateway verified, stored
+    and acknowledged is PeopleForce itself saying "this employee changed"; the webhook path
+    acts on it with no safeguard at all (it re-reads the record and applies the whole plan,
+    as this run does), and a crash only delayed it: a re-drive (`pf-jira-sync replay --status
+    failed`) would do exactly this work, unguarded. Counting it would turn every crash into
+    a refusal and leave the crash's people behind.
+
+    What keeps it a guard: only events stored before this run read PeopleForce count, and the
+    changes the guard is most for need the event's own word. An offboarding or a moved last
+    day is owed only if an event announced a termination (in its action or its payload), a
+    cancelled offboarding only if one announced the revert: PeopleForce answering oddly, a
+    wrong filter or a rules change that offboards someone whose event said nothing of
+    leaving is still counted. Other work (onboarding, field updates, relinks) follows any
+    event about the employee, as on the webhook path.
+    """
+    if acknowledged is None or employee_plan.is_empty:
+        return False
+    for action in employee_plan.actions:
+        leaving = isinstance(action, MoveDueDate) or (
+            isinstance(action, CreateIssue) and action.kind == "offboarding"
+        )
+        if leaving and not acknowledged.announces_termination:
+            return False
+        if isinstance(action, CancelOffboarding) and not acknowledged.announces_revert:
+            return False
+    return True
+
+
+def events_done(
+    company: CompanyPlan,
+    acknowledged: Mapping[int, Acknowledged],
+    brought_in_step: Iterable[int],
+    *,
+    read_at: datetime,
+) -> dict[int, list[WebhookEvent]]:
+    """Per employee now in step, the acknowledged events whose work is done: to be closed.
+
+    In step: brought there by this run (`brought_in_step`: their work succeeded), or found
+    there, planned from their full record with nothing to do. Their failed events are done,
+    and so are their pending ones received `PENDING_STALE_AFTER` before the run read
+    PeopleForce (`read_at`); younger ones are left to the dispatcher. Every event here was
+    read before PeopleForce was, so none was received after this run read the record.
+    """
+    worked = set(brought_in_step)
+    done: dict[int, list[WebhookEvent]] = {}
+    for employee_id, held in acknowledged.items():
+        employee_plan = company.plans.get(employee_id)
+        if employee_plan is None:
+            continue
+        found_in_step = employee_plan.is_empty and employee_id in company.read_in_full
+        if employee_id not in worked and not found_in_step:
+            continue
+        events = [
+            event
+            for event in held.events
+            if event.status == EventStatus.failed
+            or event.received_at < read_at - PENDING_STALE_AFTER
+        ]
+        if events:
+            done[employee_id] = events
+    return done
 
 
 # --- Reading with the clients alone (the CLI: no Prefect) ----------------------------------

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import event, text
+import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -38,14 +39,30 @@ def create_engine(database_url: str) -> AsyncEngine:
     return engine
 
 
+# The table `check_writable` creates and rolls back. Before the probe ran in a transaction of its
+# own, SQLite kept it (see below): such a leftover is dropped on the next check.
+PROBE_TABLE = "pf_jira_sync_doctor_probe"
+
+
 async def check_writable(database_url: str) -> None:
-    """Raise unless a table can be created in the database (rolled back, so nothing stays)."""
+    """Raise unless a table can be created and written in the database; nothing stays behind.
+
+    The probe table is created and filled inside a transaction that is then rolled back, so
+    the check proves what migrations and the service need (CREATE and INSERT) and passes every
+    time. SQLite's Python driver opens a transaction only before INSERT, UPDATE and DELETE and
+    runs DDL in autocommit, which would keep the table: there the transaction is opened by hand.
+    """
+    probe = sa.Table(PROBE_TABLE, sa.MetaData(), sa.Column("id", sa.Integer))
     engine = create_engine(database_url)
     try:
         async with engine.connect() as connection:
-            transaction = await connection.begin()
-            await connection.execute(text("CREATE TABLE pf_jira_sync_doctor_probe (id INTEGER)"))
-            await connection.execute(text("INSERT INTO pf_jira_sync_doctor_probe VALUES (1)"))
-            await transaction.rollback()
+            if await connection.run_sync(lambda sync: sa.inspect(sync).has_table(PROBE_TABLE)):
+                await connection.run_sync(probe.drop)
+                await connection.commit()
+            if engine.dialect.name == "sqlite":
+                await connection.exec_driver_sql("BEGIN")
+            await connection.run_sync(probe.create)
+            await connection.execute(probe.insert().values(id=1))
+            await connection.rollback()
     finally:
         await engine.dispose()

@@ -1,11 +1,13 @@
 """Typed errors for the two APIs, and the one place that decides what is worth retrying.
 
 Clients raise these; `core.retry` retries what `is_transient` (or, for the store,
-`is_transient_store_error`) accepts.
+`is_transient_store_error`) accepts, and, for a write that is not idempotent, first reads
+whether a failure `may_have_applied` before sending it again.
 """
 
 from __future__ import annotations
 
+import httpx
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -145,6 +147,40 @@ def is_permanent(error: BaseException) -> bool:
     return isinstance(error, ConfigurationError | LifecycleError) or (
         isinstance(error, ApiError) and not error.transient
     )
+
+
+# The request never reached the server: no connection was made, or none was free in time.
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def may_have_applied(error: BaseException) -> bool:
+    """True when a write that failed with `error` may have been applied all the same: the
+    request may have reached the server, and no answer says it was refused.
+
+    - a read timeout, or a connection dropped or reset once the request was on its way (the
+      server may have done the work and lost the answer, or may still be doing it);
+    - a 5xx (500, 502, 503, 504, ...; with or without Retry-After): a gateway in front of Jira
+      answers these while Jira itself goes on;
+    - a success answer the client cannot read: the write happened.
+
+    Not ambiguous, so resent as any transient failure: a refused connection, a connect or pool
+    timeout (nothing was sent), a 429 (Jira refused it before doing it), any other 4xx.
+    The single decision for the whole service; `core.retry` acts on it (`RetryPolicy.call`).
+    """
+    if isinstance(error, UnexpectedAnswerError):
+        return error.status is not None and 200 <= error.status < 300
+    if isinstance(error, ServerError | RateLimitedError):
+        return error.status is not None and error.status >= 500
+    if isinstance(error, TransportError):
+        return not isinstance(error.__cause__, _NEVER_SENT)
+    return False
+
+
+class WriteInDoubtError(ApiError):
+    """A write may have been applied, and the read that should tell could not (yet): nothing
+    was sent again. Transient: search catches up within minutes, so a later try can tell."""
+
+    transient = True
 
 
 def is_transient_store_error(error: BaseException) -> bool:

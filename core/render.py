@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import Protocol
 
-from core.company import CompanyPlan, Verdict
+from core.company import Acknowledged, CompanyPlan, Verdict
 from core.errors import (
     ApiError,
     AuthenticationError,
@@ -634,3 +634,40 @@ def prune_markdown(
     ]
     lines += ["", "Pending, dispatched and failed events are never removed."]
     return "\n".join(lines)
+
+
+# --- The reconciliation and the inbox's backlog ---------------------------------------------
+
+
+def repaired_outcome(run: str, jira_keys: Sequence[str]) -> str:
+    """What an acknowledged event came to when the reconciliation did its work (the event's
+    own run failed or never came), `run` naming the reconciliation's flow run:
+    `Jira IT-1; repaired by the reconciliation, flow run reconcile (<id>)`, or, for someone
+    found in step, `no change in Jira; in step at the reconciliation, flow run ...`."""
+    if jira_keys:
+        jira = ", ".join(dict.fromkeys(jira_keys))
+        return f"Jira {jira}; repaired by the reconciliation, flow run {run}"
+    return f"no change in Jira; in step at the reconciliation, flow run {run}"
+
+
+def backlog_advice(acknowledged: Mapping[int, Acknowledged]) -> str | None:
+    """What to do about the failed webhook events a stopped reconciliation leaves (None: none)."""
+    failed = sum(held.failed for held in acknowledged.values())
+    if not failed:
+        return None
+    employees = sum(1 for held in acknowledged.values() if held.failed)
+    return (
+        f"{failed} failed webhook event(s) of {employees} employee(s) were not repaired by this "
+        "run: re-drive them with `pf-jira-sync replay --status failed` "
+        "(`pf-jira-sync events --status failed` lists them)."
+    )
+
+
+def backlog_line(verdict: Verdict, acknowledged: Mapping[int, Acknowledged], closed: int) -> str:
+    """The reconciliation's word on the inbox: the work it owed webhooks, the events it closed."""
+    events = sum(len(held.events) for held in acknowledged.values())
+    return (
+        f"inbox: {events} acknowledged event(s) of {len(acknowledged)} employee(s) not worked "
+        f"yet; {verdict.owed} employee(s) of the plan owed to them (not counted by the "
+        f"safeguard); {closed} event(s) closed as done by this run"
+    )

@@ -11,6 +11,13 @@ events a minute. So Prefect task runs mark the business actions ("create onboard
 Lovelace (1042)", `flows/actions.py`), each with `retries=0`, and every retry, of one call
 (a 429 never repeats the calls before it) or of a whole action after a long outage, is made
 here, in-process, and logged. No Prefect is imported: the command line retries the same way.
+
+A write that is not idempotent (a create, a comment, a transition) must not simply be sent
+again when its failure leaves open whether it was applied (`core.errors.may_have_applied`: a
+read timeout, a dropped connection, a 5xx). Such a step gives a `confirm`: a strongly
+consistent read that answers what the write produced if it did happen, None if it did not.
+After such a failure nothing is sent again before `confirm` has answered None; if it cannot
+answer, its error ends the step (the write is left in doubt, never repeated blindly).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from loguru import logger
 
-from core.errors import is_transient, is_transient_store_error, retry_delay
+from core.errors import is_transient, is_transient_store_error, may_have_applied, retry_delay
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -34,12 +41,18 @@ R = TypeVar("R")
 @dataclass(frozen=True)
 class RetryPolicy:
     """`retries` more tries after the first, waiting `delays[n]` before retry n+1 (the last
-    delay repeats), each spread by +/- `jitter` of itself, only for errors `retry_on` accepts."""
+    delay repeats), each spread by +/- `jitter` of itself, only for errors `retry_on` accepts.
+
+    `confirm_after`: the least wait, after a write that may have been applied, before reading
+    whether it was: a request that timed out may still be under way in the server, and a read
+    made too soon would miss it (and the write then be made twice).
+    """
 
     retries: int
     delays: Sequence[float]
     retry_on: Callable[[BaseException], bool] = is_transient
     jitter: float = 0.0
+    confirm_after: float = 0.0
 
     def wait_before(self, retry: int, error: BaseException) -> float:
         """How long to wait before retry number `retry` (from 0) after `error`."""
@@ -48,33 +61,69 @@ class RetryPolicy:
             planned *= random.uniform(1 - self.jitter, 1 + self.jitter)  # noqa: S311 (not crypto)
         return retry_delay(error, planned)
 
-    async def call(self, what: str, attempt: Callable[[], Awaitable[R]]) -> R:
-        """`attempt()` until it succeeds, the error is not retryable, or the retries are spent."""
+    async def call(
+        self,
+        what: str,
+        attempt: Callable[[], Awaitable[R]],
+        confirm: Callable[[], Awaitable[R | None]] | None = None,
+    ) -> R:
+        """`attempt()` until it succeeds, the error is not retryable, or the retries are spent.
+
+        With `confirm` (a write): after a failure that may have been applied, `confirm()` is
+        awaited before anything else; what it answers (not None) is the attempt's result, and
+        only None lets the write be sent again. It must retry its own reads.
+        """
         retry = 0
         while True:
             try:
                 return await attempt()
             except Exception as error:
-                if retry >= self.retries or not self.retry_on(error):
+                in_doubt = confirm is not None and may_have_applied(error)
+                may_retry = retry < self.retries and self.retry_on(error)
+                if not (in_doubt or may_retry):
                     raise
                 delay = self.wait_before(retry, error)
-                retry += 1
-                logger.warning(
-                    "{} failed ({}: {}); retry {}/{} in {:.1f}s",
-                    what,
-                    type(error).__name__,
-                    error,
-                    retry,
-                    self.retries,
-                    delay,
-                )
+                if in_doubt:
+                    delay = max(delay, self.confirm_after)
+                    logger.warning(
+                        "{} may have happened all the same ({}: {}); reading whether it did "
+                        "in {:.1f}s, before anything is sent again",
+                        what,
+                        type(error).__name__,
+                        error,
+                        delay,
+                    )
+                else:
+                    logger.warning(
+                        "{} failed ({}: {}); retry {}/{} in {:.1f}s",
+                        what,
+                        type(error).__name__,
+                        error,
+                        retry + 1,
+                        self.retries,
+                        delay,
+                    )
                 await asyncio.sleep(delay)
+                if confirm is not None and in_doubt:
+                    done = await confirm()
+                    if done is not None:
+                        logger.info("{}: it had happened; not sent again", what)
+                        return done
+                    if not may_retry:
+                        raise
+                    logger.warning(
+                        "{}: it had not happened; retry {}/{}", what, retry + 1, self.retries
+                    )
+                retry += 1
 
     def __call__(
-        self, name: str
+        self, name: str, *, confirm: Callable[P, Awaitable[R | None]] | None = None
     ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]:
         """Decorate a coroutine function so that each call is retried by this policy; `name` is
-        a template of its parameters (`"find Jira user · {who}"`) for the log lines."""
+        a template of its parameters (`"find Jira user · {who}"`) for the log lines.
+
+        `confirm` (for a write that is not idempotent) takes the same arguments as the
+        function: see `call`."""
 
         def decorate(
             function: Callable[P, Coroutine[Any, Any, R]],
@@ -84,7 +133,9 @@ class RetryPolicy:
             @functools.wraps(function)
             async def retried(*args: P.args, **kwargs: P.kwargs) -> R:
                 return await self.call(
-                    _describe(name, signature, args, kwargs), lambda: function(*args, **kwargs)
+                    _describe(name, signature, args, kwargs),
+                    lambda: function(*args, **kwargs),
+                    (lambda: confirm(*args, **kwargs)) if confirm is not None else None,
                 )
 
             return retried
@@ -102,8 +153,14 @@ def _describe(
 
 
 # One API call (a step): with Jira refusing 30 % of calls, 10 retries leave about 0.3**11 (2e-6)
-# chance of giving up. Delays double from 0.5 s and stop growing at 10 s.
-API_CALL = RetryPolicy(retries=10, delays=[min(0.5 * 2**n, 10.0) for n in range(10)], jitter=0.5)
+# chance of giving up. Delays double from 0.5 s and stop growing at 10 s. A write in doubt is
+# read back no sooner than 2 s after it failed.
+API_CALL = RetryPolicy(
+    retries=10,
+    delays=[min(0.5 * 2**n, 10.0) for n in range(10)],
+    jitter=0.5,
+    confirm_after=2.0,
+)
 # One store call: the database is local; a lock or a restart passes quickly.
 STORE_CALL = RetryPolicy(retries=3, delays=[0.5, 2.0, 5.0], retry_on=is_transient_store_error)
 # A whole planned action whose calls each ran out of retries (a long outage) is tried again,

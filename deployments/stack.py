@@ -4,11 +4,36 @@ In order: (with `--sandbox`) both simulators in this process, pointed at the gat
 Prefect server as a child process with its own PREFECT_HOME (its SQLite database lives there,
 apart from the mapping store); once its API answers, the deployments server
 (`python -m deployments.serve`) and the webhook gateway (`python -m webhook_gateway`), both
-told where the Prefect API is. Then it supervises: a child that exits is reported with the
-end of its log, the others are stopped and `run_stack` returns non-zero; SIGINT or SIGTERM
-stops everything in reverse order and returns 0: the gateway first, then the flow runs in
-progress are given `DRAIN_TIMEOUT` to finish before the deployments server stops (what was
-not started yet stays scheduled, handed back to the next start).
+told where the Prefect API is. A child that dies during this first start (bad settings, a
+port taken meanwhile) is reported with the end of its log, the others are stopped and
+`run_stack` returns non-zero at once.
+
+Then it supervises. A child that dies later (exit, kill -9, crash) is restarted: one line says
+which, why (exit code or signal, then the end of its log) and the how-many-th restart it is;
+the first restart comes after `RESTART_FIRST_DELAY`, each next one twice as late up to
+`RESTART_MAX_DELAY`, and a child that stayed up `STABLE_SECONDS` starts over at the first
+delay. It never gives up: a child that keeps dying is said as an error on each restart, but
+giving up would stop the gateway, and PeopleForce does not resend what was refused. Each
+child restarts alone: the gateway stores webhooks in its inbox and hands them to Prefect
+whenever it answers, so it keeps running while the Prefect server or the deployments server
+restarts. This process holds the gateway's listening socket and hands it to each gateway it
+starts (`--fd`): while one gateway is dead and the next one starts, PeopleForce's
+connections wait in the socket's queue instead of being refused.
+
+The Prefect server restarts on the same PREFECT_HOME and port (SQLite recovers its own
+journal after a kill -9; the server leaves no lock or pid file in the foreground). The
+deployments server restarts only once the Prefect API answers. One that outlives the Prefect
+server polls the new one by itself (its client retries a lost server), and one that stops
+polling for `RUNNER_POLL_TIMEOUT` while the Prefect server answers is restarted. What a dead
+deployments server leaves in its process group, its flow runs, gets SIGTERM and SIGKILL after
+`LEFTOVER_GRACE`, so that nothing runs on that nobody supervises. Those runs cannot report
+their end to Prefect (their output went to a pipe the dead server read, and the first write
+to it ends them): they stay Running until Prefect's detection of runs whose process died
+finds them.
+
+SIGINT or SIGTERM stops everything in reverse order and returns 0: the gateway first, then
+the flow runs in progress are given `DRAIN_TIMEOUT` to finish before the deployments server
+stops (what was not started yet stays scheduled, handed back to the next start).
 
 Children run in sessions of their own, so a Ctrl-C in the terminal reaches only this process,
 which stops them in order, and a whole process group can be signalled. A Ctrl-C under
@@ -24,7 +49,8 @@ served. While it runs, `DATA_DIR/sandbox/settings.json` tells the commands typed
 where the sandbox is (`core.one_host`).
 
 Child output goes to `{DATA_DIR}/logs/<child>.log` (the previous run's log is kept as
-`<child>.log.1`). This module imports no Prefect: it talks to the server over HTTP.
+`<child>.log.1`; a restarted child appends to its log, after a line naming the restart). This
+module imports no Prefect: it talks to the server over HTTP.
 """
 
 from __future__ import annotations
@@ -38,9 +64,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Generator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -72,6 +98,7 @@ PREFECT_SERVER_TUNING = {
 # restarting) should delay a batch, not fail it: 7 retries, up to 4 minutes.
 FLOW_RUN_TUNING = {"PREFECT_CLIENT_MAX_RETRIES": "7"}
 GATEWAY_START_TIMEOUT = 90.0
+GATEWAY_BACKLOG = 2048  # uvicorn's default: connections that wait while no gateway accepts
 DEPLOYMENTS_READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
 # How long a stop waits for the flow runs in progress to finish before the deployments server
@@ -84,6 +111,28 @@ POLL_SECONDS = 0.25
 LOG_TAIL_LINES = 25
 PREFECT_SERVER = "Prefect server"
 DEPLOYMENTS_SERVER = "deployments server"
+GATEWAY = "webhook gateway"
+
+# Restarts (module docstring). 0.5 s, then 1, 2, 4 ... 30 s: a gateway killed once is back
+# within about 2 s (its start imports no flows), a child in a crash loop costs little.
+RESTART_FIRST_DELAY = 0.5
+RESTART_MAX_DELAY = 30.0
+STABLE_SECONDS = 30.0
+# This many deaths in a row, each within STABLE_SECONDS of its start: a crash loop (a setting
+# changed under it, a full disk, a database gone), said as an error on each restart.
+CRASH_LOOP_DEATHS = 5
+# How long the flow runs a dead deployments server leaves behind get between SIGTERM and
+# SIGKILL (a run that can still reach Prefect ends Crashed on SIGTERM).
+LEFTOVER_GRACE = 10.0
+# The deployments server polls every SERVE_POLL_SECONDS, and its Prefect client retries a lost
+# server 2, 4, 8 ... s apart (7 times, FLOW_RUN_TUNING): after an outage of N s, its next poll
+# can come up to about N s late. No poll for this long while the Prefect server answers: stuck.
+RUNNER_POLL_TIMEOUT = 90.0
+# Probes while supervising are short: a busy or stopped server must not hold up the others.
+PROBE_TIMEOUT = 2.0
+POLL_CHECK_EVERY = 5.0  # seconds between two looks at the deployments server's last poll
+POLL_CHECK_SOON = 1.0  # the same, while a return or a restart waits to be confirmed
+RESTART_TAIL_LINES = 10
 
 # A tiny program that arms the kernel's parent-death signal, then becomes the real command
 # (the setting survives exec). Arming it from `preexec_fn` instead is unsafe in a process that
@@ -127,6 +176,49 @@ class StackFailure(Exception):
 
 class StopRequested(Exception):
     """SIGINT or SIGTERM arrived: stop everything, successfully."""
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """How one child is started, and started again after it died."""
+
+    name: str
+    log_name: str
+    python_args: tuple[str, ...]
+    # Environment defaults: the environment `up` runs in may still set each of them.
+    defaults: Mapping[str, str] = field(default_factory=dict)
+    # Answers 200 once the child is ready (None: ready once started).
+    health_url: str | None = None
+    start_timeout: float = GATEWAY_START_TIMEOUT
+    # Restarted only once the Prefect server answers (it registers with it as it starts).
+    needs_prefect: bool = False
+    # What the child leaves in its group when it dies gets SIGTERM, then SIGKILL after this
+    # long; 0: SIGKILL at once (nothing there worth waiting for, and the port must be free).
+    leftover_grace: float = 0.0
+    # Inherited file descriptors (the gateway's listening socket).
+    pass_fds: tuple[int, ...] = ()
+
+
+@dataclass
+class Backoff:
+    """The delay before each restart of one child: doubling while it dies young."""
+
+    first: float = RESTART_FIRST_DELAY
+    cap: float = RESTART_MAX_DELAY
+    stable_after: float = STABLE_SECONDS
+    quick_deaths: int = 0  # in a row
+
+    def after_death(self, uptime: float) -> float:
+        """The delay before restarting a child that died after `uptime` seconds."""
+        if uptime >= self.stable_after:
+            self.quick_deaths = 0
+        delay = min(self.cap, self.first * 2 ** min(self.quick_deaths, 16))
+        self.quick_deaths += 1
+        return delay
+
+    @property
+    def crash_loop(self) -> bool:
+        return self.quick_deaths >= CRASH_LOOP_DEATHS
 
 
 def say(line: str = "") -> None:
@@ -177,15 +269,32 @@ class ChildProcess:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    # Where this process's lines begin in its log (a restarted child appends to it).
+    log_offset: int = 0
+    started_at: float = field(default_factory=time.monotonic)
 
     @classmethod
     def start(
-        cls, name: str, command: list[str], *, env: dict[str, str], log_path: Path
+        cls,
+        name: str,
+        command: list[str],
+        *,
+        env: dict[str, str],
+        log_path: Path,
+        restart: int = 0,
+        pass_fds: tuple[int, ...] = (),
     ) -> ChildProcess:
+        """Start `command`; its first start keeps the last run's log as `.log.1`, its
+        `restart`-th start appends to the log after a line that says so."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        if log_path.exists():
+        if not restart and log_path.exists():
             log_path.replace(log_path.with_name(log_path.name + ".1"))
-        with log_path.open("wb") as log:
+        with log_path.open("ab" if restart else "wb") as log:
+            if restart:
+                stamp = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
+                log.write(f"--- {stamp}: restart {restart} of the {name} ---\n".encode())
+                log.flush()
+            offset = log.tell()
             process = subprocess.Popen(  # noqa: S603 (our own interpreter and modules)
                 child_command(command),
                 env=env,
@@ -193,8 +302,9 @@ class ChildProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=pass_fds,
             )
-        return cls(name, process, log_path)
+        return cls(name, process, log_path, log_offset=offset)
 
     @property
     def pid(self) -> int:
@@ -210,20 +320,36 @@ class ChildProcess:
         return f"the {self.name} exited with code {code}"
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
-        """The last lines of the child's log (read from the end: logs of a long run are big)."""
+        """The last lines this process wrote to its log (read from the end: logs of a long run
+        are big)."""
         try:
             with self.log_path.open("rb") as log:
                 log.seek(0, os.SEEK_END)
-                log.seek(max(0, log.tell() - 64 * 1024))
+                log.seek(max(self.log_offset, log.tell() - 64 * 1024))
                 text = log.read().decode("utf-8", errors="replace")
         except OSError:
             return []
         return [line for line in text.splitlines() if line.strip()][-lines:]
 
+    def log_lines(self, lines: int = LOG_TAIL_LINES) -> list[str]:
+        """The end of this process's log, as the supervisor prints it under a death."""
+        tail = self.log_tail(lines)
+        if not tail:
+            return [f"it wrote nothing to {self.log_path}"]
+        return [f"last lines of {self.log_path}:", *(f"  | {line}" for line in tail)]
+
     def failure(self, what: str) -> StackFailure:
-        tail = self.log_tail()
-        details = [f"last lines of {self.log_path}:", *(f"  | {line}" for line in tail)]
-        return StackFailure(what, details if tail else [f"{self.log_path} is empty"])
+        return StackFailure(what, self.log_lines())
+
+    def group_alive(self) -> bool:
+        """Whether anything is left in the child's process group (the child itself included)."""
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
     def signal_group(self, signum: signal.Signals) -> None:
         # The child leads its own group: its helpers (uvicorn, flow runs) get the signal too.
@@ -252,6 +378,50 @@ class ChildProcess:
         return f"stopped the {self.name} ({elapsed:.1f} s)"
 
 
+@dataclass
+class Supervised:
+    """One child as the supervisor keeps it: the process now (None while its restart waits),
+    its restarts so far and when the next one is due."""
+
+    spec: ChildSpec
+    child: ChildProcess | None
+    backoff: Backoff = field(default_factory=Backoff)
+    restarts: int = 0
+    restart_at: float = 0.0
+    # Has answered its health URL since its last start (first starts wait for it).
+    answering: bool = True
+    # Asked to stop (to be restarted): SIGKILL for its group past this.
+    kill_at: float | None = None
+    said_waiting: bool = False
+
+
+@dataclass
+class PollWatch:
+    """What the supervisor knows of the deployments server's polls of the Prefect server."""
+
+    checked_at: float = 0.0  # monotonic
+    # Since when the Prefect server has answered these checks (None: it did not, last time).
+    reachable_since: datetime | None = None
+    # A return of the Prefect server or a restart of the deployments server, and when it
+    # happened: the first poll after it is said in one line.
+    awaited: str | None = None
+    awaited_since: datetime | None = None
+
+
+def format_duration(seconds: float) -> str:
+    """`0.4 s`, `12 s`, `3 min 5 s`, `2 h 10 min`: how long a child was up."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
 class Stack:
     """One run of the stack; `run()` returns the process exit code."""
 
@@ -273,8 +443,14 @@ class Stack:
         self.webhook_url = self.gateway_url + WEBHOOK_PATH
         self._simulators = simulators
         self.simulators: LocalSimulators | None = None  # once started
-        self.children: list[ChildProcess] = []
+        # Every child by name, in start order (the stop goes the other way).
+        self.slots: dict[str, Supervised] = {}
+        # Groups of dead children with processes still in them, and when they get SIGKILL.
+        self._leftovers: list[tuple[ChildProcess, float]] = []
+        self._polls = PollWatch()
         self.deployment_names: list[str] = []
+        self._served_ids: list[str] = []  # the deployments the deployments server serves
+        self._gateway_socket: socket.socket | None = None  # held across the gateway's restarts
         self._stop_signal: int | None = None
         self._stop_signal_at = 0.0
         self._serve_started_at: datetime | None = None
@@ -410,42 +586,88 @@ class Stack:
             return
         self._wrote_sandbox_settings = True
 
+    def child_specs(self) -> list[ChildSpec]:
+        """The children, in start order: the Prefect server, then what talks to it."""
+        gateway_fd = None if self._gateway_socket is None else self._gateway_socket.fileno()
+        return [
+            ChildSpec(
+                PREFECT_SERVER,
+                "prefect-server",
+                (
+                    "-m",
+                    "deployments.prefect_server",
+                    "start",
+                    "--host",
+                    PREFECT_HOST,
+                    "--port",
+                    str(self.settings.prefect_server_port),
+                ),
+                PREFECT_SERVER_TUNING,
+                health_url=f"{self.api_url}/health",
+                start_timeout=PREFECT_START_TIMEOUT,
+            ),
+            ChildSpec(
+                DEPLOYMENTS_SERVER,
+                "deployments",
+                ("-m", "deployments.serve"),
+                FLOW_RUN_TUNING,
+                needs_prefect=True,
+                leftover_grace=LEFTOVER_GRACE,
+            ),
+            ChildSpec(
+                GATEWAY,
+                "gateway",
+                (
+                    "-m",
+                    "webhook_gateway",
+                    "--host",
+                    self.settings.gateway_host,
+                    "--port",
+                    str(self.settings.gateway_port),
+                    *(() if gateway_fd is None else ("--fd", str(gateway_fd))),
+                ),
+                health_url=f"{self.gateway_url}/healthz",
+                start_timeout=GATEWAY_START_TIMEOUT,
+                pass_fds=() if gateway_fd is None else (gateway_fd,),
+            ),
+        ]
+
+    def _listen_for_gateway(self) -> None:
+        """Bind the gateway's address here, for every gateway this stack starts (see the
+        module's docstring)."""
+        host, port = self.settings.gateway_host, self.settings.gateway_port
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            # SO_REUSEADDR (create_server sets it) as uvicorn binds; only the gateways get it
+            # (`pass_fds`: every other child starts with no inherited descriptor).
+            self._gateway_socket = socket.create_server(
+                (host, port), family=family, backlog=GATEWAY_BACKLOG
+            )
+        except OSError as error:
+            raise StackFailure(
+                f"cannot listen on {host}:{port} (GATEWAY_PORT) for the gateway: {error}"
+            ) from None
+
+    def _close_gateway_socket(self) -> None:
+        """From now on, only the running gateway holds it: once it stops, connections are
+        refused (rather than left waiting for a gateway that never comes)."""
+        if self._gateway_socket is not None:
+            self._gateway_socket.close()
+            self._gateway_socket = None
+
     def _start(self) -> None:
+        """The first start: any child that dies or does not answer in time stops it all."""
         if self.sandbox:
             say("starting the PeopleForce and Jira simulators")
             self._start_simulators()
-        prefect = self._start_child(
-            PREFECT_SERVER,
-            "prefect-server",
-            [
-                "-m",
-                "deployments.prefect_server",
-                "start",
-                "--host",
-                PREFECT_HOST,
-                "--port",
-                str(self.settings.prefect_server_port),
-            ],
-            PREFECT_SERVER_TUNING,
-        )
-        self._wait_until_healthy(prefect, f"{self.api_url}/health", PREFECT_START_TIMEOUT)
+        self._listen_for_gateway()
+        specs = {spec.name: spec for spec in self.child_specs()}
+        prefect = self._start_child(specs[PREFECT_SERVER])
+        self._wait_until_healthy(prefect, specs[PREFECT_SERVER])
         serve_started_at = self._serve_started_at = datetime.now(UTC)
-        self._start_child(
-            DEPLOYMENTS_SERVER, "deployments", ["-m", "deployments.serve"], FLOW_RUN_TUNING
-        )
-        gateway = self._start_child(
-            "webhook gateway",
-            "gateway",
-            [
-                "-m",
-                "webhook_gateway",
-                "--host",
-                self.settings.gateway_host,
-                "--port",
-                str(self.settings.gateway_port),
-            ],
-        )
-        self._wait_until_healthy(gateway, f"{self.gateway_url}/healthz", GATEWAY_START_TIMEOUT)
+        self._start_child(specs[DEPLOYMENTS_SERVER])
+        gateway = self._start_child(specs[GATEWAY])
+        self._wait_until_healthy(gateway, specs[GATEWAY])
         self._wait_for_deployments(serve_started_at)
 
     def _announce(self) -> None:
@@ -496,10 +718,170 @@ class Stack:
         say("Ctrl-C stops everything.")
 
     def _supervise(self) -> None:
-        """Until a signal (returns via StopRequested) or a death (StackFailure)."""
+        """Restart what dies, until a signal (StopRequested) or the simulators stop (they live
+        in this process: StackFailure)."""
         while True:
-            self._check()
-            time.sleep(POLL_SECONDS * 2)
+            self._check_stop()
+            now = time.monotonic()
+            for slot in self.slots.values():
+                self._tend(slot, now)
+            self._end_leftovers(now)
+            self._watch_deployments_server(now)
+            time.sleep(POLL_SECONDS)
+
+    def _tend(self, slot: Supervised, now: float) -> None:
+        """One look at one child: note its death, restart it when due, probe a restarted one."""
+        child = slot.child
+        if child is None:
+            if now >= slot.restart_at:
+                self._restart(slot)
+        elif child.exit_code() is not None:
+            self._restart_later(slot, now)
+        elif slot.kill_at is not None and now >= slot.kill_at:
+            child.signal_group(signal.SIGKILL)  # asked to stop, and did not
+        elif not slot.answering:
+            self._probe(slot, now)
+
+    def _restart_later(self, slot: Supervised, now: float) -> None:
+        """Say that the child died, end what it left behind, schedule its restart."""
+        child = slot.child
+        assert child is not None
+        uptime = now - child.started_at
+        delay = slot.backoff.after_death(uptime)
+        slot.restarts += 1
+        slot.child = None
+        slot.restart_at = now + delay
+        slot.said_waiting = False
+        line = (
+            f"{child.describe_exit()} after {format_duration(uptime)}; restarting it in "
+            f"{delay:g} s (restart {slot.restarts})"
+        )
+        if slot.backoff.crash_loop:
+            warn(
+                f"error: {line}; it keeps dying ({slot.backoff.quick_deaths} times in a row, "
+                f"each within {STABLE_SECONDS:.0f} s of its start): see its log"
+            )
+        else:
+            warn(f"warning: {line}")
+        for detail in child.log_lines(RESTART_TAIL_LINES):
+            warn(detail)
+        if slot.spec.leftover_grace > 0 and child.group_alive():
+            child.signal_group(signal.SIGTERM)
+            self._leftovers.append((child, now + slot.spec.leftover_grace))
+        else:
+            child.signal_group(signal.SIGKILL)
+        if slot.spec.name == PREFECT_SERVER:
+            self._polls.reachable_since = None
+
+    def _restart(self, slot: Supervised) -> None:
+        spec = slot.spec
+        if spec.needs_prefect and not self._prefect_answers():
+            if not slot.said_waiting:
+                say(f"the {spec.name} restarts once the Prefect server answers again")
+                slot.said_waiting = True
+            return
+        child = self._launch(spec, restart=slot.restarts)
+        slot.child = child
+        slot.answering = spec.health_url is None
+        slot.kill_at = None
+        say(f"restarted the {spec.name} (pid {child.pid}, restart {slot.restarts})")
+        if spec.name == DEPLOYMENTS_SERVER:
+            self._await_poll(f"its restart {slot.restarts}")
+
+    def _probe(self, slot: Supervised, now: float) -> None:
+        """Whether a restarted child answers yet; one that takes too long is killed (and so
+        restarted later)."""
+        spec, child = slot.spec, slot.child
+        assert child is not None
+        assert spec.health_url is not None
+        if self._answers(spec.health_url):
+            slot.answering = True
+            say(
+                f"the {spec.name} answers again at {spec.health_url} "
+                f"({now - child.started_at:.1f} s after restart {slot.restarts})"
+            )
+            if spec.name == PREFECT_SERVER:
+                self._await_poll("the Prefect server's return")
+        elif now - child.started_at > spec.start_timeout:
+            warn(
+                f"warning: the {spec.name} did not answer {spec.health_url} within "
+                f"{spec.start_timeout:.0f} s of restart {slot.restarts}: killing it"
+            )
+            child.signal_group(signal.SIGKILL)
+
+    def _answers(self, url: str) -> bool:
+        try:
+            return self._http.get(url, timeout=PROBE_TIMEOUT).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _prefect_answers(self) -> bool:
+        prefect = self.slots.get(PREFECT_SERVER)
+        return prefect is not None and prefect.child is not None and prefect.answering
+
+    def _end_leftovers(self, now: float) -> None:
+        for leftover in [item for item in self._leftovers if item[1] <= now]:
+            leftover[0].signal_group(signal.SIGKILL)
+            self._leftovers.remove(leftover)
+
+    def _await_poll(self, after: str) -> None:
+        self._polls.awaited = after
+        self._polls.awaited_since = datetime.now(UTC)
+
+    def _watch_deployments_server(self, now: float) -> None:
+        """Say when the deployments server polls again after a restart (its own or the Prefect
+        server's); restart it when it has not polled for RUNNER_POLL_TIMEOUT while the Prefect
+        server answers (counted from the latest of its last poll, its start and the Prefect
+        server's return, so that an outage of the Prefect server is never held against it)."""
+        polls = self._polls
+        deployments = self.slots.get(DEPLOYMENTS_SERVER)
+        if deployments is None or deployments.child is None or deployments.kill_at is not None:
+            return  # not started yet, waiting for its restart, or being restarted
+        every = POLL_CHECK_SOON if polls.awaited else POLL_CHECK_EVERY
+        if now - polls.checked_at < every:
+            return
+        polls.checked_at = now
+        if not self._prefect_answers():
+            polls.reachable_since = None
+            return
+        try:
+            last_poll = self._last_poll()
+        except (httpx.HTTPError, ValueError):
+            polls.reachable_since = None  # hung or busy: not the deployments server's fault
+            return
+        wall_now = datetime.now(UTC)
+        if polls.reachable_since is None:
+            polls.reachable_since = wall_now
+        if polls.awaited and polls.awaited_since and last_poll and last_poll >= polls.awaited_since:
+            say(
+                f"the deployments server polls the Prefect server again "
+                f"({(wall_now - polls.awaited_since).total_seconds():.1f} s after {polls.awaited})"
+            )
+            polls.awaited = None
+        child = deployments.child
+        started = wall_now - timedelta(seconds=now - child.started_at)
+        quiet_since = max(filter(None, (last_poll, polls.reachable_since, started)))
+        if (wall_now - quiet_since).total_seconds() > RUNNER_POLL_TIMEOUT:
+            last = last_poll.astimezone().strftime("%H:%M:%S") if last_poll else "none yet"
+            warn(
+                f"warning: the deployments server has not polled the Prefect server for "
+                f"{RUNNER_POLL_TIMEOUT:.0f} s (its last poll: {last}): restarting it"
+            )
+            polls.awaited = None
+            child.signal_group(signal.SIGTERM)
+            deployments.kill_at = now + STOP_TIMEOUT
+
+    def _last_poll(self) -> datetime | None:
+        """When the deployments server (or any runner, before it was first seen) last polled
+        its deployments for runs (None: never)."""
+        body: dict[str, Any] = {"limit": 200}
+        if self._served_ids:
+            body["deployments"] = {"id": {"any_": self._served_ids}}
+        deployments = self._post_json("/deployments/filter", body, PROBE_TIMEOUT)
+        polls = [
+            datetime.fromisoformat(d["last_polled"]) for d in deployments if d.get("last_polled")
+        ]
+        return max(polls, default=None)
 
     # Children and simulators
 
@@ -542,34 +924,49 @@ class Stack:
             env.update(self.simulators.environment())
         return env
 
-    def _start_child(
-        self,
-        name: str,
-        log_name: str,
-        python_args: list[str],
-        defaults: dict[str, str] | None = None,
-    ) -> ChildProcess:
-        """Start a child on this stack's environment; `defaults` apply unless the environment
+    @property
+    def children(self) -> list[ChildProcess]:
+        """The children running now (or dead and not restarted yet), in start order."""
+        return [slot.child for slot in self.slots.values() if slot.child is not None]
+
+    def _launch(self, spec: ChildSpec, *, restart: int = 0) -> ChildProcess:
+        """Start `spec` on this stack's environment; its defaults apply unless the environment
         sets them."""
+        env = {**spec.defaults, **self.child_environment()}
+        return ChildProcess.start(
+            spec.name,
+            [sys.executable, *spec.python_args],
+            env=env,
+            log_path=self.log_dir / f"{spec.log_name}.log",
+            restart=restart,
+            pass_fds=spec.pass_fds,
+        )
+
+    def _start_child(self, spec: ChildSpec) -> ChildProcess:
+        """The first start of a child (supervised from then on)."""
         self._check()
-        log_path = self.log_dir / f"{log_name}.log"
-        env = {**(defaults or {}), **self.child_environment()}
-        child = ChildProcess.start(name, [sys.executable, *python_args], env=env, log_path=log_path)
-        self.children.append(child)
-        say(f"started the {name} (pid {child.pid}, log {log_path})")
+        child = self._launch(spec)
+        self.slots[spec.name] = Supervised(spec, child)
+        say(f"started the {spec.name} (pid {child.pid}, log {child.log_path})")
         return child
 
-    def _check(self) -> None:
-        """Raise StopRequested after a signal, StackFailure when anything died."""
+    def _check_stop(self) -> None:
+        """Raise StopRequested after a signal, StackFailure when the simulators stopped."""
         if self._stop_signal is not None:
             raise StopRequested
-        for child in self.children:
-            if child.exit_code() is not None:
-                raise child.failure(f"{child.describe_exit()}; stopping the rest")
         if self.simulators is not None and not self.simulators.alive():
             raise StackFailure("a sandbox simulator stopped; stopping the rest")
 
-    def _wait_until_healthy(self, child: ChildProcess, url: str, timeout: float) -> None:
+    def _check(self) -> None:
+        """During the first start: `_check_stop`, and StackFailure when any child died."""
+        self._check_stop()
+        for child in self.children:
+            if child.exit_code() is not None:
+                raise child.failure(f"{child.describe_exit()}; stopping the rest")
+
+    def _wait_until_healthy(self, child: ChildProcess, spec: ChildSpec) -> None:
+        url, timeout = spec.health_url, spec.start_timeout
+        assert url is not None
         started = time.monotonic()
         while True:
             self._check()
@@ -593,14 +990,10 @@ class Stack:
         while time.monotonic() - started < DEPLOYMENTS_READY_TIMEOUT:
             self._check()
             with contextlib.suppress(httpx.HTTPError, ValueError):
-                polled = [
-                    deployment
-                    for deployment in self._post_json("/deployments/filter", {"limit": 200})
-                    if deployment.get("last_polled")
-                    and datetime.fromisoformat(deployment["last_polled"]) >= since
-                ]
+                polled = self._polled_deployments(since)
                 if polled:
                     self.deployment_names = self._full_names(polled)
+                    self._served_ids = sorted(deployment["id"] for deployment in polled)
                     say(
                         f"the deployments server serves {len(polled)} deployments ({time.monotonic() - started:.1f} s)"
                     )
@@ -611,6 +1004,17 @@ class Stack:
             f"{DEPLOYMENTS_READY_TIMEOUT:.0f} s; runs wait until it does (see {self.log_dir / 'deployments.log'})"
         )
 
+    def _polled_deployments(
+        self, since: datetime, *, timeout: float | None = None
+    ) -> list[dict[str, Any]]:
+        """The deployments a runner polled for runs after `since`."""
+        return [
+            deployment
+            for deployment in self._post_json("/deployments/filter", {"limit": 200}, timeout)
+            if deployment.get("last_polled")
+            and datetime.fromisoformat(deployment["last_polled"]) >= since
+        ]
+
     def _full_names(self, deployments: list[dict[str, Any]]) -> list[str]:
         """`flow/deployment`, as the UI and `run_deployment` name them."""
         flow_ids = sorted({deployment["flow_id"] for deployment in deployments})
@@ -618,8 +1022,12 @@ class Stack:
         flow_names = {flow["id"]: flow["name"] for flow in flows}
         return sorted(f"{flow_names.get(d['flow_id'], '?')}/{d['name']}" for d in deployments)
 
-    def _post_json(self, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-        response = self._http.post(self.api_url + path, json=body)
+    def _post_json(
+        self, path: str, body: dict[str, Any], timeout: float | None = None
+    ) -> list[dict[str, Any]]:
+        response = self._http.post(
+            self.api_url + path, json=body, timeout=timeout or self._http.timeout
+        )
         response.raise_for_status()
         return response.json()
 
@@ -631,11 +1039,15 @@ class Stack:
                 f"{signal.Signals(self._stop_signal).name} received: stopping "
                 "(Ctrl-C again, a moment later, hurries: it kills the flow runs in progress)"
             )
+        self._close_gateway_socket()
         for child in reversed(self.children):
             if child.name == DEPLOYMENTS_SERVER and self._stop_signal is not None:
                 self._drain_flow_runs(child)
             if outcome := child.stop(STOP_TIMEOUT, hurry=lambda: self._hurry):
                 say(outcome)
+        for leftover, _ in self._leftovers:
+            leftover.signal_group(signal.SIGKILL)
+        self._leftovers.clear()
         if self.simulators is not None:
             self.simulators.stop()
             say("stopped the simulators")
@@ -643,7 +1055,7 @@ class Stack:
     def _drain_flow_runs(self, deployments: ChildProcess) -> None:
         """Until no flow run is in progress (or DRAIN_TIMEOUT, or a hurry); runs not started yet
         stay scheduled for the next start."""
-        prefect = next((c for c in self.children if c.name == PREFECT_SERVER), None)
+        prefect = self.slots[PREFECT_SERVER].child if PREFECT_SERVER in self.slots else None
         started = time.monotonic()
         announced: set[str] = set()
         while not self._hurry and time.monotonic() - started < DRAIN_TIMEOUT:

@@ -1,14 +1,27 @@
 """Apply a plan: one Prefect task run per planned action, named after the employee.
 
-Each action's steps (find the Jira user, search the guard label, create, record, subtasks)
+Each action's steps (find the Jira user, search the guard label, create, subtasks, record)
 are calls to `tasks`, each retried on its own; every Jira effect is recorded in the store as
-soon as it happened, so running the same plan again converges instead of repeating it.
+soon as the action's writes are done, so running the same plan again converges instead of
+repeating it.
+
+Exactly once, whatever dies when. A write that is not idempotent (an issue, a comment) is
+announced in the store before it is sent (`tasks.store.announce_write`) and settled once its
+effect is recorded. A lost answer is settled in-step by a strongly consistent read
+(`tasks.jira`, `core.retry`); a process killed between the send and the record leaves the
+announcement behind, and the next run that plans the same write reads Jira by key before it
+sends anything (`find_created_issue`, `find_comment`), where a search could still miss what
+was made seconds ago. A parent issue is recorded together with its subtasks, after both: a
+run killed in between adopts the parent and makes only the missing subtasks (read from the
+parent, by key) on the next run, instead of leaving it without them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any, ParamSpec, TypeVar
 
@@ -140,84 +153,147 @@ async def _create_issue(
         employee.email,
     ]
     accounts = await _account_ids(emails, who)
-    key = await jira.find_issue_by_label(action.guard_label, who)
-    effect = EffectAction.adopt_existing
-    if key is None:
-        key = await jira.create_issue(
-            action, who, _assignee_id(action.assignee, accounts), accounts
+    key, created_now = await _find_or_create(action, employee.id, accounts, who)
+    subtasks = SubtasksMade()
+    try:
+        if action.subtasks:
+            await _create_subtasks(
+                action, key, accounts, who, parent_is_new=created_now, made=subtasks
+            )
+    finally:
+        # Recorded whether the subtasks all came or not: what exists is never forgotten.
+        await _record_created(
+            action, employee, key, created_now, subtasks, accounts, previous_employee_id, today, who
         )
-        effect = EffectAction(f"create_{action.kind}")
+    # Only once the whole action is done: a retry of it (core.retry.ACTION, with the plan it
+    # had) still finds the create in doubt, and reads Jira by key rather than search.
+    await store.settle_writes(employee.id, [action.guard_label], who)
+    return key
+
+
+async def _find_or_create(
+    action: CreateIssue, employee_id: int, accounts: dict[str, str | None], who: str
+) -> tuple[str, bool]:
+    """The parent issue's key, and whether it was created now (else found, to be adopted).
+
+    An issue labelled with the guard that was made long ago (a crash before any announcement
+    was kept) is found by search. A create announced and never settled may have happened
+    seconds ago, where search may not show it yet: then Jira is read by key instead."""
+    if await store.write_in_doubt(employee_id, action.guard_label, who):
+        found = await jira.find_created_issue(action.project, action.guard_label, who)
+    else:
+        found = await jira.find_issue_by_label(action.guard_label, who)
+    if found is not None:
+        return found, False
+    await store.announce_write(
+        employee_id,
+        "create_issue",
+        action.guard_label,
+        who,
+        detail={"kind": action.kind, "project": action.project, "summary": action.summary},
+    )
+    created = await jira.create_issue(
+        action, who, _assignee_id(action.assignee, accounts), accounts
+    )
+    return created, True
+
+
+@dataclass
+class SubtasksMade:
+    """The subtasks of one parent as the action found and made them, round after round."""
+
+    found: dict[str, str] = field(default_factory=dict)  # summary -> key, read from Jira
+    created: list[str] = field(default_factory=list)
+
+    @property
+    def keys(self) -> list[str]:
+        return list(dict.fromkeys([*self.found.values(), *self.created]))
+
+    @property
+    def already_there(self) -> list[str]:
+        return sorted(key for key in self.found.values() if key not in self.created)
+
+
+async def _record_created(
+    action: CreateIssue,
+    employee: Employee,
+    key: str,
+    created_now: bool,
+    subtasks: SubtasksMade,
+    accounts: dict[str, str | None],
+    previous_employee_id: int | None,
+    today: date,
+    who: str,
+) -> None:
+    """The parent issue and its subtasks in the link: one record, so that a link never knows
+    the parent without the subtasks made for it; then the audit row of the subtasks."""
+    change = lifecycle.issue_created(
+        action.kind,
+        key,
+        lifecycle.Person(
+            email=employee.email,
+            display_name=employee.display_name,
+            jira_account_id=accounts.get(employee.email.casefold()) if employee.email else None,
+        ),
+        today=today,
+        due_date=action.due_date,
+        snapshot=action.snapshot,
+        previous_employee_id=previous_employee_id,
+    )
+    with_subtasks = lifecycle.subtasks_recorded(action.kind, subtasks.keys)
+    if action.subtasks and with_subtasks is not None:
+        change = replace(change, **with_subtasks.changed())
     await store.record_effect(
         employee.id,
-        effect,
+        EffectAction(f"create_{action.kind}") if created_now else EffectAction.adopt_existing,
         who,
         issue_key=key,
         detail={"kind": action.kind, "summary": action.summary, "why": action.why},
-        link_update=lifecycle.issue_created(
-            action.kind,
-            key,
-            lifecycle.Person(
-                email=employee.email,
-                display_name=employee.display_name,
-                jira_account_id=accounts.get(employee.email.casefold()) if employee.email else None,
-            ),
-            today=today,
-            due_date=action.due_date,
-            snapshot=action.snapshot,
-            previous_employee_id=previous_employee_id,
-        ),
+        link_update=change,
     )
-    if action.subtasks:
-        parent_is_new = effect != EffectAction.adopt_existing
-        await _create_subtasks(action, key, employee.id, accounts, who, parent_is_new=parent_is_new)
-    return key
+    if action.subtasks and (subtasks.created or lifecycle.subtask_kind(action.kind)):
+        await store.record_effect(
+            employee.id,
+            EffectAction.create_subtask,
+            who,
+            issue_key=key,
+            detail={"created": subtasks.created, "already_there": subtasks.already_there},
+        )
 
 
 async def _create_subtasks(
     action: CreateIssue,
     parent_key: str,
-    employee_id: int,
     accounts: dict[str, str | None],
     who: str,
     *,
     parent_is_new: bool,
+    made: SubtasksMade,
 ) -> None:
+    """Make the checklist's missing subtasks under `parent_key`, filling in `made` as it goes
+    (so that a failure part-way still leaves what was made to be recorded)."""
     subtasks = list(action.subtasks)
     assignees = [_assignee_id(subtask.assignee, accounts) for subtask in subtasks]
-    keys_field = lifecycle.subtask_kind(action.kind)
     labels = [label for label in action.labels if label != action.guard_label]
     for round_number in range(SUBTASK_ROUNDS):
         # A parent created a moment ago has no subtasks yet: no need to ask Jira.
-        first_of_new = round_number == 0 and parent_is_new
-        existing = {} if first_of_new else await jira.find_subtasks(parent_key, who)
-        missing = [n for n, subtask in enumerate(subtasks) if subtask.summary not in existing]
-        done = (
-            await jira.create_subtasks(
-                parent_key,
-                action.project,
-                action.subtask_type,
-                [subtasks[n] for n in missing],
-                [assignees[n] for n in missing],
-                labels,
-                len(missing),
-                who,
-            )
-            if missing
-            else None
+        if not (round_number == 0 and parent_is_new):
+            made.found = await jira.find_subtasks(parent_key, who)
+        missing = [n for n, subtask in enumerate(subtasks) if subtask.summary not in made.found]
+        if not missing:
+            return
+        done = await jira.create_subtasks(
+            parent_key,
+            action.project,
+            action.subtask_type,
+            [subtasks[n] for n in missing],
+            [assignees[n] for n in missing],
+            labels,
+            len(missing),
+            who,
         )
-        created = done.created if done else []
-        if created or keys_field:
-            await store.record_effect(
-                employee_id,
-                EffectAction.create_subtask,
-                who,
-                issue_key=parent_key,
-                detail={"created": created, "already_there": sorted(existing.values())},
-                link_update=lifecycle.subtasks_recorded(
-                    action.kind, [*existing.values(), *created]
-                ),
-            )
-        if done is None or not done.refused:
+        made.created.extend(key for key in done.created if key not in made.created)
+        if not done.refused:
             return
         if not done.retryable:
             raise ConfigurationError(
@@ -228,10 +304,29 @@ async def _create_subtasks(
     raise RuntimeError(f"subtasks of {parent_key} still incomplete after {SUBTASK_ROUNDS} rounds")
 
 
+def _comment_guard(issue_key: str, text: str) -> str:
+    """What names one comment among the writes in doubt: its issue and its text."""
+    return f"comment:{issue_key}:{hashlib.sha256(text.encode()).hexdigest()[:24]}"
+
+
+async def _comment_once(employee_id: int, issue_key: str, text: str, who: str) -> str:
+    """Add a comment, unless an earlier attempt announced it and Jira has it (read with the
+    issue, so current); returns the guard to settle once the effect is recorded."""
+    guard = _comment_guard(issue_key, text)
+    if await store.write_in_doubt(employee_id, guard, who) and await jira.find_comment(
+        issue_key, text, who
+    ):
+        return guard
+    await store.announce_write(employee_id, "comment", guard, who, issue_key=issue_key)
+    await jira.add_comment(issue_key, text, who)
+    return guard
+
+
 @action_task("comment", "comment on {action.issue_key} · {who}")
 async def _add_comment(action: AddComment, employee_id: int, who: str) -> str:
-    await jira.add_comment(action.issue_key, action.text, who)
+    guard = await _comment_once(employee_id, action.issue_key, action.text, who)
     await store.record_effect(employee_id, EffectAction.comment, who, issue_key=action.issue_key)
+    await store.settle_writes(employee_id, [guard], who)
     return action.issue_key
 
 
@@ -258,8 +353,11 @@ async def _update_fields(action: UpdateFields, employee_id: int, who: str) -> st
 @action_task("move due date", "move due date of {action.issue_key} · {who}")
 async def _move_due_date(action: MoveDueDate, employee_id: int, today: date, who: str) -> str:
     await jira.set_due_date(action.issue_key, action.new, who)
-    await jira.add_comment(
-        action.issue_key, f"The last day moved from {action.old} to {action.new}.", who
+    guard = await _comment_once(
+        employee_id,
+        action.issue_key,
+        f"The last day moved from {action.old} to {action.new}.",
+        who,
     )
     await store.record_effect(
         employee_id,
@@ -269,6 +367,7 @@ async def _move_due_date(action: MoveDueDate, employee_id: int, today: date, who
         detail={"duedate": [str(action.old), str(action.new)]},
         link_update=lifecycle.due_date_moved(action.new, today),
     )
+    await store.settle_writes(employee_id, [guard], who)
     return action.issue_key
 
 
@@ -278,8 +377,10 @@ async def _cancel_offboarding(
 ) -> str:
     keys = [action.issue_key, *subtask_keys]
     for key in keys:
+        # Idempotent as it is: the issue's transitions are read first, and none leads from
+        # Cancelled to Cancelled.
         await jira.transition_issue(key, "Cancelled", who)
-    await jira.add_comment(action.issue_key, action.comment, who)
+    guard = await _comment_once(employee_id, action.issue_key, action.comment, who)
     await store.record_effect(
         employee_id,
         EffectAction.transition,
@@ -288,6 +389,7 @@ async def _cancel_offboarding(
         detail={"to": "Cancelled", "issues": keys},
         link_update=lifecycle.offboarding_cancelled(onboarded=onboarded),
     )
+    await store.settle_writes(employee_id, [guard], who)
     return action.issue_key
 
 

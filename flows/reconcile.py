@@ -5,6 +5,12 @@ Reads every PeopleForce employee, every mapping row and the mapped Jira issues i
 safeguard, and applies through the per-employee path of `flows.work`: under each
 employee's lease, so a webhook run and the reconciliation never act on one person at once.
 Only employees whose plan changes something get task runs of their own.
+
+The inbox's backlog is read first: acknowledged webhook events no run has done (a run crashed
+or failed, or the dispatcher has not sent them). Their employees are read in full, the work
+they asked for is not counted by the safeguard (`core.company.owed_to_webhooks` says why that
+is safe), and once an employee is in step their events are closed as done, so `events` stops
+showing failures that were repaired.
 """
 
 from __future__ import annotations
@@ -19,7 +25,15 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.runtime import flow_run
 
 from core import render
-from core.company import CompanyPlan, Verdict, plan_reconciliation, safeguard
+from core.company import (
+    Acknowledged,
+    CompanyPlan,
+    Verdict,
+    acknowledged_by_employee,
+    events_done,
+    plan_reconciliation,
+    safeguard,
+)
 from core.jira.client import Issue
 from core.names import RECONCILE_FLOW, reconcile_run_name
 from core.peopleforce.client import Page
@@ -86,6 +100,10 @@ async def reconcile(dry_run: bool = False, force: bool = False, full: bool = Fal
     """
     settings = get_settings()
     async with open_services(settings) as services:
+        # The backlog before anything else: every event read here was stored before the
+        # company is read, so the records read show what it announced, and an event that
+        # comes later is never closed by this run.
+        acknowledged = acknowledged_by_employee(await store.read_inbox_backlog())
         now = datetime.now(UTC)
         today = today_in(services.rules.zone, now)
         links = await store.read_all_links()
@@ -98,25 +116,38 @@ async def reconcile(dry_run: bool = False, force: bool = False, full: bool = Fal
             concurrency=settings.reconcile_read_concurrency,
             lookback_days=settings.reconcile_lookback_days,
             full=full,
+            read_in_full=acknowledged,
         )
         verdict = safeguard(
             company,
             max_share=settings.safeguard_max_share,
             max_offboard=settings.safeguard_max_offboard,
+            acknowledged=acknowledged,
         )
         _log_plan(company, verdict)
         if dry_run:
             await _publish_plan(company, verdict, "Dry run")
             return _result(company, verdict, applied=False)
         if verdict.stop and not force:
-            logger.error(render.explain(verdict))
+            message = " ".join(
+                filter(None, [render.explain(verdict), render.backlog_advice(acknowledged)])
+            )
+            logger.error(message)
             await _publish_plan(company, verdict, "Stopped by the safeguard")
             await acreate_markdown_artifact(
-                render.stopped_markdown(company, verdict, PLAN_ARTIFACT),
+                "\n\n".join(
+                    filter(
+                        None,
+                        [
+                            render.stopped_markdown(company, verdict, PLAN_ARTIFACT),
+                            render.backlog_advice(acknowledged),
+                        ],
+                    )
+                ),
                 key=SUMMARY_ARTIFACT,
                 description="Reconciliation stopped by the safeguard",
             )
-            raise SafeguardStopped(render.explain(verdict))
+            raise SafeguardStopped(message)
         if verdict.stop:
             logger.warning("forced past the safeguard: {}", "; ".join(verdict.reasons))
         async with get_client() as client:
@@ -133,15 +164,44 @@ async def reconcile(dry_run: bool = False, force: bool = False, full: bool = Fal
                 },
                 on_done=artifacts.links,
             )
+            closed = await _close_repaired(company, acknowledged, outcomes, read_at=now)
+            inbox_line = render.backlog_line(verdict, acknowledged, closed)
+            logger.info(inbox_line)
             await artifacts.summary(
                 render.reconcile_summary_markdown(
                     company, verdict, outcomes, artifacts.site, forced=force and verdict.stop
-                ),
+                )
+                + f"\n\n{inbox_line}",
                 f"Reconciliation {company.today}",
                 key=SUMMARY_ARTIFACT,
             )
             await fail_if_any(RECONCILE_FLOW, outcomes, artifacts)
-    return _result(company, verdict, applied=True, outcomes=outcomes)
+    return _result(company, verdict, applied=True, outcomes=outcomes, events_closed=closed)
+
+
+async def _close_repaired(
+    company: CompanyPlan,
+    acknowledged: dict[int, Acknowledged],
+    outcomes: list[EmployeeOutcome],
+    *,
+    read_at: datetime,
+) -> int:
+    """Close the acknowledged events of everyone now in step (worked without an error, or found
+    in step), each with what this run did for the employee."""
+    by_employee = {outcome.employee_id: outcome for outcome in outcomes}
+    worked = [outcome.employee_id for outcome in outcomes if not outcome.error]
+    done = events_done(company, acknowledged, worked, read_at=read_at)
+    run = f"{flow_run.get_name() or RECONCILE_FLOW} ({flow_run.get_id()})"
+    texts = {
+        event.id: render.repaired_outcome(
+            run,
+            by_employee[employee_id].jira_keys if employee_id in by_employee else [],
+        )
+        for employee_id, events in done.items()
+        for event in events
+        if event.id is not None
+    }
+    return await store.close_repaired_events(texts) if texts else 0
 
 
 def _log_plan(company: CompanyPlan, verdict: Verdict) -> None:
@@ -157,6 +217,7 @@ def _result(
     *,
     applied: bool,
     outcomes: list[EmployeeOutcome] | None = None,
+    events_closed: int = 0,
 ) -> dict[str, Any]:
     return {
         "today": company.today.isoformat(),
@@ -167,6 +228,8 @@ def _result(
         "reads": asdict(company.reads),
         "applied": applied,
         "jira_keys": sorted({key for o in outcomes or [] for key in o.jira_keys}),
+        "owed_to_webhooks": verdict.owed,
+        "events_closed": events_closed,
     }
 
 

@@ -43,6 +43,24 @@ async def triage(employee_id: int) -> set[Process]:
     return {process for action in result.actions if (process := process_of(action)) is not None}
 
 
+def waves(routed: dict[str, list[int]]) -> list[list[str]]:
+    """The process flows to run, in waves: each wave's flows side by side, waves in turn.
+
+    One wave, as a rule. When someone is both onboarded and offboarded here (hired and leaving
+    at once), the offboarding waits for the onboarding: its issue names the onboarding issue
+    (`Related: KEY`) only if that exists when the offboarding is planned, and which subflow
+    took the employee's lease first would otherwise decide it (the outcome must not depend on
+    timing). Rare, so the common run stays concurrent.
+    """
+    wanted = [process for process, ids in routed.items() if ids]
+    if not set(routed.get(ONBOARDING_FLOW, ())) & set(routed.get(OFFBOARDING_FLOW, ())):
+        return [wanted] if wanted else []
+    return [
+        [process for process in wanted if process != OFFBOARDING_FLOW],
+        [OFFBOARDING_FLOW],
+    ]
+
+
 @flow(name=SYNC_FLOW, flow_run_name=run_name("sync"))
 async def sync_employees(
     employee_ids: list[int], event_keys: dict[str, list[str]] | None = None
@@ -71,14 +89,18 @@ async def sync_employees(
         try:
             # Each process flow reports its employees, and fails the run, on its own; this run
             # fails with the first failure once all of them have finished.
-            finished = await asyncio.gather(
-                *(
-                    PROCESS_FLOWS[process](employee_ids=ids, event_keys=keys_of(event_keys, ids))
-                    for process, ids in routed.items()
-                    if ids
-                ),
-                return_exceptions=True,
-            )
+            finished: list[object] = []
+            for wave in waves(routed):
+                finished += await asyncio.gather(
+                    *(
+                        PROCESS_FLOWS[process](
+                            employee_ids=routed[process],
+                            event_keys=keys_of(event_keys, routed[process]),
+                        )
+                        for process in wave
+                    ),
+                    return_exceptions=True,
+                )
             if failure := next((f for f in finished if isinstance(f, BaseException)), None):
                 raise failure
         finally:

@@ -23,9 +23,19 @@ from core import render
 from core.errors import is_permanent
 from core.names import process_tag
 from core.peopleforce.models import Employee
-from core.plan import ALL_PROCESSES, Facts, IssueCheck, Process, plan_with_assets, today_in
+from core.plan import (
+    ALL_PROCESSES,
+    CreateIssue,
+    Facts,
+    IssueCheck,
+    Plan,
+    Process,
+    plan_with_assets,
+    process_of,
+    today_in,
+)
 from core.settings import get_settings
-from core.store import Leases, WorkResult
+from core.store import EmployeeLink, Leases, WorkResult
 from flows.actions import apply_plan
 from flows.observability import EventKeys, RunArtifacts, employee_properties, tag_run
 from flows.outcome import EmployeeOutcome
@@ -63,18 +73,48 @@ async def work_employee(
     employee = prefetched.employee if prefetched else await peopleforce.read_employee(employee_id)
     checked = prefetched.jira if prefetched else None
     outcome.name = employee.display_name if employee else None
-    link, previous = await store.read_mapping(
-        employee_id, employee.email if employee else None, outcome.who
-    )
-    _facts, result = await plan_with_assets(
-        Facts(employee_id, employee, link, previous, jira=checked),
-        services.rules,
-        today,
-        lambda: peopleforce.read_assets(employee_id, outcome.who),
-    )
-    outcome.notes.extend(result.notes)
+    who, notes = outcome.who, outcome.notes
+
+    async def plan_now(
+        checked: IssueCheck | None,
+    ) -> tuple[EmployeeLink | None, EmployeeLink | None, Plan]:
+        link, previous = await store.read_mapping(
+            employee_id, employee.email if employee else None, who
+        )
+        _facts, result = await plan_with_assets(
+            Facts(employee_id, employee, link, previous, jira=checked),
+            services.rules,
+            today,
+            lambda: peopleforce.read_assets(employee_id, who),
+        )
+        notes.extend(note for note in result.notes if note not in notes)
+        return link, previous, result
+
+    link, previous, result = await plan_now(checked)
+    if _onboards_and_offboards(result, processes):
+        # The offboarding names the onboarding issue (`Related: KEY`) only if that exists when
+        # the offboarding is planned. For someone hired and leaving at once, the onboarding
+        # goes first and the rest is planned again (Jira was followed already), so the issue
+        # reads the same whichever run got there first: a sync run, which starts the
+        # onboarding subflow before the offboarding one, or the reconciliation.
+        first = tuple(action for action in result.actions if process_of(action) != "offboarding")
+        await apply_plan(
+            result.model_copy(update={"actions": first}),
+            employee,
+            link,
+            previous,
+            processes,
+            today,
+            outcome,
+        )
+        link, previous, result = await plan_now(None)
     await apply_plan(result, employee, link, previous, processes, today, outcome)
     return outcome
+
+
+def _onboards_and_offboards(result: Plan, processes: frozenset[Process]) -> bool:
+    kinds = {action.kind for action in result.actions if isinstance(action, CreateIssue)}
+    return {"onboarding", "offboarding"} <= kinds and {"onboarding", "offboarding"} <= processes
 
 
 async def work_employees(
@@ -92,8 +132,11 @@ async def work_employees(
     `on_done` is given each employee's outcome as soon as their work is done (and their slot
     and lease are free), while the others are still worked."""
     bound = asyncio.Semaphore(concurrency)
-    leases = Leases(current().store.engine)
-    holder = f"{flow_run.get_id() or 'local'}:{uuid4().hex[:8]}"
+    # One holder for the whole run: its leases are renewed together while it works (a run
+    # whose process died lets its employees go within `LEASE_TTL`).
+    leases = Leases(current().store.engine).holding(
+        f"{flow_run.get_id() or 'local'}:{uuid4().hex[:8]}"
+    )
 
     # No per-employee tags on task runs: Prefect treats every task-run tag as a concurrency
     # limit and asks its server for a slot per tag and task run (an extra round trip, and 503s
@@ -104,7 +147,7 @@ async def work_employees(
             try:
                 # Never two runs on one employee: a webhook run, the reconciliation and a
                 # retry from the UI take turns.
-                async with leases.hold(employee_id, holder):
+                async with leases.hold(employee_id):
                     return await work_employee(
                         employee_id,
                         processes,
@@ -130,7 +173,8 @@ async def work_employees(
             return outcome
 
     unique = list(dict.fromkeys(employee_ids))
-    return list(await asyncio.gather(*(one(employee_id) for employee_id in unique)))
+    async with leases:
+        return list(await asyncio.gather(*(one(employee_id) for employee_id in unique)))
 
 
 class EmployeesFailed(Exception):

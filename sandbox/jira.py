@@ -7,6 +7,11 @@ the known traps are kept: the old `/rest/api/3/search` is gone (410), unknown fi
 refused, subtasks need a parent in the same project, JQL must be bounded, and assignees are
 account ids. Latency and errors are injected by `sandbox.faults.FaultInjector`.
 
+Search can lag behind writes as Jira's does (`Faults.search_lag_seconds`): it then sees each
+issue as it was that long ago, except the issues named in `reconcileIssues`; reads by key,
+comments and transitions stay current. Writes can be applied and then lose their answer
+(`Faults.after_apply_rate`), so a caller cannot tell whether they happened.
+
 Control endpoints (no auth, never faulted): `GET|PUT /_sandbox/faults`, `GET /_sandbox/issues`,
 `GET /_sandbox/stats`, `GET /_sandbox/journal`, `POST /_sandbox/users`, `POST /_sandbox/reset`,
 and, to make Jira drift from what the service recorded, `DELETE /_sandbox/issues/{key}` and
@@ -17,13 +22,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import hashlib
 import hmac
 import json
+import math
 import re
+import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
@@ -33,11 +41,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sandbox.faults import FaultInjector, Faults
+from sandbox import jira_meta
+from sandbox.faults import WRITE_METHODS, FaultInjector, Faults
 
 DEFAULT_CUSTOM_FIELDS = frozenset(f"customfield_{number}" for number in range(10050, 10060))
 MAX_PAGE = 100  # Jira returns at most 100 issues per search page when fields are requested
 MAX_BULK = 50
+MAX_RECONCILE = 50  # issue ids a search may name in reconcileIssues
 MAX_PROPERTY_BYTES = 32768
 ACCOUNT_NAMESPACE = uuid.UUID("6f0f5e3a-5d0c-4c1b-9a43-6a1f3c2d7e10")
 
@@ -206,17 +216,36 @@ class JiraState:
         self.custom_fields = set(custom_fields)
         self.initial_faults = faults or Faults()
         # Wired into the app by `create_app`; held here so tests and control endpoints reach it.
-        self.fault_injector = FaultInjector(_unattached, self.initial_faults.model_copy())
+        self.fault_injector = FaultInjector(
+            _unattached, self.initial_faults.model_copy(), is_write=_is_api_write
+        )
         self.reset()
 
     def set_faults(self, faults: Faults) -> None:
+        lagged = self.search_lag > 0
         self.fault_injector.set(faults)
+        if faults.search_lag_seconds and not lagged:
+            # What exists when search starts lagging counts as long indexed.
+            self._versions = {
+                issue.id: [(-math.inf, copy.deepcopy(issue))] for issue in self.issues.values()
+            }
+            self._unsettled = {}
+        elif not faults.search_lag_seconds:
+            self._versions, self._unsettled = {}, {}
+
+    @property
+    def search_lag(self) -> float:
+        return self.fault_injector.faults.search_lag_seconds
 
     def reset(self) -> None:
-        self.set_faults(self.initial_faults.model_copy())
-        self.fault_injector.injected = 0
         self.users: dict[str, SimUser] = {}
         self.issues: dict[str, SimIssue] = {}
+        # While search lags: per issue id, what search may see of it, oldest first (a
+        # monotonic time and a copy, None once deleted), and the changes not yet copied.
+        self._versions: dict[int, list[tuple[float, SimIssue | None]]] = {}
+        self._unsettled: dict[int, tuple[float, SimIssue | None]] = {}
+        self.fault_injector.set(self.initial_faults.model_copy())
+        self.fault_injector.reset_counts()
         self.calls: Counter[str] = Counter()  # "METHOD /route" -> requests that reached the API
         # Every change to an issue, in order: benchmarks time webhook -> Jira write from it.
         self.journal: list[JournalEntry] = []
@@ -301,12 +330,55 @@ class JiraState:
         self._next_issue_id += 1
         self.issues[issue.key] = issue
         self.journal.append(JournalEntry(created, "create", issue.key, list(issue.labels)))
+        self.mark(issue)
         return issue
 
     def touched(self, issue: SimIssue, change: Literal["edit", "comment"]) -> None:
         """Record a change to an existing issue (an edit, a comment, a transition)."""
         issue.updated = now_text()
         self.journal.append(JournalEntry(issue.updated, change, issue.key, list(issue.labels)))
+        self.mark(issue)
+
+    # ----------------------------------------------------------------- search's lag
+
+    def mark(self, issue: SimIssue, *, deleted: bool = False) -> None:
+        """The issue changed now (or is gone): search sees that only `search_lag` from now."""
+        if self.search_lag:
+            self._unsettled[issue.id] = (time.monotonic(), None if deleted else issue)
+
+    def settle(self) -> None:
+        """Copy what changed into search's versions, once a request's changes are all made
+        (so no search sees half a request), and forget versions no search can see any more."""
+        if not self._unsettled:
+            return
+        cutoff = time.monotonic() - self.search_lag
+        for issue_id, (at, issue) in self._unsettled.items():
+            versions = self._versions.setdefault(issue_id, [])
+            versions.append((at, copy.deepcopy(issue)))
+            visible = [n for n, (when, _) in enumerate(versions) if when <= cutoff]
+            if visible:
+                del versions[: visible[-1]]
+        self._unsettled = {}
+
+    def searchable(self, reconcile: Iterable[int] = ()) -> list[SimIssue]:
+        """The issues as search sees them now: as they were `search_lag` seconds ago, except
+        those whose ids are in `reconcile` (current, as `reconcileIssues` asks)."""
+        if not self.search_lag:
+            return list(self.issues.values())
+        self.settle()
+        cutoff = time.monotonic() - self.search_lag
+        current = {issue.id: issue for issue in self.issues.values()}
+        wanted = set(reconcile)
+        seen: list[SimIssue] = []
+        for issue_id in sorted(set(current) | set(self._versions)):
+            if issue_id in wanted:
+                if issue_id in current:
+                    seen.append(current[issue_id])
+                continue
+            old = [version for when, version in self._versions.get(issue_id, ()) if when <= cutoff]
+            if old and old[-1] is not None:
+                seen.append(old[-1])
+        return seen
 
     def add_comment(self, issue: SimIssue, author: SimUser, body: dict[str, Any]) -> SimComment:
         comment = SimComment(str(self._next_comment_id), author.account_id, body, now_text())
@@ -320,7 +392,7 @@ class JiraState:
         issue = self.issue(key)
         doomed = [issue.key] + [i.key for i in self.issues.values() if i.parent_key == issue.key]
         for doomed_key in doomed:
-            del self.issues[doomed_key]
+            self.mark(self.issues.pop(doomed_key), deleted=True)
         return doomed
 
     def move_issue(self, key: str, project: str) -> SimIssue:
@@ -341,6 +413,8 @@ class JiraState:
             self.moved_keys[old_key] = moving.key
         for subtask in subtasks:
             subtask.parent_key = issue.key
+        for moved in [issue, *subtasks]:
+            self.mark(moved)
         return issue
 
     # ----------------------------------------------------------------- accounting
@@ -348,12 +422,17 @@ class JiraState:
     def stats(self) -> dict[str, Any]:
         """Requests that reached the API, split into reads and writes, as benchmarks report them."""
         reads = sum(count for call, count in self.calls.items() if _is_read(call))
+        lost = self.fault_injector.applied_then_failed
         return {
             "reads": reads,
             "writes": self.calls.total() - reads,
             "by_endpoint": dict(sorted(self.calls.items())),
             "issues": len(self.issues),
+            # Refused before the API saw them: nothing happened.
             "faults_injected": self.fault_injector.injected,
+            # Applied, then the answer was lost: the caller cannot tell that they happened.
+            "applied_then_failed": lost.total(),
+            "applied_then_failed_by_outcome": dict(sorted(lost.items())),
         }
 
     @property
@@ -365,8 +444,16 @@ class JiraState:
         return self.stats()["writes"]
 
 
+SEARCH_PATH = "/rest/api/3/search/jql"
+
+
 def _is_read(call: str) -> bool:
-    return call.startswith("GET ") or call == "POST /rest/api/3/search/jql"
+    return call.startswith("GET ") or call == f"POST {SEARCH_PATH}"
+
+
+def _is_api_write(scope: Scope) -> bool:
+    """A request that changes something (a search by POST changes nothing)."""
+    return scope["method"] in WRITE_METHODS and not scope["path"].endswith(SEARCH_PATH)
 
 
 # --------------------------------------------------------------------------- errors
@@ -858,9 +945,11 @@ def matcher(state: JiraState, clause: Clause) -> Callable[[SimIssue], bool]:
     return matches
 
 
-def run_jql(state: JiraState, jql: Jql) -> list[SimIssue]:
+def run_jql(state: JiraState, jql: Jql, issues: Iterable[SimIssue] | None = None) -> list[SimIssue]:
+    """The issues (default: all, as they are now) that `jql` finds, in its order."""
     predicates = [matcher(state, clause) for clause in jql.clauses]
-    found = [issue for issue in state.issues.values() if all(p(issue) for p in predicates)]
+    candidates = state.issues.values() if issues is None else issues
+    found = [issue for issue in candidates if all(p(issue) for p in predicates)]
     if jql.order_by == "key":
         found.sort(key=lambda issue: (issue.project, issue.number), reverse=jql.descending)
     else:  # created and updated: issue ids grow with creation, updated is a timestamp
@@ -894,22 +983,37 @@ def _read_page_token(jql: str, token: str) -> int:
 class Renderer:
     """Spec-shaped JSON for the simulator's objects, with `self` links under the request's base."""
 
-    def __init__(self, state: JiraState, request: Request) -> None:
+    def __init__(
+        self, state: JiraState, request: Request, view: Sequence[SimIssue] | None = None
+    ) -> None:
         self.state = state
         # root_path carries a mount prefix (the /ex/jira/{cloudId} form); base_url drops it.
         root = f"{request.url.scheme}://{request.url.netloc}{request.scope.get('root_path', '')}"
         self.base = root.rstrip("/") + "/rest/api/3"
+        # The issues as this answer sees them: a lagging search's view, or as they are now.
+        self._view = view
         self._subtasks: dict[str, list[SimIssue]] | None = None
+        self._by_key: dict[str, SimIssue] | None = None
+
+    def _issues(self) -> Iterable[SimIssue]:
+        return self.state.issues.values() if self._view is None else self._view
 
     def _children(self) -> dict[str, list[SimIssue]]:
         """Subtasks by parent key, gathered once per answer: a page of a search over 10,000
         issues would otherwise scan them all for every issue it shows."""
         if self._subtasks is None:
             self._subtasks = {}
-            for issue in self.state.issues.values():
+            for issue in self._issues():
                 if issue.parent_key:
                     self._subtasks.setdefault(issue.parent_key, []).append(issue)
         return self._subtasks
+
+    def _parent(self, key: str) -> SimIssue | None:
+        if self._view is None:
+            return self.state.issues.get(key)
+        if self._by_key is None:
+            self._by_key = {issue.key: issue for issue in self._view}
+        return self._by_key.get(key)
 
     def user(self, user: SimUser, *, full: bool = True) -> dict[str, Any]:
         """`User` (full) or `UserDetails` (as author or assignee): the two differ in locale."""
@@ -981,7 +1085,7 @@ class Renderer:
     def fields(self, issue: SimIssue) -> dict[str, dict[str, Any]]:
         """All fields, split into navigable ones and the rest (only `*all` returns comments)."""
         assignee = self.state.users.get(issue.assignee) if issue.assignee else None
-        parent = self.state.issues.get(issue.parent_key) if issue.parent_key else None
+        parent = self._parent(issue.parent_key) if issue.parent_key else None
         subtasks = self._children().get(issue.key, [])
         navigable: dict[str, Any] = {
             "summary": issue.summary,
@@ -1108,8 +1212,19 @@ Caller = Annotated[SimUser, Depends(_authenticate)]
 # Path parameters named as in the spec, so call counts read like the spec's operations.
 IssueKey = Annotated[str, Path(alias="issueIdOrKey")]
 PropertyKey = Annotated[str, Path(alias="propertyKey")]
+
+
+async def _settle_changes(request: Request) -> AsyncIterator[None]:
+    """After the request: what it changed becomes what a lagging search will see, in time."""
+    try:
+        yield
+    finally:
+        _state(request).settle()
+
+
 rest_api = APIRouter(
-    prefix="/rest/api/3", dependencies=[Depends(_count_call), Depends(_authenticate)]
+    prefix="/rest/api/3",
+    dependencies=[Depends(_count_call), Depends(_authenticate), Depends(_settle_changes)],
 )
 
 
@@ -1218,6 +1333,29 @@ async def add_comment(request: Request, key: IssueKey, caller: Caller) -> JSONRe
     return JSONResponse(Renderer(state, request).comment(comment), status_code=201)
 
 
+@rest_api.get("/issue/{issueIdOrKey}/comment")
+async def get_comments(request: Request, key: IssueKey) -> JSONResponse:
+    """A page of the issue's comments, oldest first unless `orderBy=-created`: current, as any
+    read of one issue is."""
+    state = _state(request)
+    issue = state.issue(key)
+    order = request.query_params.get("orderBy", "created")
+    if order not in ("created", "+created", "-created"):
+        raise JiraApiError(400, [f"Ordering by '{order}' is not supported."])
+    start = max(0, _int_param(request, "startAt", 0))
+    limit = max(1, min(_int_param(request, "maxResults", 100), 100))
+    comments = issue.comments[::-1] if order == "-created" else issue.comments
+    renderer = Renderer(state, request)
+    return JSONResponse(
+        {
+            "comments": [renderer.comment(c) for c in comments[start : start + limit]],
+            "startAt": start,
+            "maxResults": limit,
+            "total": len(comments),
+        }
+    )
+
+
 @rest_api.get("/issue/{issueIdOrKey}/transitions")
 async def get_transitions(request: Request, key: IssueKey) -> JSONResponse:
     state = _state(request)
@@ -1270,8 +1408,8 @@ async def do_transition(request: Request, key: IssueKey, caller: Caller) -> Resp
             new_comments.append(body_adf)
     if editor.errors:
         raise JiraApiError(400, [], editor.errors)
-    editor.apply(issue)
     issue.status = transition.to
+    editor.apply(issue)  # records the change, the new status with it
     for comment in new_comments:
         state.add_comment(issue, caller, comment)
     return Response(status_code=204)
@@ -1291,32 +1429,87 @@ async def set_property(request: Request, key: IssueKey, property_key: PropertyKe
         raise JiraApiError(400, [problem or "The property value must be valid, non-empty JSON."])
     created = property_key not in issue.properties
     issue.properties[property_key] = value
+    state.mark(issue)
     return Response(status_code=201 if created else 200)
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One search, from the GET query or the POST body."""
+
+    jql: str
+    next_page_token: str | None
+    max_results: int
+    fields: list[str] | None
+    properties: list[str]
+    reconcile: list[int]
 
 
 @rest_api.post("/search/jql")
 async def search(request: Request) -> JSONResponse:
-    state = _state(request)
     body = await _json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("jql"), str):
         raise JiraApiError(400, ["The 'jql' field is required."])
-    jql_text = body["jql"]
-    found = run_jql(state, parse_jql(jql_text))
-    token = body.get("nextPageToken")
-    offset = _read_page_token(jql_text, token) if token else 0
     requested = body.get("maxResults", 50)
     if not isinstance(requested, int):
         raise JiraApiError(400, ["'maxResults' must be a number."])
-    size = max(1, min(requested, MAX_PAGE))
+    reconcile = body.get("reconcileIssues") or []
+    if not isinstance(reconcile, list) or not all(
+        isinstance(item, int) and not isinstance(item, bool) for item in reconcile
+    ):
+        raise JiraApiError(400, ["'reconcileIssues' must be a list of issue ids."])
+    return _search(
+        request,
+        SearchRequest(
+            jql=body["jql"],
+            next_page_token=body.get("nextPageToken"),
+            max_results=requested,
+            fields=body.get("fields"),
+            properties=body.get("properties") or [],
+            reconcile=reconcile,
+        ),
+    )
+
+
+@rest_api.get("/search/jql")
+async def search_by_get(request: Request) -> JSONResponse:
+    jql = request.query_params.get("jql")
+    if not jql:
+        raise JiraApiError(400, ["The 'jql' parameter is required."])
+    try:
+        reconcile = [int(item) for item in _list_param(request, "reconcileIssues") or []]
+    except ValueError:
+        raise JiraApiError(400, ["'reconcileIssues' must be a list of issue ids."]) from None
+    return _search(
+        request,
+        SearchRequest(
+            jql=jql,
+            next_page_token=request.query_params.get("nextPageToken"),
+            max_results=_int_param(request, "maxResults", 50),
+            fields=_list_param(request, "fields"),
+            properties=_list_param(request, "properties") or [],
+            reconcile=reconcile,
+        ),
+    )
+
+
+def _search(request: Request, asked: SearchRequest) -> JSONResponse:
+    """A page of what the JQL finds, as search sees the issues (it may lag behind writes)."""
+    state = _state(request)
+    if len(asked.reconcile) > MAX_RECONCILE:
+        raise JiraApiError(400, [f"'reconcileIssues' accepts at most {MAX_RECONCILE} issue ids."])
+    view = state.searchable(asked.reconcile)
+    found = run_jql(state, parse_jql(asked.jql), view)
+    offset = _read_page_token(asked.jql, asked.next_page_token) if asked.next_page_token else 0
+    size = max(1, min(asked.max_results, MAX_PAGE))
     page = found[offset : offset + size]
-    renderer = Renderer(state, request)
-    fields = body.get("fields")
+    renderer = Renderer(state, request, view)
     result: dict[str, Any] = {
-        "issues": [renderer.issue(issue, fields, body.get("properties") or []) for issue in page],
+        "issues": [renderer.issue(issue, asked.fields, asked.properties) for issue in page],
         "isLast": offset + size >= len(found),
     }
     if not result["isLast"]:
-        result["nextPageToken"] = _page_token(jql_text, offset + size)
+        result["nextPageToken"] = _page_token(asked.jql, offset + size)
     return JSONResponse(result)
 
 
@@ -1338,7 +1531,9 @@ class NewUser(BaseModel):
     email_visible: bool = True
 
 
-sandbox_control = APIRouter(prefix="/_sandbox", tags=["sandbox"])
+sandbox_control = APIRouter(
+    prefix="/_sandbox", tags=["sandbox"], dependencies=[Depends(_settle_changes)]
+)
 
 
 @sandbox_control.get("/faults")
@@ -1444,6 +1639,8 @@ def create_app(
 
     app.include_router(rest_api)
     app.include_router(sandbox_control)
+    # Configuration reads (projects, createmeta, fields, statuses, assignable users): doctor's.
+    jira_meta.install(app, Renderer, ISSUE_TYPES.values(), STATUSES, rest_api.dependencies)
     return app
 
 

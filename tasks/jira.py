@@ -1,7 +1,17 @@
-"""Steps that read or change Jira. Each is one call (or one bulk call), retried when transient."""
+"""Steps that read or change Jira. Each is one call (or one bulk call), retried when transient.
+
+A write that is not idempotent (a create, a bulk create, a comment, a transition) is retried
+with a `confirm`: after a failure that may have been applied (`core.errors.may_have_applied`),
+`core.retry` first reads, strongly consistently, whether it was, and sends it again only if it
+was not. Which read is strongly consistent, and why, is said at each confirm below; the short
+of it: Jira's search is eventually consistent (an issue created or changed seconds ago may be
+missing or stale), a read of one issue by key (its fields, its comments, its transitions) is
+not.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -11,10 +21,13 @@ from typing import Any
 from core.errors import (
     ApiError,
     ConfigurationError,
+    NotFoundError,
     RequestRejectedError,
+    WriteInDoubtError,
     is_transient,
 )
-from core.jira.client import Issue, subtask_payload
+from core.jira.adf import adf_to_text, text_to_adf
+from core.jira.client import SERVICE, Comment, Issue, subtask_payload
 from core.plan import CreateIssue, FieldValue, Subtask
 from core.retry import API_CALL
 from core.rules import FieldType
@@ -82,10 +95,77 @@ async def find_account_id(email: str, who: str) -> str | None:
 
 @API_CALL("search {label} · {who}")
 async def find_issue_by_label(label: str, who: str) -> str | None:
-    """An issue this service created but may not have recorded (a crash between the two)."""
+    """An issue this service created but did not record, long enough ago for search to show
+    it. One created seconds ago may be missing: `find_created_issue` does not miss it."""
     async for issue in current().jira.search(f'labels = "{label}" ORDER BY key', fields=["labels"]):
         return issue["key"]
     return None
+
+
+# A lost create is looked for from a little before the newest key search knows (search may
+# index a few issues out of order), reading this many keys at once, and at most so many keys
+# in one look (past that, search has fallen far behind: look again later).
+SCAN_SLACK = 10
+SCAN_BATCH = 10
+MAX_SCAN = 1000
+
+
+async def find_created_issue(project: str, label: str, who: str) -> str | None:
+    """The issue labelled `label` if Jira has it, even one created a moment ago: after a create
+    whose answer was lost, or a crash between a create and its record.
+
+    Why this read. Search is eventually consistent, so it alone may miss an issue created
+    seconds ago; `reconcileIssues` would make it consistent, but only for issue ids one has,
+    and a lost create gave none. A read by key is consistent, and Jira numbers the keys of a
+    project in the order the issues are created. So: (1) the newest key search knows in the
+    project, (2) the label search, which finds the issue if search knows it, (3) if not, the
+    issue is newer than anything search knew at (1), so each key after that one is read until
+    Jira has none. (1) comes before (2): an issue search learns of between the two is then
+    found by (2) or lies after the key of (1), never missed. Each key read costs one request:
+    as many as the issues created in the project within search's lag (seconds), and this runs
+    only when a create is in doubt. Each read is retried on its own (a 429 on one key does not
+    start the look over); `WriteInDoubtError` when it cannot tell yet.
+    """
+    project = project.upper()
+    newest = await _newest_number(project, who)
+    found = await find_issue_by_label(label, who)
+    if found is not None:
+        return found
+    first = max(newest - SCAN_SLACK, 0) + 1
+    for start in range(first, first + MAX_SCAN, SCAN_BATCH):
+        read = await asyncio.gather(
+            *(_issue_at(f"{project}-{n}", who) for n in range(start, start + SCAN_BATCH))
+        )
+        for issue in read:
+            if issue is not None and label in issue.labels:
+                return issue.key  # the key it answers under now, should it have moved
+        if all(issue is None for issue in read):
+            return None  # past the newest issue (deleted ones leave single gaps, not ten)
+    raise WriteInDoubtError(
+        SERVICE,
+        f"cannot tell yet whether an issue labelled {label} exists: read {MAX_SCAN} keys of "
+        f"{project} after the newest one search knows, and Jira has more",
+    )
+
+
+@API_CALL("read the newest key of {project} · {who}")
+async def _newest_number(project: str, who: str) -> int:
+    """The number of the newest key search knows in `project` (0: none)."""
+    async for issue in current().jira.search(
+        f'project = "{project}" ORDER BY key DESC', fields=["labels"], max_results=1
+    ):
+        number = str(issue["key"]).rpartition("-")[2]
+        return int(number) if number.isdigit() else 0
+    return 0
+
+
+@API_CALL("read {key} · {who}")
+async def _issue_at(key: str, who: str) -> Issue | None:
+    """The issue answering under `key`, with its labels; None when Jira has none."""
+    try:
+        return await current().jira.get_issue(key, fields=["labels"])
+    except NotFoundError:
+        return None
 
 
 @API_CALL("search issues of {what}")
@@ -100,7 +180,13 @@ async def issue_key(key: str) -> str | None:
     return await current().jira.current_key(key)
 
 
-@API_CALL("create {action.kind} issue · {who}")
+async def _issue_created(
+    action: CreateIssue, who: str, assignee_id: str | None, account_ids: dict[str, str | None]
+) -> str | None:
+    return await find_created_issue(action.project, action.guard_label, who)
+
+
+@API_CALL("create {action.kind} issue · {who}", confirm=_issue_created)
 async def create_issue(
     action: CreateIssue, who: str, assignee_id: str | None, account_ids: dict[str, str | None]
 ) -> str:
@@ -128,14 +214,15 @@ async def create_issue(
 
 @API_CALL("read subtasks of {parent_key} · {who}")
 async def find_subtasks(parent_key: str, who: str) -> dict[str, str]:
-    """The parent's subtasks by summary, so that a rerun creates only the missing ones."""
+    """The parent's subtasks by summary, so that a rerun creates only the missing ones.
+
+    Read from the parent's `subtasks` field, by key: consistent, unlike a `parent = X` search,
+    which may not show a subtask created a moment ago (and a rerun would make it again)."""
+    parent = await current().jira.get_issue(parent_key, fields=["subtasks"])
     found: dict[str, str] = {}
-    async for issue in current().jira.search(
-        f"parent = {parent_key} ORDER BY key", fields=["summary"]
-    ):
-        summary = issue["fields"].get("summary")
-        if isinstance(summary, str):
-            found.setdefault(summary, issue["key"])
+    for subtask in parent.subtasks:
+        if subtask.summary is not None:
+            found.setdefault(subtask.summary, subtask.key)
     return found
 
 
@@ -149,7 +236,28 @@ class SubtaskOutcome:
     retryable: bool  # the refusals were transient (a rate limit or timeout part-way)
 
 
-@API_CALL("create {count} subtasks of {parent_key} · {who}")
+async def _subtasks_created(
+    parent_key: str,
+    project: str,
+    subtask_type: str,
+    subtasks: list[Subtask],
+    assignee_ids: list[str | None],
+    labels: list[str],
+    count: int,
+    who: str,
+) -> SubtaskOutcome | None:
+    """What a bulk create whose answer was lost made: the requested subtasks the parent now
+    lists (read by key, so current); None when it made none of them."""
+    existing = await find_subtasks(parent_key, who)
+    made = [existing[s.summary] for s in subtasks if s.summary in existing]
+    if not made:
+        return None
+    missing = [s.summary for s in subtasks if s.summary not in existing]
+    refused = [f"{summary!r}: not created (its answer was lost)" for summary in missing]
+    return SubtaskOutcome(made, refused, retryable=bool(missing))
+
+
+@API_CALL("create {count} subtasks of {parent_key} · {who}", confirm=_subtasks_created)
 async def create_subtasks(
     parent_key: str,
     project: str,
@@ -208,12 +316,50 @@ async def update_fields(
         raise ConfigurationError(explain_rejection(error, values, services.rules_file)) from error
 
 
-@API_CALL("comment on {issue_key} · {who}")
+async def find_comment(issue_key: str, text: str, who: str) -> str | None:
+    """The id of this comment if it is the newest one this service wrote on the issue.
+
+    Comments are read with the issue (consistent, newest first). A comment carries no label,
+    so it is known by its text and author: this service's newest comment there, if it says
+    exactly `text`. The service never means to write the same comment twice in a row on one
+    issue: each one reports a change (fields, the last day, a cancellation), and the next
+    change says something else.
+    """
+    me = await _own_account_id(who)
+    wanted = _words(adf_to_text(text_to_adf(text)))
+    for comment in await _newest_comments(issue_key, who):
+        if comment.author_account_id == me:
+            return comment.id if _words(comment.text) == wanted else None
+    return None
+
+
+@API_CALL("read who this service is in Jira · {who}")
+async def _own_account_id(who: str) -> str:
+    return (await current().jira.myself()).account_id
+
+
+@API_CALL("read the comments of {issue_key} · {who}")
+async def _newest_comments(issue_key: str, who: str) -> list[Comment]:
+    return await current().jira.get_comments(issue_key)
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+@API_CALL("comment on {issue_key} · {who}", confirm=find_comment)
 async def add_comment(issue_key: str, text: str, who: str) -> str:
     return await current().jira.add_comment(issue_key, text)
 
 
-@API_CALL("move {issue_key} to {status} · {who}")
+@API_CALL("read the status of {issue_key} · {who}")
+async def _moved_to(issue_key: str, status: str, who: str) -> bool | None:
+    """True when the issue is in `status` (read by key, so current), else None."""
+    current_status = (await current().jira.get_issue(issue_key, fields=["status"])).status
+    return True if (current_status or "").casefold() == status.casefold() else None
+
+
+@API_CALL("move {issue_key} to {status} · {who}", confirm=_moved_to)
 async def transition_issue(issue_key: str, status: str, who: str) -> bool:
     """Move the issue to `status`; False when it is already there."""
     return await current().jira.transition_to(issue_key, status)

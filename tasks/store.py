@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from prefect.runtime import flow_run
 
+from core.company import BACKLOG_LIMIT, BACKLOG_STATUSES
 from core.retry import STORE_CALL
-from core.store import EmployeeLink, InboxRepository, LinkChange, WorkResult
+from core.store import (
+    EmployeeLink,
+    InboxRepository,
+    Intents,
+    LinkChange,
+    WebhookEvent,
+    WorkResult,
+)
 from tasks.services import current
 
 
@@ -48,6 +56,42 @@ async def record_effect(
     )
 
 
+@STORE_CALL("announce {operation} · {who}")
+async def announce_write(
+    employee_id: int,
+    operation: str,
+    guard: str,
+    who: str,
+    *,
+    issue_key: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+) -> None:
+    """Record, before sending it, that the Jira write `guard` is about to be made (committed
+    first: a process killed after the send leaves this behind). A retry after a lost answer
+    records it twice, which says the same."""
+    await Intents(current().store.engine).announce(
+        employee_id,
+        operation,
+        guard,
+        issue_key=issue_key,
+        flow_run_id=_flow_run_id(),
+        detail=detail,
+    )
+
+
+@STORE_CALL("read writes in doubt · {who}")
+async def write_in_doubt(employee_id: int, guard: str, who: str) -> bool:
+    """True when the write `guard` was announced and never settled: it may have happened
+    without being recorded, and only a strongly consistent read of Jira can tell."""
+    return bool(await Intents(current().store.engine).open(employee_id, guard))
+
+
+@STORE_CALL("settle writes · {who}")
+async def settle_writes(employee_id: int, guards: Sequence[str], who: str) -> None:
+    """The writes `guards` are recorded: they are no longer in doubt."""
+    await Intents(current().store.engine).settle(employee_id, guards)
+
+
 @STORE_CALL("prune the inbox · before {older_than}")
 async def prune_inbox(older_than: datetime) -> dict[str, int]:
     """Remove the inbox's events done or ignored, last changed before `older_than`; how many of
@@ -82,3 +126,23 @@ async def record_work(
 def _flow_run_id() -> str | None:
     run_id = flow_run.get_id()
     return str(run_id) if run_id else None
+
+
+# For the reconciliation: the inbox's backlog, and closing the events it repaired.
+
+
+@STORE_CALL("read the inbox's backlog")
+async def read_inbox_backlog() -> list[WebhookEvent]:
+    """Acknowledged events no run has done (failed, or not dispatched), newest first, at most
+    `BACKLOG_LIMIT` of each status (the rest waits for the next reconciliation)."""
+    inbox = InboxRepository(current().store.engine)
+    return [
+        event for status in BACKLOG_STATUSES for event in await inbox.recent(BACKLOG_LIMIT, status)
+    ]
+
+
+@STORE_CALL("close the inbox events the reconciliation repaired")
+async def close_repaired_events(outcomes: dict[int, str]) -> int:
+    """Mark the events whose work the reconciliation did as done, each with its outcome. Safe
+    to repeat: only events still failed or pending change."""
+    return await InboxRepository(current().store.engine).close_repaired(outcomes)

@@ -1,8 +1,8 @@
 """docker-compose.yml, the Dockerfile and the tunnel's ingress, checked without a Docker engine.
 
 The development machines and CI have no Docker, so these tests read the files: the services
-the production setup needs, a healthcheck on each, start order on healthy dependencies, named
-volumes, no secret written in the file (every one is a ${VARIABLE} from .env, documented in
+the production setup needs, a healthcheck and a restart policy on each, start order on healthy
+dependencies (the gateway's on its store only), named volumes, no secret written in the file (every one is a ${VARIABLE} from .env, documented in
 .env.example), each of this project's commands a real entry point, healthchecks on the ports
 the commands listen on, and a tunnel that routes only `/webhooks/*` to the gateway.
 """
@@ -134,15 +134,37 @@ def test_every_service_has_a_healthcheck_and_waits_for_healthy_dependencies() ->
         assert check.get("test"), name
         assert not check.get("disable"), name
         assert check["test"][0] in ("CMD", "CMD-SHELL"), name
-        assert "restart" in service, name
         for dependency, condition in service.get("depends_on", {}).items():
             assert dependency in SERVICES, (name, dependency)
             assert condition == {"condition": "service_healthy"}, (name, dependency)
     needs = {name: set(service.get("depends_on", {})) for name, service in SERVICES.items()}
     assert needs["prefect-server"] == {"postgres"}
-    assert needs["worker"] == {"postgres", "prefect-server"}
-    assert needs["gateway"] == {"postgres", "prefect-server"}
+    assert needs["worker"] == {"postgres", "prefect-server"}  # `worker --deploy` registers there
     assert needs["cloudflared"] == {"gateway"}
+
+
+def test_every_service_is_started_again_when_its_process_dies() -> None:
+    for name, service in SERVICES.items():
+        # Every one runs for as long as the stack does: restarted on any exit and after a
+        # reboot, not only on a failure (`on-failure` leaves a clean exit down).
+        assert service.get("restart") == "unless-stopped", name
+        assert "deploy" not in service, name  # Swarm's restart_policy would be ignored here
+    for name in PROJECT_SERVICES:
+        # An init as PID 1: signals reach the command, and what it leaves behind is reaped.
+        assert SERVICES[name].get("init") is True, name
+
+
+def test_the_gateway_takes_webhooks_whether_or_not_the_prefect_server_answers() -> None:
+    """It depends on its store only: at a `docker compose up` it does not wait for the Prefect
+    server to be healthy, and nothing ties its restarts to the Prefect server's. Its events wait
+    in the inbox until the dispatcher can hand them over."""
+    gateway = SERVICES["gateway"]
+    assert set(gateway["depends_on"]) == {"postgres"}
+    assert all("restart" not in condition for condition in gateway["depends_on"].values())
+    # Its healthcheck is the liveness one (/healthz), not /readyz, which checks Prefect too:
+    # the tunnel starts once the gateway answers, Prefect or not.
+    assert "/healthz" in " ".join(gateway["healthcheck"]["test"])
+    assert "/readyz" not in " ".join(gateway["healthcheck"]["test"])
 
 
 def test_healthchecks_probe_what_the_commands_serve() -> None:

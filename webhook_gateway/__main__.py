@@ -16,9 +16,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"default {DEFAULT_HOST}")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    parser.add_argument(
+        "--fd",
+        type=int,
+        help="accept on this listening socket, inherited from a supervisor that keeps it open "
+        "across restarts (`up` does; so does systemd socket activation), instead of binding",
+    )
     arguments = parser.parse_args(argv)
     try:
-        serve(get_settings(), host=arguments.host, port=arguments.port)
+        serve(get_settings(), host=arguments.host, port=arguments.port, fd=arguments.fd)
     except (SettingsError, GatewayConfigError) as error:
         print(f"webhook gateway: {error}", file=sys.stderr)
         return 2

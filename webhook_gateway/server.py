@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import uvicorn
@@ -75,8 +76,11 @@ def serve(
     *,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
+    fd: int | None = None,
     **app_options: Any,
 ) -> None:
-    """Run the gateway until interrupted (Ctrl-C or SIGTERM stop it cleanly)."""
+    """Run the gateway until interrupted (Ctrl-C or SIGTERM stop it cleanly); with `fd`, on
+    that inherited listening socket (connections made while no gateway ran wait in its queue)."""
     server = create_server(settings, host=host, port=port, **app_options)
-    asyncio.run(server.serve())
+    sockets = [socket.socket(fileno=fd)] if fd is not None else None
+    asyncio.run(server.serve(sockets=sockets))

@@ -91,6 +91,24 @@ class CommentAnswer(Answer):
     id: IdText
 
 
+class AuthorAnswer(Answer):
+    accountId: str | None = None
+
+
+class CommentItemAnswer(Answer):
+    """One comment of `GET /issue/{key}/comment`."""
+
+    id: IdText
+    author: AuthorAnswer | None = None
+    body: Any = None
+    created: str | None = None
+
+
+class CommentPageAnswer(Answer):
+    comments: list[CommentItemAnswer] | None = None
+    total: int | None = None
+
+
 class StatusCategoryAnswer(Answer):
     key: str | None = None
 
@@ -125,5 +143,6 @@ BULK = TypeAdapter(BulkAnswer)
 BULK_ERROR = TypeAdapter(BulkErrorAnswer)
 ISSUE = TypeAdapter(IssueAnswer)
 COMMENT = TypeAdapter(CommentAnswer)
+COMMENT_PAGE = TypeAdapter(CommentPageAnswer)
 TRANSITIONS = TypeAdapter(TransitionsAnswer)
 SEARCH_PAGE = TypeAdapter(SearchPageAnswer)

@@ -14,7 +14,7 @@ from typing import Any, TypedDict, Unpack
 from urllib.parse import quote
 
 import httpx
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from core.errors import ApiError, NotFoundError, RequestRejectedError, UnexpectedAnswerError
 from core.http import (
@@ -26,7 +26,7 @@ from core.http import (
     read_json,
     send,
 )
-from core.jira import answers
+from core.jira import answers, meta
 from core.jira.adf import AdfNode, adf_to_text, text_to_adf
 from core.settings import Settings, SettingsError
 
@@ -96,6 +96,29 @@ class Transition:
     name: str
     to_status: str
     to_category: str | None  # statusCategory key: "new", "indeterminate" or "done"
+
+
+@dataclass(frozen=True)
+class Comment:
+    id: str
+    author_account_id: str | None
+    body: Any  # ADF, as Jira stored it
+    created: str | None
+
+    @property
+    def text(self) -> str:
+        try:
+            return adf_to_text(self.body)
+        except (TypeError, AttributeError, ValueError, RecursionError):
+            return ""
+
+
+@dataclass(frozen=True)
+class IssueLink:
+    """A subtask (or parent) as another issue shows it."""
+
+    key: str
+    summary: str | None
 
 
 @dataclass(frozen=True)
@@ -178,6 +201,17 @@ class Issue:
     @property
     def parent_key(self) -> str | None:
         return _text(_member(self.fields.get("parent"), "key"))
+
+    @property
+    def subtasks(self) -> list[IssueLink]:
+        """The subtasks listed in the `subtasks` field (read with the issue, so current)."""
+        listed = self.fields.get("subtasks")
+        links = []
+        for item in listed if isinstance(listed, list) else []:
+            key = _text(_member(item, "key"))
+            if key:
+                links.append(IssueLink(key, _text(_member(_member(item, "fields"), "summary"))))
+        return links
 
     @property
     def assignee_account_id(self) -> str | None:
@@ -616,6 +650,32 @@ class JiraClient(ApiClient):
         response = await self._request("POST", f"issue/{_segment(key)}/comment", json={"body": adf})
         return read_answer(SERVICE, "add_comment", response, answers.COMMENT).id
 
+    async def get_comments(
+        self, key: str, *, newest_first: bool = True, max_results: int = 50
+    ) -> list[Comment]:
+        """One page of the issue's comments, the newest first unless asked otherwise.
+
+        Read with the issue, so current (unlike a search): a comment just added is there.
+        """
+        response = await self._request(
+            "GET",
+            f"issue/{_segment(key)}/comment",
+            params={
+                "orderBy": "-created" if newest_first else "created",
+                "maxResults": max_results,
+            },
+        )
+        page = read_answer(SERVICE, "get_comments", response, answers.COMMENT_PAGE)
+        return [
+            Comment(
+                id=item.id,
+                author_account_id=item.author.accountId if item.author else None,
+                body=item.body,
+                created=item.created,
+            )
+            for item in page.comments or []
+        ]
+
     async def set_issue_property(self, key: str, property_key: str, value: Any) -> None:
         """Set an entity property (any non-empty JSON up to 32 KB). Not JQL-searchable."""
         if value is None:
@@ -677,11 +737,13 @@ class JiraClient(ApiClient):
         max_results: int = 100,
         *,
         properties: Sequence[str] | None = None,
+        reconcile: Sequence[int] = (),
     ) -> AsyncIterator[dict[str, Any]]:
         """Every issue matching a bounded `jql`, page by page (`POST /search/jql`).
 
         `fields=None` asks for Jira's navigable fields (the endpoint alone would return ids
-        only). Results are eventually consistent: an issue created seconds ago may be missing.
+        only). Results are eventually consistent: an issue created or changed seconds ago may
+        be missing or stale, except those whose ids are in `reconcile` (at most 50).
         """
         body: dict[str, Any] = {
             "jql": jql,
@@ -690,6 +752,8 @@ class JiraClient(ApiClient):
         }
         if properties:
             body["properties"] = list(properties)
+        if reconcile:
+            body["reconcileIssues"] = [int(issue_id) for issue_id in reconcile]
         while True:
             response = await self._request("POST", "search/jql", json=body)
             page = read_answer(SERVICE, "search", response, answers.SEARCH_PAGE)
@@ -718,6 +782,81 @@ class JiraClient(ApiClient):
             Issue(issue["id"], issue["key"], issue["fields"], issue.get("properties") or {})
             async for issue in self.search(jql, ["labels"], max_results)
         ]
+
+    # ----------------------------------------------------------------- configuration
+
+    # Read by `doctor` to hold the rules against the site; each needs only Browse projects
+    # (createmeta also Create issues) in the projects the rules name.
+
+    async def get_project(self, key: str) -> meta.Project | None:
+        """The project with this key or id; None when Jira has none this account may browse."""
+        try:
+            response = await self._request("GET", f"project/{_segment(key)}")
+        except NotFoundError:
+            return None
+        return read_answer(SERVICE, "get_project", response, meta.PROJECT).read()
+
+    async def list_projects(self) -> list[meta.Project]:
+        """Every project this account may browse (`GET /project/search`, page by page)."""
+        pages = self._offset_pages("list_projects", "project/search", meta.PROJECT_PAGE)
+        return [item.read() async for page in pages for item in page.items()]
+
+    async def create_issue_types(self, project: str) -> list[meta.IssueTypeInfo]:
+        """The issue types this account may create in the project (createmeta)."""
+        pages = self._offset_pages(
+            "create_issue_types",
+            f"issue/createmeta/{_segment(project)}/issuetypes",
+            meta.ISSUE_TYPES_PAGE,
+        )
+        return [item.read() async for page in pages for item in page.items()]
+
+    async def create_fields(self, project: str, issue_type_id: str) -> list[meta.CreateField]:
+        """The fields of the create screen of one issue type in the project (createmeta)."""
+        pages = self._offset_pages(
+            "create_fields",
+            f"issue/createmeta/{_segment(project)}/issuetypes/{_segment(issue_type_id)}",
+            meta.CREATE_FIELDS_PAGE,
+        )
+        return [item.read() async for page in pages for item in page.items()]
+
+    async def list_fields(self) -> list[meta.JiraField]:
+        """Every system and custom field this account can see (`GET /field`)."""
+        response = await self._request("GET", "field")
+        answer = read_answer(SERVICE, "list_fields", response, meta.FIELD_LIST)
+        return [item.read() for item in answer]
+
+    async def project_statuses(self, project: str) -> list[meta.IssueTypeStatuses]:
+        """The statuses of each issue type's workflow in the project."""
+        response = await self._request("GET", f"project/{_segment(project)}/statuses")
+        answer = read_answer(SERVICE, "project_statuses", response, meta.PROJECT_STATUSES)
+        return [item.read() for item in answer]
+
+    async def is_assignable(self, project: str, account_id: str) -> bool:
+        """Whether the account may be assigned new issues in the project."""
+        response = await self._request(
+            "GET", "user/assignable/search", params={"project": project, "accountId": account_id}
+        )
+        users = read_answer(SERVICE, "is_assignable", response, answers.USER_LIST)
+        return any(user.accountId == account_id for user in users)
+
+    async def _offset_pages(
+        self, operation: str, path: str, shape: TypeAdapter[meta.PageT]
+    ) -> AsyncIterator[meta.PageT]:
+        """Each page of an offset-paged read (`startAt`/`maxResults`), until Jira says it is the
+        last, the total is reached, or a page comes back short or empty."""
+        start = 0
+        for _ in range(meta.MAX_PAGES):
+            response = await self._request(
+                "GET", path, params={"startAt": start, "maxResults": meta.PAGE_SIZE}
+            )
+            page = read_answer(SERVICE, operation, response, shape)
+            yield page
+            if page.is_last(start):
+                return
+            start += len(page.items())
+        raise UnexpectedAnswerError(
+            SERVICE, f"more than {meta.MAX_PAGES} pages of {path}", operation=operation
+        )
 
 
 def _segment(value: str) -> str:

@@ -1,6 +1,7 @@
 """The mapping store: per employee, the Jira work this service created, and an audit of every Jira effect.
 
-The same database holds the gateway's webhook inbox (`WebhookEvent`, `InboxRepository`).
+The same database holds the gateway's webhook inbox (`WebhookEvent`, `InboxRepository`), the
+employee leases (`Leases`) and the write-ahead records of Jira writes in doubt (`Intents`).
 
 SQLite by default, PostgreSQL through the same database URL setting; the schema is versioned
 with Alembic and upgraded in place when the store is opened.
@@ -17,6 +18,7 @@ from core.store.inbox import (
     event_ref,
     parse_ref,
 )
+from core.store.intents import Intents, JiraIntent
 from core.store.lease import EmployeeLease, Leases, LeaseTimeout
 from core.store.migrate import current_revision, downgrade, head_revision, migrate
 from core.store.models import EffectAction, EmployeeLink, JiraEffect, snapshot_hash
@@ -34,7 +36,9 @@ __all__ = [
     "EmployeeLink",
     "EventStatus",
     "InboxRepository",
+    "Intents",
     "JiraEffect",
+    "JiraIntent",
     "LeaseTimeout",
     "Leases",
     "Lifecycle",

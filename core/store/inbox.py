@@ -768,6 +768,37 @@ class InboxRepository:
     def _insert(self) -> sqlite.Insert | postgresql.Insert:
         return dialect_insert(self.engine, _EVENTS)
 
+    async def close_repaired(self, outcomes: Mapping[int, str]) -> int:
+        """Events whose work the reconciliation did, by row id, each with its outcome: those
+        still failed or pending are done, in one transaction; returns how many.
+
+        An event dispatched meanwhile is left to its run (which closes it), one done or
+        ignored meanwhile stays as it is.
+        """
+        by_text: dict[str, list[int]] = {}
+        for event_id, text in outcomes.items():
+            by_text.setdefault(text, []).append(event_id)
+        closed = 0
+        now = utc_now()
+        async with self._sessions.begin() as session:
+            for text, event_ids in sorted(by_text.items()):
+                ordered = sorted(event_ids)
+                for start in range(0, len(ordered), _CHUNK):
+                    statement = (
+                        sa.update(_EVENTS)
+                        .where(_EVENTS.c.id.in_(ordered[start : start + _CHUNK]))
+                        .where(_EVENTS.c.status.in_((EventStatus.failed, EventStatus.pending)))
+                        .values(
+                            status=EventStatus.done,
+                            outcome=text,
+                            next_attempt_at=None,
+                            updated_at=now,
+                        )
+                        .returning(_EVENTS.c.id)
+                    )
+                    closed += len((await session.execute(statement)).all())
+        return closed
+
 
 def _in_batch(claim: str | None) -> sa.ColumnElement[bool]:
     """The events of the batch `claim` still being dispatched; without a claim, pending ones."""

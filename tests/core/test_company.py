@@ -7,6 +7,7 @@ no HTTP. The flow and the commands are tested against the simulators in test_rec
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Set as AbstractSet
 from datetime import UTC, date, datetime, timedelta
@@ -18,9 +19,12 @@ from core.company import (
     SEARCH_EMPLOYEES,
     CompanyPlan,
     ListingError,
+    acknowledged_by_employee,
     as_employee,
+    events_done,
     issue_checks,
     label_search,
+    owed_to_webhooks,
     plan_company,
     plan_reconciliation,
     read_pages,
@@ -30,9 +34,18 @@ from core.company import (
 from core.jira.client import Issue
 from core.peopleforce.client import Page
 from core.peopleforce.models import Employee, EmployeeSummary
-from core.plan import CreateIssue, IssueCheck, Plan, Report, mapped_fields, today_in
+from core.plan import (
+    CancelOffboarding,
+    CreateIssue,
+    IssueCheck,
+    Plan,
+    Report,
+    mapped_fields,
+    today_in,
+)
 from core.render import explain
 from core.rules import load_rules
+from core.store import EventStatus, WebhookEvent
 from core.store.models import EmployeeLink, Lifecycle
 from tests.paths import RULES_EXAMPLE
 
@@ -357,3 +370,131 @@ def test_reports_alone_touch_nobody() -> None:
     plans = {n: Plan(employee_id=n, employee_name=None, actions=(Report(why="x"),)) for n in (1, 2)}
     verdict = safeguard(company_of(plans, 2), max_share=0.2, max_offboard=10)
     assert (verdict.touched, verdict.stop) == (0, False)
+
+
+# --- acknowledged webhook events: the backlog the webhook path owes -----------------------------
+
+
+def event(
+    event_id: int,
+    employee_id: int,
+    action: str = "employee_update",
+    status: EventStatus = EventStatus.failed,
+    *,
+    leaving_on: str | None = None,
+    received_at: datetime = NOW - timedelta(hours=1),
+) -> WebhookEvent:
+    body = {
+        "action": action,
+        "data": {"id": employee_id, "attributes": {"termination_effective_date": leaving_on}},
+    }
+    return WebhookEvent(
+        id=event_id,
+        event_key=f"{action}:{employee_id}:{event_id}",
+        action=action,
+        employee_id=employee_id,
+        status=status,
+        body=json.dumps(body),
+        received_at=received_at,
+    )
+
+
+def hire_plan(employee_id: int) -> Plan:
+    hire = full(employee_id, hired_on=(TODAY + timedelta(days=3)).isoformat())
+    _, plans = plan_company({}, {employee_id: hire}, {}, {}, RULES, TODAY)
+    return plans[employee_id]
+
+
+def cancel_plan(employee_id: int) -> Plan:
+    action = CancelOffboarding(why="reverted", issue_key="HR-1", comment="reverted")
+    return Plan(employee_id=employee_id, employee_name=None, actions=(action,))
+
+
+@pytest.mark.parametrize(
+    ("plan_of", "events", "owed"),
+    [
+        (hire_plan, [event(1, 1, "employee_create")], True),
+        (hire_plan, [event(1, 1, "employee_update", EventStatus.pending)], True),
+        (hire_plan, [], False),
+        (offboarding_plan, [event(1, 1, "employee_terminate")], True),
+        # A future termination comes as an update whose record carries the date.
+        (offboarding_plan, [event(1, 1, leaving_on="2026-12-01")], True),
+        # An event that said nothing of leaving does not vouch for an offboarding.
+        (offboarding_plan, [event(1, 1, "employee_update")], False),
+        (offboarding_plan, [event(1, 1, "employee_create")], False),
+        (cancel_plan, [event(1, 1, "employee_termination_revert")], True),
+        (cancel_plan, [event(1, 1, "employee_update")], False),
+    ],
+)
+def test_work_owed_to_acknowledged_webhooks(
+    plan_of: Any, events: list[WebhookEvent], owed: bool
+) -> None:
+    acknowledged = acknowledged_by_employee(events)
+    assert owed_to_webhooks(plan_of(1), acknowledged.get(1)) is owed
+
+
+def test_the_backlog_is_failed_and_pending_events_and_a_broken_body_announces_nothing() -> None:
+    broken = event(1, 1, leaving_on="2026-12-01")
+    broken.body = broken.body[:-5]  # keyed by its hash: the record did not read
+    acknowledged = acknowledged_by_employee(
+        [
+            broken,
+            event(2, 1, status=EventStatus.pending),
+            event(3, 2, status=EventStatus.done),
+            event(4, 3, status=EventStatus.dispatched),  # left to its run
+        ]
+    )
+    assert list(acknowledged) == [1]
+    assert [e.id for e in acknowledged[1].events] == [1, 2]
+    assert acknowledged[1].failed == 1
+    assert not acknowledged[1].announces_termination
+
+
+def test_safeguard_counts_only_what_no_acknowledged_webhook_asked_for() -> None:
+    plans = {n: offboarding_plan(n) for n in range(1, 6)}
+    company = company_of(plans, 10)
+    assert safeguard(company, max_share=0.2, max_offboard=4).stop
+    acknowledged = acknowledged_by_employee(
+        [event(n, n, "employee_terminate") for n in range(1, 6)]
+    )
+    verdict = safeguard(company, max_share=0.2, max_offboard=4, acknowledged=acknowledged)
+    assert (verdict.stop, verdict.touched, verdict.owed, verdict.offboardings) == (False, 5, 5, 5)
+    # Three of them with events that never said they leave: those three count.
+    acknowledged = acknowledged_by_employee(
+        [event(n, n, "employee_terminate" if n <= 2 else "employee_update") for n in range(1, 6)]
+    )
+    verdict = safeguard(company, max_share=0.2, max_offboard=2, acknowledged=acknowledged)
+    assert verdict.owed == 2
+    assert verdict.reasons == (
+        "it would touch 3 of 10 employees (30%) besides the 2 that acknowledged webhooks asked "
+        "for, more than SAFEGUARD_MAX_SHARE (20%)",
+        "it would offboard 3 employees besides the 2 that acknowledged webhooks asked for, more "
+        "than SAFEGUARD_MAX_OFFBOARD (2)",
+    )
+
+
+def test_events_done_are_those_of_people_in_step_read_before_the_run() -> None:
+    in_step = Plan(employee_id=3, employee_name=None)
+    company = CompanyPlan(
+        TODAY,
+        {1: hire_plan(1), 2: hire_plan(2), 3: in_step, 4: in_step},
+        {},
+        4,
+        read_in_full=frozenset({1, 2, 3}),
+    )
+    fresh = NOW - timedelta(seconds=20)
+    acknowledged = acknowledged_by_employee(
+        [
+            event(10, 1, "employee_create"),  # worked: done
+            event(11, 1, status=EventStatus.pending),  # pending long before the read: done
+            event(12, 1, status=EventStatus.pending, received_at=fresh),  # the dispatcher's
+            event(20, 2, "employee_create"),  # its work failed: stays
+            event(30, 3),  # found in step, from the full record: done
+            event(40, 4),  # in step as far as a list item tells: stays
+        ]
+    )
+    done = events_done(company, acknowledged, [1], read_at=NOW)
+    assert {employee: [e.id for e in events] for employee, events in done.items()} == {
+        1: [10, 11],
+        3: [30],
+    }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import email.utils
 import json
 from datetime import UTC, datetime, timedelta
@@ -27,7 +29,9 @@ from core.errors import (
     RequestRejectedError,
     ServerError,
     TransportError,
+    UnexpectedAnswerError,
     is_transient,
+    may_have_applied,
     retry_delay,
 )
 from core.jira import (
@@ -599,6 +603,113 @@ async def test_connection_refused_is_a_transient_transport_error() -> None:
             await jira.myself()
     assert not isinstance(caught.value, ApiTimeoutError)
     assert is_transient(caught.value)
+
+
+# --------------------------------------------------------------------------- failures that leave a write in doubt
+
+
+async def failure_of(jira: JiraClient) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        await jira.create_issue("HR", "Task", "in doubt?")
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("faults", "in_doubt"),
+    [
+        # Applied, then the answer lost: a reset connection or a gateway's 5xx.
+        ({"after_apply_rate": 1, "after_apply_outcomes": ["reset"]}, True),
+        ({"after_apply_rate": 1, "after_apply_outcomes": [500]}, True),
+        ({"after_apply_rate": 1, "after_apply_outcomes": [502]}, True),
+        ({"after_apply_rate": 1, "after_apply_outcomes": [503]}, True),
+        # A 5xx before anything was done looks the same to the client: in doubt too.
+        ({"error_rate": 1, "error_statuses": [504]}, True),
+        ({"error_rate": 1, "error_statuses": [503], "retry_after": "2"}, True),
+        # A 429 is Jira refusing the request: nothing was done.
+        ({"error_rate": 1, "error_statuses": [429]}, False),
+    ],
+)
+async def test_which_failures_leave_a_write_in_doubt(
+    jira: JiraClient, jira_sim: JiraSandbox, faults: dict[str, Any], in_doubt: bool
+) -> None:
+    jira_sim.state.set_faults(Faults(**faults))
+    error = await failure_of(jira)
+    assert may_have_applied(error) is in_doubt
+    assert is_transient(error)
+    assert bool(jira_sim.state.issues) is (faults.get("after_apply_rate") == 1)
+
+
+async def test_a_read_timeout_leaves_a_write_in_doubt(
+    jira_sim: JiraSandbox, jira_contract: SpecContract
+) -> None:
+    jira_sim.state.set_faults(
+        Faults(after_apply_rate=1, after_apply_outcomes=["timeout"], after_apply_hold_seconds=60)
+    )
+    async with jira_sim.client(jira_contract, timeout=0.5) as jira:
+        error = await failure_of(jira)
+    assert isinstance(error, ApiTimeoutError)
+    assert may_have_applied(error)
+
+
+async def test_a_request_that_never_left_is_not_in_doubt(
+    jira_sim: JiraSandbox, jira_contract: SpecContract
+) -> None:
+    # Refused connection: nothing was sent.
+    async with JiraClient(f"http://127.0.0.1:{free_port()}", "a@b.c", "t", timeout=2) as jira:
+        assert not may_have_applied(await failure_of(jira))
+    # No connection free in time (one, held by a slow request): nothing was sent either.
+    jira_sim.state.set_faults(Faults(latency_ms=2000))
+    one_connection = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=1))
+    async with JiraClient(
+        jira_sim.url,
+        JIRA_EMAIL,
+        JIRA_API_TOKEN,
+        transport=one_connection,
+        timeout=httpx.Timeout(10.0, pool=0.2),
+    ) as jira:
+        holding = asyncio.create_task(jira.myself())
+        await asyncio.sleep(0.1)
+        error = await failure_of(jira)
+        holding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await holding
+    assert isinstance(error, ApiTimeoutError)
+    assert not may_have_applied(error)
+    assert jira_sim.state.issues == {}
+
+
+async def test_a_refusal_or_an_unreadable_success_says_what_happened(jira: JiraClient) -> None:
+    with pytest.raises(RequestRejectedError) as refused:
+        await jira.create_issue("NOPE", "Task", "x")
+    assert not may_have_applied(refused.value)
+
+    def garbled(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(201, text="<html>created</html>")
+
+    async with JiraClient(
+        "https://acme.atlassian.net", "a@b.c", "t", transport=httpx.MockTransport(garbled)
+    ) as mocked:
+        error = await failure_of(mocked)
+    assert isinstance(error, UnexpectedAnswerError)
+    assert may_have_applied(error)  # the issue was created: read it back, never resend
+
+
+async def test_comments_newest_first_and_subtasks_read_with_the_parent(
+    jira: JiraClient, jira_sim: JiraSandbox
+) -> None:
+    parent = await jira.create_issue("HR", "Task", "parent")
+    child = await jira.create_issue("HR", "Sub-task", "child", parent_key=parent.key)
+    for text in ("first", "second"):
+        await jira.add_comment(parent.key, text)
+    comments = await jira.get_comments(parent.key)
+    assert [c.text for c in comments] == ["second", "first"]
+    assert {c.author_account_id for c in comments} == {(await jira.myself()).account_id}
+    assert [c.text for c in await jira.get_comments(parent.key, newest_first=False)] == [
+        "first",
+        "second",
+    ]
+    read = await jira.get_issue(parent.key, fields=["subtasks"])
+    assert [(s.key, s.summary) for s in read.subtasks] == [(child.key, "child")]
 
 
 # --------------------------------------------------------------------------- base URLs and settings

@@ -9,10 +9,12 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from core.errors import (
     ApiTimeoutError,
     ConfigurationError,
+    ConflictError,
     NotFoundError,
     RateLimitedError,
     RequestRejectedError,
     ServerError,
+    UnexpectedAnswerError,
     is_transient_store_error,
 )
 from core.retry import ACTION, API_CALL, STORE_CALL, RetryPolicy
@@ -111,4 +113,123 @@ async def test_a_decorated_step_is_retried_and_named_after_its_arguments() -> No
     assert find_user.__name__ == "find_user"
     assert lines == [
         "find Jira user · 1042 Ada Lovelace failed (ServerError: jira: 502); retry 1/3 in 0.0s"
+    ]
+
+
+# --------------------------------------------------------------------------- writes in doubt
+
+
+def lost(status: int | None = 502) -> ServerError:
+    """A 5xx answer to a write: it may have been applied all the same."""
+    return ServerError("jira", "bad gateway", status=status)
+
+
+class Confirm:
+    """A strongly consistent read: answers each of `found` in turn (None: it did not happen)."""
+
+    def __init__(self, *found: str | Exception | None) -> None:
+        self.found = list(found)
+        self.calls = 0
+
+    async def __call__(self) -> str | None:
+        self.calls += 1
+        answer = self.found.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+CONFIRMING = RetryPolicy(retries=3, delays=[0.0])
+
+
+async def test_a_write_in_doubt_is_read_back_and_not_sent_again_when_it_happened() -> None:
+    write, confirm = Flaky(lost()), Confirm("HR-7")
+    assert await CONFIRMING.call("create", write, confirm) == "HR-7"
+    assert (write.calls, confirm.calls) == (1, 1)
+
+
+async def test_a_write_in_doubt_that_did_not_happen_is_sent_again() -> None:
+    write, confirm = Flaky(lost(), lost(500)), Confirm(None, None)
+    assert await CONFIRMING.call("create", write, confirm) == "done"
+    assert (write.calls, confirm.calls) == (3, 2)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RateLimitedError("jira", "429", status=429),  # refused before anything was done
+        ConflictError("jira", "409", status=409),
+    ],
+)
+async def test_a_failure_that_says_nothing_happened_is_resent_without_reading(error) -> None:
+    write, confirm = Flaky(error), Confirm()
+    assert await CONFIRMING.call("create", write, confirm) == "done"
+    assert (write.calls, confirm.calls) == (2, 0)
+
+
+async def test_when_the_read_cannot_tell_nothing_is_sent_again() -> None:
+    write, confirm = Flaky(lost()), Confirm(NotFoundError("jira", "no such project"))
+    with pytest.raises(NotFoundError):
+        await CONFIRMING.call("create", write, confirm)
+    assert write.calls == 1
+
+
+async def test_a_write_in_doubt_is_read_back_even_when_no_retry_is_left() -> None:
+    write = Flaky(lost(), lost())
+    assert await RetryPolicy(retries=0, delays=[0.0]).call("create", write, Confirm("HR-1")) == (
+        "HR-1"
+    )
+    with pytest.raises(ServerError):
+        await RetryPolicy(retries=0, delays=[0.0]).call("create", write, Confirm(None))
+    assert write.calls == 2
+
+
+async def test_an_unreadable_success_is_read_back_and_never_resent() -> None:
+    garbled = UnexpectedAnswerError("jira", "not JSON", operation="create_issue", status=201)
+    write, confirm = Flaky(garbled, garbled), Confirm("HR-3", None)
+    assert await CONFIRMING.call("create", write, confirm) == "HR-3"
+    with pytest.raises(UnexpectedAnswerError):
+        await CONFIRMING.call("create", write, confirm)  # not there: still not resent
+    assert write.calls == 2
+
+
+async def test_the_read_back_waits_for_a_write_still_under_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr("core.retry.asyncio.sleep", sleep)
+    policy = RetryPolicy(retries=3, delays=[0.5], confirm_after=2.0)
+    await policy.call("create", Flaky(lost()), Confirm(None))
+    await policy.call("create", Flaky(RateLimitedError("jira", "429", status=429)), Confirm())
+    assert waits == [2.0, 0.5]  # a write in doubt waits at least confirm_after; a 429 does not
+    assert API_CALL.confirm_after >= 1.0
+
+
+async def test_a_decorated_write_is_confirmed_with_its_own_arguments() -> None:
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(message.record["message"]), level="INFO")
+    flaky = Flaky(lost())
+    asked: list[tuple[str, str]] = []
+
+    async def already(summary: str, who: str) -> str | None:
+        asked.append((summary, who))
+        return "HR-9"
+
+    @CONFIRMING("create {summary} · {who}", confirm=already)
+    async def create(summary: str, who: str) -> str:
+        return await flaky()
+
+    try:
+        assert await create("Onboarding", who="1042 Ada") == "HR-9"
+    finally:
+        logger.remove(sink)
+    assert asked == [("Onboarding", "1042 Ada")]
+    assert lines == [
+        "create Onboarding · 1042 Ada may have happened all the same (ServerError: jira 502: "
+        "bad gateway); reading whether it did in 0.0s, before anything is sent again",
+        "create Onboarding · 1042 Ada: it had happened; not sent again",
     ]

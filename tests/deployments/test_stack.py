@@ -8,6 +8,10 @@ process group of its own, below a parent that passes a SIGINT on (as make and uv
 terminal's Ctrl-C can be sent to the whole group. Tests that need a running service use
 `stack.env` (the settings it runs with), `stack.cli(...)`, the URLs it printed, and
 `stack.typed(...)` for a command as a newcomer types it in another terminal.
+
+The supervisor's restarts are tested on the real `Stack` too, with cheap stand-in children
+(`STAND_IN`: a Prefect API that answers what `up` asks, a deployments server with one "flow
+run", a gateway), so that killing and restarting them costs a fraction of a second.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import pytest
 from core.names import WEBHOOK_PATH
 from core.settings import Settings
 from deployments import stack as stack_module
-from deployments.stack import ChildProcess, Stack, descendants
+from deployments.stack import Backoff, ChildProcess, Stack, descendants
 from sandbox.server import free_port
 from tests.paths import ROOT
 
@@ -172,7 +176,13 @@ class RunningStack:
 
 
 def start_up(env: dict[str, str], cwd: Path, *, like_make_run: bool = False) -> RunningStack:
-    command = [sys.executable, "-m", "cli", "up", "--sandbox"]
+    return start_process([sys.executable, "-m", "cli", "up", "--sandbox"], env, cwd, like_make_run)
+
+
+def start_process(
+    command: list[str], env: dict[str, str], cwd: Path, like_make_run: bool = False
+) -> RunningStack:
+    """`command` (a stack) with its output collected as it comes."""
     if like_make_run:
         command = [sys.executable, "-c", LIKE_MAKE_RUN, *command]
     process = subprocess.Popen(
@@ -198,6 +208,26 @@ def start_up(env: dict[str, str], cwd: Path, *, like_make_run: bool = False) -> 
 def stop(process: subprocess.Popen[str], timeout: float = 60) -> int:
     process.send_signal(signal.SIGINT)
     return process.wait(timeout=timeout)
+
+
+def child_pid(running_stack: RunningStack, name: str) -> int:
+    """The pid of the child `name` as `up` last (re)started it."""
+    pids = re.findall(rf"started the {name} \(pid (\d+)", running_stack.output)
+    assert pids, f"no {name} started:\n{running_stack.output}"
+    return int(pids[-1])
+
+
+def wait_for_line(
+    running_stack: RunningStack, pattern: str, timeout: float = 60, *, since: int = 0
+) -> re.Match:
+    """The first line of `up`'s output (from character `since` on) that matches `pattern`,
+    waiting for it."""
+    deadline = time.monotonic() + timeout
+    while not (found := re.search(pattern, running_stack.output[since:], flags=re.MULTILINE)):
+        if running_stack.process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"no line matching {pattern!r} in:\n{running_stack.output[-5000:]}")
+        time.sleep(0.1)
+    return found
 
 
 def wait_until_up(running_stack: RunningStack) -> None:
@@ -362,6 +392,59 @@ def flow_run_states(prefect_api_url: str, types: list[str]) -> list[dict]:
         timeout=10,
         trust_env=False,
     ).json()
+
+
+def test_a_gateway_killed_with_sigkill_is_back_and_takes_webhooks_again(
+    stack: RunningStack,
+) -> None:
+    stack.require_running()
+    gateway = child_pid(stack, "webhook gateway")
+    others = [child_pid(stack, "Prefect server"), child_pid(stack, "deployments server")]
+    os.kill(gateway, signal.SIGKILL)
+    wait_for_line(stack, r"^the webhook gateway answers again at .*\(.* after restart 1\)$")
+    assert re.search(
+        r"^warning: the webhook gateway was killed by SIGKILL after .*; restarting it in 0.5 s "
+        r"\(restart 1\)$",
+        stack.output,
+        flags=re.MULTILINE,
+    ), stack.output[-3000:]
+    assert child_pid(stack, "webhook gateway") != gateway
+    assert all(running(pid) for pid in others)  # nothing else restarted with it
+    hired = stack.cli("sandbox", "hire", "Katherine Johnson", "--department", "Engineering")
+    employee_id = hired_id(hired)  # the simulator's webhook was acknowledged
+    assert ": 202 in" in hired.stdout, hired.stdout
+    # And the restarted gateway's dispatcher hands it to Prefect.
+    parents = onboarding_issues(stack.jira_url, employee_id, "Katherine Johnson")
+    assert parents, f"no onboarding issue for {employee_id}:\n{stack.output[-3000:]}"
+
+
+def test_the_prefect_server_and_the_deployments_server_come_back_after_sigkill(
+    stack: RunningStack,
+) -> None:
+    """The Prefect server restarts on its SQLite database and port; the deployments server
+    polls it again (reconnected, or restarted); killed itself, it restarts and polls; the
+    gateway stays up throughout."""
+    stack.require_running()
+    gateway = child_pid(stack, "webhook gateway")
+    mark = len(stack.output)
+    os.kill(child_pid(stack, "Prefect server"), signal.SIGKILL)
+    wait_for_line(stack, r"^the Prefect server answers again at .*\(.* after restart 1\)$", 180)
+    wait_for_line(stack, r"^the deployments server polls the Prefect server again", 240, since=mark)
+    mark = len(stack.output)
+    os.kill(child_pid(stack, "deployments server"), signal.SIGKILL)
+    wait_for_line(stack, r"^restarted the deployments server \(pid \d+, restart \d+\)$", since=mark)
+    wait_for_line(
+        stack,
+        r"^the deployments server polls the Prefect server again .* after its restart",
+        240,
+        since=mark,
+    )
+    assert child_pid(stack, "webhook gateway") == gateway
+    assert running(gateway)
+    hired = stack.cli("sandbox", "hire", "Dorothy Vaughan", "--department", "Engineering")
+    employee_id = hired_id(hired)
+    parents = onboarding_issues(stack.jira_url, employee_id, "Dorothy Vaughan")
+    assert parents, f"no onboarding issue for {employee_id}:\n{stack.output[-3000:]}"
 
 
 # Keep this test the last one that uses `stack`: it stops it.
@@ -567,3 +650,293 @@ def test_a_child_in_its_own_session_is_stopped_with_its_whole_group(tmp_path: Pa
     while running(grandchild):
         assert time.monotonic() < deadline, "the grandchild outlived the group's stop"
         time.sleep(0.05)
+
+
+# The supervisor's restarts, on the real `Stack` with stand-in children.
+
+# One program for every stand-in child: `STAND_IN ROLE ARGS...`, ARGS those of the child it
+# stands in for (`--port`, and the gateway's `--fd`, the listening socket `up` holds). In
+# STAND_IN_DIR: a file named
+# after the role makes that role exit at once (a crash loop, or a first start that fails);
+# `stuck` stops the deployments server's polls; the deployments server's "flow run" notes the
+# SIGTERM it gets in `terminated`; `polled` is the deployments server's last poll.
+STAND_IN = """\
+import json, os, signal, socket, subprocess, sys, time
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+role, args = sys.argv[1], sys.argv[2:]
+folder = Path(os.environ["STAND_IN_DIR"])
+if (folder / role).exists():
+    print(f"{role}: crashing on purpose", flush=True)
+    sys.exit(3)
+
+
+class Answers(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.answer(True if self.path == "/api/health" else {"status": "ok"})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        polled = folder / "polled"
+        last = (
+            datetime.fromtimestamp(polled.stat().st_mtime, UTC).isoformat()
+            if polled.exists() else None
+        )
+        self.answer({
+            "/api/deployments/filter": [
+                {"id": "d", "name": "stand-in", "flow_id": "f", "last_polled": last}
+            ],
+            "/api/flows/filter": [{"id": "f", "name": "flow"}],
+        }.get(self.path, []))
+
+    def answer(self, body):
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+if role == "flow-run":
+    def terminated(signum, frame):
+        with open(folder / "terminated", "a") as note:
+            note.write(f"{os.getpid()}\\n")
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, terminated)
+    print(os.getpid(), flush=True)
+    while True:
+        time.sleep(1)
+elif role == "deployments":
+    run = subprocess.Popen([sys.executable, __file__, "flow-run"], stdout=subprocess.PIPE)
+    (folder / "flow-run").write_text(run.stdout.readline().decode())
+    while True:
+        if not (folder / "stuck").exists():
+            (folder / "polled").touch()
+        time.sleep(0.3)
+elif "--fd" in args:
+    server = ThreadingHTTPServer(("", 0), Answers, bind_and_activate=False)
+    server.socket = socket.socket(fileno=int(args[args.index("--fd") + 1]))
+    print(f"{role} listening on the socket it was given", flush=True)
+    server.serve_forever()
+else:
+    server = ThreadingHTTPServer(("127.0.0.1", int(args[args.index("--port") + 1])), Answers)
+    print(f"{role} listening", flush=True)
+    server.serve_forever()
+"""
+# `up` on the stand-ins: the real Stack (preflight, first start, supervision, stop), with each
+# child's command replaced and the slow thresholds made short.
+STAND_IN_UP = """\
+import dataclasses, sys
+from deployments import stack as stack_module
+from core.settings import Settings
+
+stack_module.RUNNER_POLL_TIMEOUT = 4.0
+stack_module.CRASH_LOOP_DEATHS = 3
+
+
+ROLES = {
+    stack_module.PREFECT_SERVER: "prefect",
+    stack_module.DEPLOYMENTS_SERVER: "deployments",
+    stack_module.GATEWAY: "gateway",
+}
+
+
+class StandIns(stack_module.Stack):
+    def child_specs(self):
+        return [
+            dataclasses.replace(
+                spec, python_args=(sys.argv[1], ROLES[spec.name], *spec.python_args)
+            )
+            for spec in super().child_specs()
+        ]
+
+
+sys.exit(StandIns(Settings(_env_file=None)).run())
+"""
+
+
+@pytest.fixture
+def stand_ins(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """The folder the stand-ins read their flags from, and the environment `up` runs in."""
+    folder = tmp_path / "stand-ins"
+    folder.mkdir()
+    (tmp_path / "stand_in.py").write_text(STAND_IN)
+    (tmp_path / "stand_in_up.py").write_text(STAND_IN_UP)
+    env = stack_env(tmp_path, WEBHOOK_SECRET="stand-in-secret", STAND_IN_DIR=str(folder))
+    return folder, env
+
+
+def start_stand_ins(tmp_path: Path, env: dict[str, str]) -> RunningStack:
+    command = [sys.executable, str(tmp_path / "stand_in_up.py"), str(tmp_path / "stand_in.py")]
+    running_stack = start_process(command, env, tmp_path)
+    wait_until_up(running_stack)
+    return running_stack
+
+
+@pytest.fixture
+def stand_in_up(tmp_path: Path, stand_ins: tuple[Path, dict[str, str]]) -> Iterator[RunningStack]:
+    running_stack = start_stand_ins(tmp_path, stand_ins[1])
+    try:
+        yield running_stack
+    finally:
+        if running_stack.process.poll() is None:
+            stop(running_stack.process)
+
+
+def test_restart_delays_double_while_a_child_dies_young_and_start_over_once_it_stayed_up() -> None:
+    backoff = Backoff()
+    delays = [backoff.after_death(uptime=1.0) for _ in range(9)]
+    assert delays == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    assert backoff.crash_loop
+    assert backoff.after_death(uptime=stack_module.STABLE_SECONDS) == 0.5
+    assert not backoff.crash_loop
+    assert backoff.after_death(uptime=1.0) == 1
+    many = Backoff(quick_deaths=10_000)
+    assert many.after_death(uptime=0) == stack_module.RESTART_MAX_DELAY
+
+
+def test_each_child_killed_with_sigkill_comes_back_alone(
+    stand_in_up: RunningStack, stand_ins: tuple[Path, dict[str, str]]
+) -> None:
+    up, (folder, env) = stand_in_up, stand_ins
+    prefect, deployments, gateway = (
+        child_pid(up, name) for name in ("Prefect server", "deployments server", "webhook gateway")
+    )
+    os.kill(gateway, signal.SIGKILL)
+    while running(gateway):
+        time.sleep(0.01)
+    # Not refused: the connection waits in the queue of the socket `up` holds, for the next one.
+    healthz = f"http://127.0.0.1:{env['GATEWAY_PORT']}/healthz"
+    assert httpx.get(healthz, timeout=60, trust_env=False).status_code == 200
+    wait_for_line(up, r"^the webhook gateway answers again at .*/healthz \(.* after restart 1\)$")
+    death = wait_for_line(up, r"^warning: the webhook gateway was killed by SIGKILL.*$")[0]
+    assert re.fullmatch(
+        r"warning: the webhook gateway was killed by SIGKILL after [\d.]+ s; restarting it in "
+        r"0.5 s \(restart 1\)",
+        death,
+    ), death
+    assert "gateway listening on the socket it was given" in up.output  # its log's end
+    assert running(prefect)
+    assert running(deployments)
+
+    # The Prefect server: restarted on the same port; the deployments server is not restarted,
+    # it polls the new one.
+    mark = len(up.output)
+    os.kill(prefect, signal.SIGKILL)
+    wait_for_line(up, r"^the Prefect server answers again at .*/api/health", since=mark)
+    wait_for_line(
+        up, r"^the deployments server polls the Prefect server again .*return\)$", since=mark
+    )
+    assert child_pid(up, "deployments server") == deployments
+    assert running(deployments)
+
+    # The deployments server: what it left (its flow run) gets SIGTERM; it restarts and polls.
+    flow_run = int((folder / "flow-run").read_text())
+    mark = len(up.output)
+    os.kill(deployments, signal.SIGKILL)
+    wait_for_line(up, r"^restarted the deployments server \(pid \d+, restart 1\)$", since=mark)
+    wait_for_line(
+        up, r"^the deployments server polls the Prefect server again .*restart 1\)$", since=mark
+    )
+    deadline = time.monotonic() + 30
+    while running(flow_run):
+        assert time.monotonic() < deadline, "the dead deployments server's flow run lives on"
+        time.sleep(0.1)
+    assert (folder / "terminated").read_text().split() == [str(flow_run)]
+    assert child_pid(up, "webhook gateway") != gateway
+    assert "error:" not in up.output
+
+    assert stop(up.process) == 0, up.output
+    assert "stopped the webhook gateway" in up.output
+
+
+def test_a_child_that_keeps_dying_is_restarted_ever_later_and_said_as_an_error(
+    stand_in_up: RunningStack, stand_ins: tuple[Path, dict[str, str]]
+) -> None:
+    up, (folder, env) = stand_in_up, stand_ins
+    (folder / "gateway").touch()  # from now on, every start of it fails
+    os.kill(child_pid(up, "webhook gateway"), signal.SIGKILL)
+    wait_for_line(up, r"restart 3\)", timeout=60)
+    deaths = re.findall(
+        r"^(warning|error): the webhook gateway (.*); restarting it in ([\d.]+) s \(restart (\d)\)",
+        up.output,
+        flags=re.MULTILINE,
+    )
+    assert [float(delay) for *_, delay, _ in deaths][:3] == [0.5, 1, 2]
+    assert [int(count) for *_, count in deaths][:3] == [1, 2, 3]
+    assert deaths[0][0] == "warning"
+    assert deaths[0][1].startswith("was killed by SIGKILL after")
+    assert deaths[1][1].startswith("exited with code 3 after")
+    assert "gateway: crashing on purpose" in up.output  # the end of the log of each start
+    # The third quick death in a row (CRASH_LOOP_DEATHS here): said as an error.
+    assert re.search(
+        rf"^error: .*\(restart 3\); it keeps dying \(3 times in a row, each within "
+        rf"{stack_module.STABLE_SECONDS:.0f} s of its start\): see its log$",
+        up.output,
+        flags=re.MULTILINE,
+    ), up.output[-3000:]
+    assert not answers(f"http://127.0.0.1:{env['GATEWAY_PORT']}/healthz")
+    (folder / "gateway").unlink()  # the cause fixed: the next restart stays up
+    wait_for_line(up, r"^the webhook gateway answers again", timeout=60)
+    assert up.process.poll() is None
+
+
+def test_a_deployments_server_that_stops_polling_is_restarted(
+    stand_in_up: RunningStack, stand_ins: tuple[Path, dict[str, str]]
+) -> None:
+    up, (folder, _) = stand_in_up, stand_ins
+    deployments = child_pid(up, "deployments server")
+    (folder / "stuck").touch()
+    wait_for_line(
+        up,
+        r"^warning: the deployments server has not polled the Prefect server for 4 s "
+        r"\(its last poll: \d\d:\d\d:\d\d\): restarting it$",
+    )
+    (folder / "stuck").unlink()
+    wait_for_line(up, r"^restarted the deployments server \(pid \d+, restart 1\)$")
+    wait_for_line(up, r"^the deployments server polls the Prefect server again .*restart 1\)$")
+    assert not running(deployments)
+    assert "the deployments server was killed by SIGTERM" in up.output  # asked to stop
+    assert "the Prefect server answers again" not in up.output  # only it was restarted
+
+
+def test_a_child_that_fails_its_first_start_still_fails_up(
+    tmp_path: Path, stand_ins: tuple[Path, dict[str, str]]
+) -> None:
+    folder, env = stand_ins
+    (folder / "deployments").touch()
+    command = [sys.executable, str(tmp_path / "stand_in_up.py"), str(tmp_path / "stand_in.py")]
+    up = start_process(command, env, tmp_path)
+    assert up.process.wait(timeout=60) == 1
+    time.sleep(0.2)  # the reader thread takes the last lines
+    assert "error: the deployments server exited with code 3; stopping the rest" in up.output
+    assert "deployments: crashing on purpose" in up.output
+    assert "restart" not in up.output
+    assert "stopped the Prefect server" in up.output
+    assert not answers(f"http://127.0.0.1:{env['PREFECT_SERVER_PORT']}/api/health")
+
+
+def test_ctrl_c_stops_everything_also_while_a_restart_waits(
+    stand_in_up: RunningStack, stand_ins: tuple[Path, dict[str, str]]
+) -> None:
+    up, (folder, env) = stand_in_up, stand_ins
+    children = descendants(up.process.pid)
+    assert len(children) >= 4, children  # the three, and the deployments server's flow run
+    (folder / "gateway").touch()
+    os.kill(child_pid(up, "webhook gateway"), signal.SIGKILL)
+    wait_for_line(up, r"restarting it in 1 s \(restart 2\)")  # waiting to restart
+    up.process.send_signal(signal.SIGINT)
+    assert up.process.wait(timeout=60) == 0, up.output
+    time.sleep(0.2)  # the reader thread takes the last lines
+    after_stop = up.output.split("SIGINT received", 1)[1]
+    assert "restarted" not in after_stop
+    assert "stopped the Prefect server" in after_stop
+    assert [pid for pid in children | descendants(up.process.pid) if running(pid)] == []
+    for port in ("PREFECT_SERVER_PORT", "GATEWAY_PORT"):
+        assert not answers(f"http://127.0.0.1:{env[port]}/"), port

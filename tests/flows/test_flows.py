@@ -6,6 +6,7 @@ mapping store is a fresh SQLite file per test.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -22,11 +23,12 @@ from prefect.client.schemas.sorting import LogSort
 from prefect.logging.handlers import APILogHandler
 
 from core.jira.adf import adf_to_text
-from core.store import EffectAction, Lifecycle
+from core.names import ONBOARDING_FLOW
+from core.store import EffectAction, Leases, Lifecycle
 from flows.field_sync import field_sync
 from flows.offboarding import offboarding
 from flows.onboarding import onboarding
-from flows.sync import sync_employees
+from flows.sync import PROCESS_FLOWS, sync_employees
 from flows.work import EmployeesFailed
 from sandbox.faults import Faults
 from sandbox.jira import account_id_for
@@ -358,3 +360,36 @@ async def test_a_failed_run_ends_with_what_failed_for_whom_and_what_to_do(world:
     (failure,) = [a for a in artifacts if "What failed, and what to do" in str(a.data)]
     assert "check field_map.position in" in str(failure.data)
     assert "fix what it names, then Retry" in str(failure.data)
+
+
+async def test_hired_and_leaving_before_the_first_run_the_offboarding_names_the_onboarding(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both subflows want the same people. The onboarding subflow is made to start late (until
+    someone else holds their leases, or 5 s), so that without an order the offboarding would
+    take them first; the onboarding still goes first, and the offboarding's description names
+    the onboarding issue."""
+    people = []
+    for n in range(2):
+        person = world.hire("Fixed", f"Term{n}", in_days=5)
+        world.peopleforce.state.terminate(person.id, effective_on=world.days(40))
+        people.append(person)
+    leases = Leases(world.services.store.engine)
+
+    async def late_onboarding(**parameters: Any) -> Any:
+        for _ in range(50):
+            if all([await leases.holder_of(person.id) for person in people]):
+                break
+            await asyncio.sleep(0.1)
+        run: Any = onboarding  # Prefect's overloads type a flow's call as a state too
+        return await run(**parameters)
+
+    monkeypatch.setitem(PROCESS_FLOWS, ONBOARDING_FLOW, late_onboarding)
+    routed = await sync_employees([person.id for person in people])
+    assert routed["onboarding"] == routed["offboarding"] == [person.id for person in people]
+    for person in people:
+        onboarding_issue, offboarding_issue = world.parents_of(person.id)
+        assert onboarding_issue.summary.startswith("Onboarding")
+        assert offboarding_issue.summary.startswith("Offboarding")
+        assert offboarding_issue.description is not None
+        assert f"Related: {onboarding_issue.key}" in adf_to_text(offboarding_issue.description)

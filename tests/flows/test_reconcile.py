@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
+from uuid import uuid4
 
 import pytest
 from prefect import get_client
@@ -28,7 +29,7 @@ from pydantic import AnyHttpUrl
 from core.jira.adf import adf_to_text
 from core.peopleforce import PeopleForceClient
 from core.settings import Settings, get_settings
-from core.store import EffectAction, Leases, Lifecycle
+from core.store import EffectAction, EventStatus, InboxRepository, Leases, Lifecycle, WebhookEvent
 from deployments.definitions import ALL, RECONCILE
 from flows.observability import artifact_key
 from flows.offboarding import offboarding
@@ -37,6 +38,7 @@ from flows.reconcile import PLAN_ARTIFACT, SUMMARY_ARTIFACT, SafeguardStopped, r
 from sandbox.seed import SeedPerson
 from sandbox.server import free_port
 from sandbox.stack import Simulators
+from tasks import store as tasks_store
 from tests.fixtures_flows import World
 from tests.fixtures_peopleforce import PeopleForceSandbox
 from tests.paths import ROOT
@@ -317,9 +319,8 @@ async def test_reconcile_waits_while_a_webhook_run_holds_the_employee(
     busy = company.hire("Ada", "Lovelace", in_days=3)
     free = company.hire("Alan", "Turing", in_days=3)
     leases = Leases(company.services.store.engine)
-    assert await leases.try_acquire(busy.id, "webhook-run")
-    run = asyncio.create_task(reconcile())
-    try:
+    async with leases.holding("webhook-run") as webhook_run, webhook_run.hold(busy.id):
+        run = asyncio.create_task(reconcile())
         for _ in range(300):  # until the run has applied the free one (at most a minute)
             if company.parents_of(free.id):
                 break
@@ -327,10 +328,124 @@ async def test_reconcile_waits_while_a_webhook_run_holds_the_employee(
         assert company.parents_of(free.id)
         await asyncio.sleep(1)  # several of the lease's polls
         assert company.parents_of(busy.id) == []
-    finally:
-        await leases.release(busy.id, "webhook-run")
     await run
     assert len(company.parents_of(busy.id)) == 1
+
+
+async def test_hired_and_leaving_at_once_the_offboarding_names_the_onboarding(
+    company: World, settings: Settings
+) -> None:
+    """One plan for both: the onboarding is applied first and the offboarding planned again, so
+    that it reads as it does when the webhook path created the onboarding first."""
+    person = company.hire("Fixed", "Term", in_days=5)
+    company.peopleforce.state.terminate(person.id, effective_on=company.days(40))
+    result = await reconcile()
+    assert result["actions"] == {"create_issue (onboarding)": 1, "create_issue (offboarding)": 1}
+    onboarding_issue, offboarding_issue = company.parents_of(person.id)
+    assert offboarding_issue.summary.startswith("Offboarding")
+    assert offboarding_issue.description is not None
+    assert f"Related: {onboarding_issue.key}" in adf_to_text(offboarding_issue.description)
+    link = await company.services.store.get(person.id)
+    assert link is not None
+    assert (link.lifecycle, link.offboarding_issue_key) == (
+        Lifecycle.offboarding,
+        offboarding_issue.key,
+    )
+
+
+# --- the inbox's backlog: what a crash left ---------------------------------------------------
+
+
+async def acknowledged(
+    world: World,
+    person: SeedPerson,
+    action: str,
+    status: EventStatus = EventStatus.failed,
+    *,
+    ago: timedelta = timedelta(minutes=10),
+) -> WebhookEvent:
+    """A webhook event the gateway acknowledged `ago`, as PeopleForce sent it, left `status`
+    (failed: its run crashed; pending: never dispatched)."""
+    body = json.dumps(world.peopleforce.state.render_webhook(action, person))
+    event = WebhookEvent(
+        event_key=f"{action}:{person.id}:{uuid4().hex}",
+        action=action,
+        employee_id=person.id,
+        status=status,
+        body=body,
+        outcome="Crashed in flow run sync · 40 employees" if status == "failed" else None,
+    )
+    event.received_at = event.updated_at = datetime.now(UTC) - ago
+    stored, created = await InboxRepository(world.services.store.engine).add(event)
+    assert created
+    return stored
+
+
+async def event_state(world: World, event: WebhookEvent) -> tuple[str, str]:
+    assert event.id is not None
+    stored = await InboxRepository(world.services.store.engine).get_by_id(event.id)
+    assert stored is not None
+    return stored.status.value, stored.outcome or ""
+
+
+async def test_the_backlog_a_crash_left_is_repaired_past_the_safeguard_and_closed(
+    company: World, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash left 6 of 18 employees' events failed (33 %, over the 20 % share): the work they
+    asked for is done, not refused, and their events end done; events that came after the run
+    read the inbox, or that the dispatcher is about to send, are left alone."""
+    leaver = await onboarded(company, "Marie", "Curie")
+    company.peopleforce.state.terminate(leaver.id, effective_on=company.days(-1))
+    hires = [company.hire("Crash", f"Left{n}", in_days=3) for n in range(5)]
+    quiet = next(p for p in company.peopleforce.state.people.values() if p.first_name == "Quiet")
+    failed = [await acknowledged(company, person, "employee_create") for person in hires]
+    failed.append(await acknowledged(company, leaver, "employee_terminate"))
+    stale = await acknowledged(company, hires[0], "employee_update", EventStatus.pending)
+    fresh = await acknowledged(
+        company, hires[1], "employee_update", EventStatus.pending, ago=timedelta(seconds=1)
+    )
+    in_step = await acknowledged(company, quiet, "employee_update")  # its work was done
+    late: list[WebhookEvent] = []
+    read_backlog = tasks_store.read_inbox_backlog
+
+    async def and_then_one_more_arrives() -> list[WebhookEvent]:
+        found = await read_backlog()
+        late.append(await acknowledged(company, hires[2], "employee_update", ago=timedelta(0)))
+        return found
+
+    monkeypatch.setattr(tasks_store, "read_inbox_backlog", and_then_one_more_arrives)
+    result = await reconcile()
+    assert result["safeguard"] == []
+    assert (result["need_work"], result["owed_to_webhooks"]) == (6, 6)
+    assert result["events_closed"] == 8
+    for person, event in zip([*hires, leaver], failed, strict=True):
+        key = company.parents_of(person.id)[-1].key
+        status, outcome = await event_state(company, event)
+        assert status == "done"
+        assert outcome.startswith(f"Jira {key}; repaired by the reconciliation, flow run ")
+    assert (await event_state(company, stale))[0] == "done"
+    status, outcome = await event_state(company, in_step)
+    assert status == "done"
+    assert outcome.startswith("no change in Jira; in step at the reconciliation, flow run ")
+    assert (await event_state(company, fresh))[0] == "pending"  # the dispatcher's
+    assert (await event_state(company, late[0]))[0] == "failed"  # after the read: not ours
+
+
+async def test_a_stopped_run_points_at_the_redrive_of_failed_events(
+    company: World, settings: Settings
+) -> None:
+    """Five hires nobody announced (29 %) stop the run; the one failed webhook event is not left
+    silently: the refusal says how to re-drive it."""
+    for n in range(5):
+        company.hire("Unannounced", f"Hire{n}", in_days=3)
+    crashed = await acknowledged(company, company.hire("Ada", "Lovelace"), "employee_create")
+    with pytest.raises(SafeguardStopped) as stopped:
+        await reconcile()
+    message = str(stopped.value)
+    assert "would touch 5 of 18 employees (28%) besides the 1 that acknowledged webhooks" in message
+    assert "1 failed webhook event(s) of 1 employee(s) were not repaired" in message
+    assert "`pf-jira-sync replay --status failed`" in message
+    assert (await event_state(company, crashed))[0] == "failed"
 
 
 async def test_the_deployment_runs_on_the_configured_cron_one_run_at_a_time(

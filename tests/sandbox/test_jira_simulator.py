@@ -6,6 +6,7 @@ what our client must never send (the removed search, invalid transitions, bad au
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import time
 from collections.abc import AsyncIterator
@@ -15,9 +16,24 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
-from core.errors import GoneError, RateLimitedError, RequestRejectedError, ServerError
+from core.errors import (
+    ApiError,
+    ApiTimeoutError,
+    GoneError,
+    RateLimitedError,
+    RequestRejectedError,
+    ServerError,
+    TransportError,
+)
 from core.http import send
-from core.jira import JiraClient, issue_payload, parse_jira_error, subtask_payload, text_to_adf
+from core.jira import (
+    JiraClient,
+    adf_to_text,
+    issue_payload,
+    parse_jira_error,
+    subtask_payload,
+    text_to_adf,
+)
 from sandbox.faults import Faults
 from sandbox.jira import GONE_SEARCH, ISSUE_TYPES, UNKNOWN_FIELD, create_app, rest_api
 from tests.contract import SpecContract
@@ -49,7 +65,7 @@ def test_every_simulated_operation_is_in_the_spec() -> None:
         if isinstance(route, APIRoute)
         for method in route.methods or ()
     }
-    assert len(simulated) == 13
+    assert len(simulated) == 15
     for method, template in simulated:
         operation = contract.operation(method, template)
         assert operation.template == template
@@ -448,6 +464,236 @@ async def test_latency_is_applied(jira: JiraClient, raw: httpx.AsyncClient) -> N
     started = time.perf_counter()
     await raw.get("/_sandbox/stats")  # control endpoints are never slowed
     assert time.perf_counter() - started < 0.15
+
+
+# --------------------------------------------------------------------------- writes whose answer is lost
+
+ONE_TASK = {"fields": {"project": {"key": "HR"}, "issuetype": {"name": "Task"}, "summary": "x"}}
+
+
+def losing(outcome: str | int, **more: Any) -> dict[str, Any]:
+    """Faults that apply every write and then lose its answer as `outcome`."""
+    return {"after_apply_rate": 1, "after_apply_outcomes": [outcome], **more}
+
+
+async def stats_of(raw: httpx.AsyncClient) -> dict[str, Any]:
+    return (await raw.get("/_sandbox/stats")).json()
+
+
+async def test_a_reset_applies_the_write_then_drops_the_connection_without_an_answer(
+    jira_sim: JiraSandbox, raw: httpx.AsyncClient
+) -> None:
+    assert (await raw.put("/_sandbox/faults", json=losing("reset"))).status_code == 200
+    with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
+        await raw.post("/rest/api/3/issue", json=ONE_TASK)
+    assert list(jira_sim.state.issues) == ["HR-1"]  # applied all the same
+    stats = await stats_of(raw)
+    assert stats["applied_then_failed"] == 1
+    assert stats["applied_then_failed_by_outcome"] == {"reset": 1}
+    assert stats["faults_injected"] == 0
+    # Reads are never faulted this way, nor is a search (a POST that changes nothing).
+    assert (await raw.get("/rest/api/3/issue/HR-1")).status_code == 200
+    searched = await raw.post("/rest/api/3/search/jql", json={"jql": "project = HR"})
+    assert searched.status_code == 200
+    assert (await stats_of(raw))["applied_then_failed"] == 1
+
+
+async def test_a_timeout_holds_the_answer_past_the_client_timeout(
+    jira_sim: JiraSandbox, jira_contract: SpecContract, raw: httpx.AsyncClient
+) -> None:
+    await raw.put("/_sandbox/faults", json=losing("timeout", after_apply_hold_seconds=60))
+    async with jira_sim.client(jira_contract, timeout=0.5) as jira:
+        with pytest.raises(ApiTimeoutError):
+            await jira.create_issue("HR", "Task", "x")
+    assert list(jira_sim.state.issues) == ["HR-1"]
+    assert (await stats_of(raw))["applied_then_failed_by_outcome"] == {"timeout": 1}
+
+
+async def test_a_timeout_drops_the_connection_once_held(
+    jira: JiraClient, jira_sim: JiraSandbox
+) -> None:
+    # Held for less than the client waits: then dropped, with no answer at all.
+    jira_sim.state.set_faults(Faults(**losing("timeout", after_apply_hold_seconds=0.2)))
+    with pytest.raises(TransportError) as caught:
+        await jira.create_issue("HR", "Task", "x")
+    assert not isinstance(caught.value, ApiTimeoutError)
+    assert isinstance(caught.value.__cause__, (httpx.ReadError, httpx.RemoteProtocolError))
+    assert list(jira_sim.state.issues) == ["HR-1"]
+
+
+@pytest.mark.parametrize(
+    ("status", "error"), [(500, ServerError), (502, ServerError), (503, ApiError)]
+)
+async def test_a_status_after_apply_answers_an_error_for_a_write_that_happened(
+    jira: JiraClient, jira_sim: JiraSandbox, status: int, error: type[ApiError]
+) -> None:
+    jira_sim.state.set_faults(Faults(**losing(status)))
+    with pytest.raises(error) as caught:
+        await jira.create_issues_bulk(
+            [issue_payload("HR", "Task", "one"), issue_payload("HR", "Task", "two")]
+        )
+    assert caught.value.status == status
+    assert [issue.summary for issue in jira_sim.state.issues.values()] == ["one", "two"]
+    assert jira_sim.state.stats()["applied_then_failed_by_outcome"] == {str(status): 1}
+
+
+async def test_every_write_kind_can_lose_its_answer_and_a_refused_one_keeps_its_own(
+    jira: JiraClient, jira_sim: JiraSandbox, raw: httpx.AsyncClient
+) -> None:
+    created = await jira.create_issue("HR", "Task", "x")
+    jira_sim.state.set_faults(Faults(**losing(500)))
+    with pytest.raises(ServerError):
+        await jira.add_comment(created.key, "hello")
+    with pytest.raises(ServerError):
+        await jira.edit_issue(created.key, fields={"summary": "renamed"})
+    with pytest.raises(ServerError):
+        await jira.transition_to(created.key, "In Progress")
+    with pytest.raises(ServerError):
+        await jira.set_issue_property(created.key, "p", {"v": 1})
+    issue = jira_sim.state.issues[created.key]
+    assert (len(issue.comments), issue.summary, issue.status) == (1, "renamed", "In Progress")
+    assert issue.properties == {"p": {"v": 1}}
+    # Refused by the API itself: nothing applied, so its own answer comes back.
+    refused = await raw.post("/rest/api/3/issue", json={"fields": {"summary": "no project"}})
+    assert refused.status_code == 400
+    assert jira_sim.state.stats()["applied_then_failed"] == 4
+
+
+async def test_after_apply_faults_follow_the_rate_and_seed(
+    jira: JiraClient, jira_sim: JiraSandbox
+) -> None:
+    runs: list[list[bool]] = []
+    for _ in range(2):
+        jira_sim.state.set_faults(Faults(after_apply_rate=0.5, after_apply_outcomes=[502], seed=7))
+        lost = []
+        for n in range(12):
+            try:
+                await jira.create_issue("HR", "Task", f"n{n}")
+                lost.append(False)
+            except ServerError:
+                lost.append(True)
+        runs.append(lost)
+    assert runs[0] == runs[1]  # the same seed loses the same answers
+    assert 0 < sum(runs[0]) < 12
+    assert len(jira_sim.state.issues) == 24  # every one applied
+
+
+# --------------------------------------------------------------------------- search lag
+
+
+async def search_keys(raw: httpx.AsyncClient, jql: str, **more: Any) -> list[str]:
+    answer = await raw.post(
+        "/rest/api/3/search/jql", json={"jql": jql, "fields": ["summary"], **more}
+    )
+    assert answer.status_code == 200, answer.text
+    return [issue["key"] for issue in answer.json()["issues"]]
+
+
+async def until_found(raw: httpx.AsyncClient, jql: str, expected: list[str]) -> None:
+    deadline = time.monotonic() + 20
+    while await search_keys(raw, jql) != expected:
+        assert time.monotonic() < deadline, f"{jql} never found {expected}"
+        await asyncio.sleep(0.05)
+
+
+async def test_search_lags_behind_creates_and_edits_but_reads_by_key_do_not(
+    jira: JiraClient, jira_sim: JiraSandbox, raw: httpx.AsyncClient
+) -> None:
+    before = await jira.create_issue("HR", "Task", "before", labels=["old"])
+    await raw.put("/_sandbox/faults", json={"search_lag_seconds": 600})
+    assert await search_keys(raw, "labels = old") == [before.key]  # there before the lag
+
+    created = await jira.create_issue("HR", "Task", "new", labels=["fresh"])
+    await jira.edit_issue(before.key, update={"labels": [{"add": "edited"}]})
+    await jira.transition_to(before.key, "In Progress")
+    subtask = await jira.create_issue("HR", "Sub-task", "child", parent_key=before.key)
+    await jira.add_comment(before.key, "still current")
+
+    assert await search_keys(raw, "labels = fresh") == []
+    assert await search_keys(raw, "labels = edited") == []
+    assert await search_keys(raw, 'status = "To Do" AND project = HR') == [before.key]
+    assert await search_keys(raw, f"parent = {before.key}") == []
+    searched = await raw.post(
+        "/rest/api/3/search/jql", json={"jql": "labels = old", "fields": ["subtasks", "labels"]}
+    )
+    assert searched.json()["issues"][0]["fields"] == {"subtasks": [], "labels": ["old"]}
+    # Reads by key, transitions and comments are current.
+    read = await jira.get_issue(before.key, fields=["labels", "status", "subtasks"])
+    assert (read.labels, read.status) == (["old", "edited"], "In Progress")
+    assert [item["key"] for item in read.fields["subtasks"]] == [subtask.key]
+    assert [t.to_status for t in await jira.get_transitions(before.key)] == ["Done", "Cancelled"]
+    comments = await raw.get(f"/rest/api/3/issue/{before.key}/comment")
+    assert [c["body"] for c in comments.json()["comments"]] == [text_to_adf("still current")]
+
+    # Named in reconcileIssues, an issue is answered as it is now.
+    ids = [int(created.id), int(before.id)]
+    assert await search_keys(raw, "labels = fresh", reconcileIssues=ids) == [created.key]
+    assert await search_keys(raw, "labels = edited", reconcileIssues=ids) == [before.key]
+    assert await search_keys(raw, "labels = old", reconcileIssues=[int(created.id)]) == [before.key]
+
+    # Once the lag has passed, search catches up.
+    await raw.put("/_sandbox/faults", json={"search_lag_seconds": 0.05})
+    await until_found(raw, "labels = fresh", [created.key])
+    await until_found(raw, f"parent = {before.key}", [subtask.key])
+    assert await search_keys(raw, "labels = edited") == [before.key]
+
+
+async def test_a_deleted_issue_stays_in_a_lagging_search_for_a_while(
+    jira: JiraClient, jira_sim: JiraSandbox, raw: httpx.AsyncClient
+) -> None:
+    created = await jira.create_issue("HR", "Task", "doomed", labels=["doomed"])
+    await raw.put("/_sandbox/faults", json={"search_lag_seconds": 600})
+    assert (await raw.delete(f"/_sandbox/issues/{created.key}")).status_code == 200
+    assert await search_keys(raw, "labels = doomed") == [created.key]
+    assert await search_keys(raw, "labels = doomed", reconcileIssues=[int(created.id)]) == []
+    await raw.put("/_sandbox/faults", json={"search_lag_seconds": 0.05})
+    await until_found(raw, "labels = doomed", [])
+
+
+async def test_search_by_get_takes_the_same_query_and_reconcile_ids(
+    jira: JiraClient, raw: httpx.AsyncClient
+) -> None:
+    await raw.put("/_sandbox/faults", json={"search_lag_seconds": 600})
+    created = await jira.create_issue("HR", "Task", "by get", labels=["get"])
+    query = {"jql": "labels = get", "fields": "summary,labels"}
+    assert (await raw.get("/rest/api/3/search/jql", params=query)).json()["issues"] == []
+    reconciled = await raw.get(
+        "/rest/api/3/search/jql", params={**query, "reconcileIssues": [created.id, "10999"]}
+    )
+    [found] = reconciled.json()["issues"]
+    assert (found["key"], found["fields"]["labels"]) == (created.key, ["get"])
+    too_many = await raw.get(
+        "/rest/api/3/search/jql",
+        params={**query, "reconcileIssues": [str(n) for n in range(51)]},
+    )
+    assert too_many.status_code == 400
+    posted = await raw.post(
+        "/rest/api/3/search/jql",
+        json={"jql": "labels = get", "reconcileIssues": list(range(51))},
+    )
+    assert posted.status_code == 400
+    assert "at most 50" in posted.json()["errorMessages"][0]
+
+
+async def test_comments_are_read_a_page_at_a_time_newest_first_if_asked(
+    jira: JiraClient, raw: httpx.AsyncClient
+) -> None:
+    created = await jira.create_issue("HR", "Task", "talkative")
+    for n in range(3):
+        await jira.add_comment(created.key, f"comment {n}")
+    page = (
+        await raw.get(
+            f"/rest/api/3/issue/{created.key}/comment",
+            params={"orderBy": "-created", "maxResults": 2},
+        )
+    ).json()
+    assert [adf_to_text(c["body"]) for c in page["comments"]] == ["comment 2", "comment 1"]
+    assert (page["startAt"], page["maxResults"], page["total"]) == (0, 2, 3)
+    assert [c.text for c in await jira.get_comments(created.key)] == [
+        "comment 2",
+        "comment 1",
+        "comment 0",
+    ]
 
 
 # --------------------------------------------------------------------------- control endpoints

@@ -64,7 +64,13 @@ class Prefect:
 async def prefect(prefect_server: None) -> AsyncIterator[Prefect]:
     deployment_id = await (await sync_employees.ato_deployment(name="webhook")).aapply()
     async with PrefectClient(api=PREFECT_API_URL.value()) as client:
-        yield Prefect(client, deployment_id)
+        prefect = Prefect(client, deployment_id)
+        yield prefect
+        # Nothing runs them here: runs left waiting would be found by the next test that
+        # starts the deployment's scheduled runs.
+        for run in await prefect.runs():
+            if run.state is None or not run.state.is_final():
+                await client.delete_flow_run(run.id)
 
 
 @pytest.fixture
