@@ -33,7 +33,7 @@ every FLOW_HEARTBEAT_SECONDS (30, Prefect's least; the runner and `pf-jira-sync 
 on): Prefect's own default, 180 s, would leave a dead run unnoticed for minutes, and an
 automation waiting less than two heartbeats would crash healthy runs. The trigger expects a sign
 within FLOW_SILENT_CRASH_SECONDS (90: three heartbeats, so one late or lost is no crash) after
-each heartbeat; the server evaluates it every 5 s
+the run's start and after each heartbeat; the server evaluates it every 5 s
 (PREFECT_SERVER_EVENTS_PROACTIVE_GRANULARITY). Measured on the 2-core host against the test
 server, a served run and its runner killed -9 together: Crashed 88 s after a kill 3 s after the
 run's first heartbeat, 64 s after one 28 s after it (90 s after the last heartbeat, plus up to
@@ -69,6 +69,7 @@ from core.names import SERVICE
 AUTOMATION_NAME = "pf-jira-sync: failed runs"
 CRASH_AUTOMATION_NAME = "pf-jira-sync: silent runs crashed"
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
+RUNNING_EVENT = "prefect.flow-run.Running"
 BLOCK_NAME = "pf-jira-sync-alerts"
 
 FAILED_EVENTS = {"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"}
@@ -133,7 +134,9 @@ def silent_runs_trigger(silent_for: timedelta) -> EventTrigger:
     """A flow run of this service that heartbeat once and then gave no sign of life (another
     heartbeat, a state change) for `silent_for`, each run on its own."""
     return EventTrigger(
-        after={HEARTBEAT_EVENT},
+        # Running too: a process killed before its first heartbeat reached the server (the
+        # engine sends it through a background queue) is silent from its start.
+        after={HEARTBEAT_EVENT, RUNNING_EVENT},
         expect={"prefect.flow-run.*"},
         match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
         match_related=ResourceSpecification(
@@ -191,15 +194,32 @@ async def install_crash_detection(
 
 
 async def _put_automation(client: PrefectClient, automation: AutomationCore) -> tuple[UUID, bool]:
-    """Create the automation, or update the one of its name: `(its id, created)`."""
+    """Create the automation, or update the one of its name: `(its id, created)`.
+
+    One that is as wanted already is left alone: an update starts its trigger afresh, so a
+    runner restarting (and installing again) would make the server forget the heartbeats it
+    saw, and with them the runs that died with the runner."""
     existing = await client.read_automations_by_name(automation.name)
     if existing:
         first, *extra = existing
-        await client.update_automation(first.id, automation)
+        if _comparable(first) != _comparable(automation):
+            await client.update_automation(first.id, automation)
         for duplicate in extra:  # two installs raced: keep one
             await client.delete_automation(duplicate.id)
         return first.id, False
     return await client.create_automation(automation), True
+
+
+def _comparable(automation: AutomationCore) -> dict[str, object]:
+    """What an automation does, without the ids the server gives its parts."""
+    fields = {"name", "description", "enabled", "trigger", "actions"}
+    shown = automation.model_dump(mode="json", include=fields)
+    trigger = shown["trigger"]
+    trigger.pop("id", None)
+    for name in ("after", "expect", "for_each"):  # sets, listed in any order
+        if isinstance(trigger.get(name), list):
+            trigger[name] = sorted(trigger[name])
+    return shown
 
 
 async def install_alerts(url: str, client: PrefectClient | None = None) -> Installed:

@@ -12,10 +12,12 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.events import emit_event
+from prefect.events.schemas.automations import AutomationCore
 from prefect.flow_engine import run_flow_async
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Completed, Running, State
@@ -166,16 +168,32 @@ async def test_a_running_run_that_stops_heartbeating_is_marked_crashed(
     async with PrefectClient(api=PREFECT_API_URL.value()) as client:
         automation_id = await install_crash_detection(timedelta(seconds=10), client)
         try:
+            # A runner restarting installs it again: left as it is, for an update would make
+            # the server forget the heartbeats it saw (the runs that died with the runner).
+            updates: list[object] = []
+            update = client.update_automation
+
+            async def counted(automation_id: UUID, automation: AutomationCore) -> None:
+                updates.append(automation)
+                await update(automation_id, automation)
+
+            client.update_automation = counted  # type: ignore[method-assign]
             assert await install_crash_detection(timedelta(seconds=10), client) == automation_id
+            assert updates == []
+            await install_crash_detection(timedelta(seconds=11), client)  # changed: updated
+            await install_crash_detection(timedelta(seconds=10), client)
+            assert len(updates) == 2
             deployment_id = await (
                 await onboarding.ato_deployment(name="manual", tags=["pf-jira-sync"])
             ).aapply()
-            silent, finished = [
+            silent, finished, unborn = [
                 await client.create_flow_run_from_deployment(
                     deployment_id, parameters={"employee_ids": [n]}
                 )
-                for n in (1, 2)
+                for n in (1, 2, 3)
             ]
+            # Killed before its first heartbeat left the process: only its Running state.
+            await client.set_flow_run_state(unborn.id, Running(), force=True)
             for run in (silent, finished):
                 await client.set_flow_run_state(run.id, Running(), force=True)
                 # What the flow engine emits every FLOW_HEARTBEAT_SECONDS while the run lives.
@@ -189,12 +207,13 @@ async def test_a_running_run_that_stops_heartbeating_is_marked_crashed(
             await client.set_flow_run_state(finished.id, Completed())
 
             deadline = time.monotonic() + 90
-            while (state := (await client.read_flow_run(silent.id)).state) and state.is_running():
-                assert time.monotonic() < deadline, "the silent run was never marked Crashed"
-                await asyncio.sleep(0.5)
-            assert state is not None
-            assert state.is_crashed()
-            assert (state.message or "").startswith("pf-jira-sync: no heartbeat for 10s: the flow")
+            for run in (silent, unborn):
+                while (state := (await client.read_flow_run(run.id)).state) and state.is_running():
+                    assert time.monotonic() < deadline, f"{run.name} was never marked Crashed"
+                    await asyncio.sleep(0.5)
+                assert state is not None
+                assert state.is_crashed()
+                assert (state.message or "").startswith("pf-jira-sync: no heartbeat for 10s: the")
             ended = (await client.read_flow_run(finished.id)).state
             assert ended is not None
             assert ended.is_completed()
