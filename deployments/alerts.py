@@ -37,10 +37,12 @@ the run's start and after each heartbeat; the server evaluates it every 5 s
 (PREFECT_SERVER_EVENTS_PROACTIVE_GRANULARITY). Measured on the 2-core host against the test
 server, a served run and its runner killed -9 together: Crashed 88 s after a kill 3 s after the
 run's first heartbeat, 64 s after one 28 s after it (90 s after the last heartbeat, plus up to
-5 s: at most 95 s). Its events are dispatched again DISPATCH_RETRY_DELAY_SECONDS (10) later and
-a runner takes the run within its poll (0.5 s) and a process start (2.5 s here): worked again
-well within 2 minutes of the kill. A process killed alone is reported Crashed by its live runner
-at once, so its events are worked again within seconds. The price of a short window: a Prefect server that stops answering for
+5 s: at most 95 s). End to end (`up --sandbox`, 30 hires, the runner and the flow-run process
+killed -9 together 2 s into the run, `up` restarting the runner): the run Crashed 90 s after the
+kill, its 34 events dispatched again 10 s later (DISPATCH_RETRY_DELAY_SECONDS), all 60 events
+done 105 s after the kill. A process killed alone is reported Crashed by its live runner at once:
+its events were dispatched again within 14 s, all done 61 s after the kill (the dead run's
+employee leases had to lapse first). The price of a short window: a Prefect server that stops answering for
 longer than it (hung, restarted) may see live runs as silent and crash them; their work is then
 done once more, harmlessly (the employee lease and the Jira guards keep it single).
 Only runs tagged `pf-jira-sync` from their creation (the dispatched and deployed runs) are
