@@ -1,8 +1,11 @@
-"""The webhook inbox: `events` (what arrived and what became of it) and `replay REF`."""
+"""The webhook inbox: `events` (what arrived and what became of it) and `replay` (one event, or
+many by status, age and employee)."""
 
 from __future__ import annotations
 
 import logging
+import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -34,6 +37,7 @@ def open_inbox_database(settings: Settings) -> str:
 
 STATUS_STYLES = {
     "pending": "yellow",
+    "dispatching": "yellow",
     "dispatched": "cyan",
     "done": "green",
     "failed": "red",
@@ -48,8 +52,9 @@ def events(
         str | None,
         typer.Option(
             "--status",
-            help="Only events in this state: pending, ignored, dispatched, done, failed, "
-            "set_aside (events the dispatcher could not turn into work, with the reason).",
+            help="Only events in this state: pending, dispatching (being handed to Prefect), "
+            "ignored, dispatched, done, failed, set_aside (events the dispatcher could not turn "
+            "into work, with the reason).",
         ),
     ] = None,
 ) -> None:
@@ -96,9 +101,26 @@ def events(
     console.print(table, highlight=False)
     console.print(
         f"{len(found)} events, newest first. `pf-jira-sync replay REF` dispatches one again, "
-        "`replay --employee ID` their latest.",
+        "`replay --employee ID` their latest, `replay --status failed --older-than 1h` many.",
         highlight=False,
     )
+
+
+# What `replay --all` requeues when no --status is given: work that did not get done.
+ALL_STATUSES = ("failed", "set_aside")
+# `--older-than 90s`, `15m`, `2h`, `3d`: a unit always (a bare number would be a guess).
+_AGE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*", re.IGNORECASE)
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+# How many references `replay --status` lists before it counts the rest.
+LISTED_REFS = 30
+
+
+def parse_age(text: str) -> timedelta:
+    """`90s`, `15m`, `2h`, `3d` as a duration; ValueError for anything else."""
+    match = _AGE.fullmatch(text)
+    if not match:
+        raise ValueError(f"--older-than {text!r} is not an age: a number and s, m, h or d (2h)")
+    return timedelta(seconds=float(match.group(1)) * _AGE_UNITS[match.group(2).lower()])
 
 
 @app.command()
@@ -116,14 +138,146 @@ def replay(
             "--employee",
             metavar="ID",
             help="Replay the latest event about this employee: their whole state is synced "
-            "again, so one event is enough.",
+            "again, so one event is enough. With --status or --all: only their events.",
         ),
     ] = None,
+    statuses: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--status",
+            help="Requeue every event in this state (repeat for several): failed, set_aside, "
+            "dispatched (a run that has them works them too: add --older-than), done.",
+        ),
+    ] = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            metavar="AGE",
+            help="With --status: only events last changed longer ago than this (90s, 15m, 2h, 3d).",
+        ),
+    ] = None,
+    everything: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Requeue every event of the --status given (without --status: every failed "
+            "and set_aside event), however old; asks first, unless --yes.",
+        ),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --all.")] = False,
 ) -> None:
-    """Dispatch a stored webhook event again: it goes back to pending for the gateway's dispatcher.
+    """Dispatch stored webhook events again: they go back to pending for the gateway's dispatcher.
 
-    The run reads the employee afresh: their latest event re-syncs everything about them.
+    One event (REF, or --employee ID's latest), or in bulk: by status (--status), narrowed by
+    age (--older-than) and employee (--employee), or --all of them. The run reads each employee
+    afresh: their latest event re-syncs everything about them.
     """
+    bulk = bool(statuses) or everything
+    if bulk:
+        if reference is not None:
+            fail("give an event's reference, or --status / --all to requeue many, not both", code=2)
+        replay_many(statuses or list(ALL_STATUSES), older_than, employee_id, everything, yes)
+        return
+    if older_than is not None:
+        fail("--older-than selects events by --status: give --status too (or --all)", code=2)
+    replay_one(reference, employee_id)
+
+
+def replay_many(
+    statuses: list[str],
+    older_than: str | None,
+    employee_id: str | None,
+    everything: bool,
+    yes: bool,
+) -> None:
+    """`replay --status ... [--older-than AGE] [--employee ID] [--all]`."""
+    from core.store import EventStatus, InboxRepository, MappingStore, Requeued
+    from core.store.inbox import REQUEUABLE_STATUSES
+    from core.store.models import utc_now
+
+    choices = ", ".join(sorted(REQUEUABLE_STATUSES))
+    try:
+        wanted = sorted({EventStatus(status) for status in statuses})
+    except ValueError:
+        fail(f"--status {', '.join(statuses)}: requeue only events {choices}", code=2)
+    if refused := [status.value for status in wanted if status not in REQUEUABLE_STATUSES]:
+        fail(f"--status {', '.join(refused)}: requeue only events {choices}", code=2)
+    try:
+        age = parse_age(older_than) if older_than is not None else None
+    except ValueError as error:
+        fail(str(error), code=2)
+    employee = _employee_option(employee_id) if employee_id is not None else None
+    if age is None and employee is None and not everything:
+        fail(
+            f"--status {', '.join(s.value for s in wanted)} alone selects every such event: "
+            "narrow it with --older-than AGE or --employee ID, or say --all",
+            code=2,
+        )
+    names = " and ".join(status.value for status in wanted)
+    settings = load_settings()
+    url = open_inbox_database(settings)
+
+    async def count_selected() -> int:
+        async with await MappingStore.open(url) as store:
+            counts = await InboxRepository(store.engine).count_by_status()
+        return sum(counts.get(status.value, 0) for status in wanted)
+
+    if everything and age is None and employee is None and not yes:
+        total = run_on_store(count_selected, url)
+        if not total:
+            console.print(f"no {names} events to requeue in {mask_url(url)}", highlight=False)
+            return
+        try:
+            confirmed = typer.confirm(f"Requeue all {total} {names} events?", default=False)
+        except typer.Abort:  # no answer (no terminal, end of input)
+            fail(f"--all would requeue {total} {names} events: add --yes to go on", code=2)
+        if not confirmed:
+            console.print("nothing requeued", highlight=False)
+            raise typer.Exit(1)
+
+    async def requeue() -> list[Requeued]:
+        async with await MappingStore.open(url) as store:
+            return await InboxRepository(store.engine).requeue_matching(
+                wanted,
+                older_than=utc_now() - age if age is not None else None,
+                employee_id=employee,
+            )
+
+    requeued = run_on_store(requeue, url)
+    narrowed = "".join(
+        [
+            f" older than {older_than}" if older_than else "",
+            f" about employee {employee}" if employee is not None else "",
+        ]
+    )
+    if not requeued:
+        console.print(f"no {names} events{narrowed} to requeue", highlight=False)
+        return
+    per_status = ", ".join(
+        f"{sum(1 for event in requeued if event.was == status)} {status.value}"
+        for status in wanted
+        if any(event.was == status for event in requeued)
+    )
+    refs = ", ".join(event.ref for event in requeued[:LISTED_REFS])
+    more = f" and {len(requeued) - LISTED_REFS} more" if len(requeued) > LISTED_REFS else ""
+    count = f"{len(requeued)} event{'' if len(requeued) == 1 else 's'}"
+    console.print(
+        f"requeued {count}{narrowed} ({per_status}): {refs}{more}. The gateway's "
+        "dispatcher hands them to Prefect again as soon as it runs.",
+        highlight=False,
+    )
+
+
+def _employee_option(employee_id: str) -> int:
+    employee = int(employee_id) if employee_id.strip().isdigit() else 0
+    if employee < 1:
+        fail(f"--employee {employee_id!r} is not an employee id (a number like 1041)", code=2)
+    return employee
+
+
+def replay_one(reference: str | None, employee_id: str | None) -> None:
+    """`replay REF` or `replay --employee ID` (their latest event)."""
     from core.store import InboxRepository, MappingStore, WebhookEvent
     from core.store.inbox import REF_PREFIX, parse_ref
 
@@ -140,11 +294,7 @@ def replay(
             f"them); for employee {reference.strip()} use --employee {reference.strip()}",
             code=2,
         )
-    employee = None
-    if employee_id is not None:
-        employee = int(employee_id) if employee_id.strip().isdigit() else 0
-        if employee < 1:
-            fail(f"--employee {employee_id!r} is not an employee id (a number like 1041)", code=2)
+    employee = _employee_option(employee_id) if employee_id is not None else None
     settings = load_settings()
     url = open_inbox_database(settings)
 

@@ -117,6 +117,9 @@ def worker_environment(settings: Settings, environ: dict[str, str] | None = None
             "PREFECT_API_URL": prefect_api_url(settings),
             # Fail fast instead of a silent temporary server when the API is unreachable.
             "PREFECT_SERVER_EPHEMERAL_ENABLED": "false",
+            # What crash detection listens for (deployments/alerts.py): Prefect's default,
+            # 180 s, is longer than the silence after which a run counts as crashed.
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(settings.flow_heartbeat_seconds),
             "PATH": os.pathsep.join([interpreter_dir, env.get("PATH", "")]).rstrip(os.pathsep),
             "PYTHONUNBUFFERED": "1",
         }

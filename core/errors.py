@@ -11,6 +11,7 @@ import httpx
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from core.lifecycle import LifecycleError
 from core.settings import mask_url
 
 
@@ -133,6 +134,19 @@ def is_transient(error: BaseException) -> bool:
     gateway's dispatcher and the CLI use it to tell operators whether to wait or to fix.
     """
     return isinstance(error, ApiError) and error.transient
+
+
+def is_permanent(error: BaseException) -> bool:
+    """True when the same work fails the same way until someone changes something: Jira or
+    PeopleForce refused what the rules or settings ask for (`ConfigurationError`), or an API
+    refused the request for good (credentials, permission, a 400, a 404, an answer it cannot
+    read), or the store refused a lifecycle move it does not know. The dispatcher then ends the
+    webhook event `failed` at once, with the cause, instead of sending it back to work; anything
+    else (a passing outage, a lease held too long, an error nobody foresaw) is tried again, a
+    bounded number of times."""
+    return isinstance(error, ConfigurationError | LifecycleError) or (
+        isinstance(error, ApiError) and not error.transient
+    )
 
 
 # The request never reached the server: no connection was made, or none was free in time.

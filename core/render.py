@@ -552,6 +552,39 @@ def event_outcome(
     return f"{jira}; {state} in flow run {run_name}: {message}".strip().removesuffix(":")
 
 
+def work_failure(who: str, error: str, advice: str | None) -> str:
+    """What failed in one employee's work, as the flow records it on their webhook events
+    (`1042 Ada Lovelace: Jira 400 ...: customfield_10050. What to do: fix what it names`)."""
+    text = f"{who}: {error}. What to do: {advice or 'Retry'}"
+    return printable(" ".join(text.split()), EVENT_OUTCOME_MAX)
+
+
+def event_retry_outcome(
+    run_name: str, state: str, why: str, attempt: int, attempts: int, again_at: datetime
+) -> str:
+    """An event of a run that crashed or failed for a passing cause, back to work: `Crashed in
+    flow run sync · 3 employees (attempt 1 of 5): <why>; worked again from 10:42:13 UTC`."""
+    reason = f": {' '.join(why.split())}" if why.strip() else ""
+    text = (
+        f"{state} in flow run {run_name} (attempt {attempt} of {attempts}){reason}; "
+        f"worked again from {again_at:%H:%M:%S} UTC"
+    )
+    return printable(text, EVENT_OUTCOME_MAX)
+
+
+def event_failed_outcome(
+    run_name: str, state: str, why: str, *, attempts: int | None = None
+) -> str:
+    """An event that ends failed: for good (`failed for good in flow run ...: <why>`) or
+    after its last attempt (`gave up after 5 attempts, the last Crashed in flow run ...`)."""
+    reason = f": {' '.join(why.split())}" if why.strip() else ""
+    if attempts is None:
+        text = f"failed for good ({state} in flow run {run_name}){reason}"
+    else:
+        text = f"gave up after {attempts} attempts, the last {state} in flow run {run_name}{reason}"
+    return printable(text, EVENT_OUTCOME_MAX)
+
+
 def event_row(event: WebhookEvent) -> dict[str, str]:
     """One `events` row, keyed by `EVENT_COLUMNS`, each cell on one line."""
     status = EventStatus(event.status).value
@@ -561,6 +594,8 @@ def event_row(event: WebhookEvent) -> dict[str, str]:
         outcome = f"in flow run {event.flow_run_id}"
     elif status == "pending":
         outcome = "waiting to be dispatched"
+    elif status == "dispatching":
+        outcome = "being handed to Prefect"
     elif status == "ignored":
         outcome = "not acted on"
     else:

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {
@@ -188,6 +195,69 @@ class Settings(BaseSettings):
     # A run started less than this many seconds ago holds back the next (0: never). One large
     # run at a time suits one host; with several workers, lower it so runs go side by side.
     dispatch_run_alone_seconds: float = Field(15.0, ge=0, le=600)
+    # Recovery (README, "When processes die"). Every call the dispatcher makes to Prefect is
+    # bounded by this many seconds, so a hung server never stalls it; past a failure it says
+    # "cannot reach Prefect" (within 30 s, then every minute) and again when Prefect is back.
+    dispatch_prefect_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=120,
+        description="Seconds any one call of the dispatcher to the Prefect API may take.",
+    )
+    # Events a dispatcher is handing to Prefect are claimed for it this long: a dispatcher that
+    # died meanwhile leaves them to the next (another gateway on the store, or itself restarted).
+    # Longer than a call may take (DISPATCH_PREFECT_TIMEOUT_SECONDS), short enough to be quick.
+    dispatch_claim_seconds: float = Field(
+        30.0,
+        ge=5,
+        le=3600,
+        description="Seconds a dispatcher's claim on the events it is dispatching lasts.",
+    )
+    # A dispatched run still Pending (its runner died while starting it) this long, or still
+    # Scheduled (no runner or worker took it) this long, is marked Crashed and worked again.
+    dispatch_pending_orphan_seconds: float = Field(
+        90.0,
+        ge=10,
+        le=86_400,
+        description="Seconds a dispatched run may stay Pending before it is marked Crashed.",
+    )
+    dispatch_scheduled_orphan_seconds: float = Field(
+        1800.0,
+        ge=60,
+        le=7 * 86_400,
+        description="Seconds a dispatched run may stay Scheduled before it is marked Crashed.",
+    )
+    # A run that crashed, or failed for a cause that passes, sends its events back to work, at
+    # most this many runs in all, waiting DISPATCH_RETRY_DELAY_SECONDS after the first, four
+    # times longer after each next (at most an hour); an event still failing then, or failing
+    # for a cause that retrying cannot change (Jira refused a field), ends `failed`.
+    dispatch_max_attempts: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Flow runs an event gets before it ends failed.",
+    )
+    dispatch_retry_delay_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="Seconds before an event of a crashed or failed run is worked again.",
+    )
+    # Flow runs heartbeat this often (Prefect's PREFECT_FLOWS_HEARTBEAT_FREQUENCY, at least 30)
+    # and a Prefect automation marks a running run Crashed after FLOW_SILENT_CRASH_SECONDS
+    # without any sign of it (deployments/alerts.py: a process killed, a host gone).
+    flow_heartbeat_seconds: int = Field(
+        30,
+        ge=30,
+        le=3600,
+        description="Seconds between the heartbeats of the flow runs this service starts.",
+    )
+    flow_silent_crash_seconds: int = Field(
+        90,
+        ge=35,
+        le=86_400,
+        description="Seconds without a heartbeat before a running flow run is marked Crashed.",
+    )
 
     # Gateway bounds (README, "Security"). A client that has not sent a whole request head
     # (request line and headers) this many seconds after it connected or began the request is
@@ -295,6 +365,27 @@ class Settings(BaseSettings):
         ):
             raise ValueError("must be an http:// or https:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _recovery_bounds_fit(self) -> Settings:
+        # A run is crashed after this silence: shorter than two heartbeats (and a margin for a
+        # late one), it would crash runs that are alive.
+        least = 2 * self.flow_heartbeat_seconds + 15
+        if self.flow_silent_crash_seconds < least:
+            raise ValueError(
+                f"FLOW_SILENT_CRASH_SECONDS ({self.flow_silent_crash_seconds}) must be at least "
+                f"two heartbeats and 15 s ({least}, with FLOW_HEARTBEAT_SECONDS="
+                f"{self.flow_heartbeat_seconds}): a shorter silence crashes live runs"
+            )
+        # A claim that ends before the call it covers lets another dispatcher send the same
+        # batch meanwhile: harmless (the same key, the same run), but wasted.
+        if self.dispatch_claim_seconds <= 2 * self.dispatch_prefect_timeout_seconds:
+            raise ValueError(
+                f"DISPATCH_CLAIM_SECONDS ({self.dispatch_claim_seconds:g}) must be more than "
+                f"twice DISPATCH_PREFECT_TIMEOUT_SECONDS ({self.dispatch_prefect_timeout_seconds:g})"
+                ": a claim must outlast the calls it covers"
+            )
+        return self
 
     @property
     def jira_api_base(self) -> str | None:

@@ -15,6 +15,7 @@ environment. `pf-jira-sync worker` starts a worker that way (see cli/running.py)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from uuid import UUID
 
 from prefect import get_client
@@ -25,6 +26,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.workers.process import ProcessWorker
 
 from core.settings import Settings
+from deployments.alerts import install_crash_detection
 from deployments.definitions import ALL, DeploymentSpec
 
 WORKER_TYPE = "process"
@@ -96,6 +98,9 @@ async def deploy_all(
     """Create the work pool if needed and register every deployment on it (an update when a
     deployment of that name exists, e.g. one the one-host stack served before)."""
     await ensure_work_pool(work_pool, concurrency_limit=concurrency_limit)
+    # Workers' runs heartbeat (`pf-jira-sync worker` sets FLOW_HEARTBEAT_SECONDS): a run whose
+    # process dies with its worker is marked Crashed, and its events are worked again.
+    await install_crash_detection(timedelta(seconds=settings.flow_silent_crash_seconds))
     deployed = []
     for spec in ALL:
         deployment_id = await work_pool_deployment(spec, work_pool, settings).aapply()

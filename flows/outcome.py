@@ -16,6 +16,9 @@ class EmployeeOutcome:
     jira_keys: list[str] = field(default_factory=list)
     error: str | None = None
     advice: str | None = None  # what an IT admin does about the error
+    # The error is one retrying cannot change (`core.errors.is_permanent`): the employee's
+    # webhook events end failed rather than going back to work.
+    permanent: bool = False
 
     @property
     def who(self) -> str:

@@ -20,6 +20,7 @@ from prefect.client.orchestration import PrefectClient
 from prefect.runtime import flow_run
 
 from core import render
+from core.errors import is_permanent
 from core.names import process_tag
 from core.peopleforce.models import Employee
 from core.plan import (
@@ -34,7 +35,7 @@ from core.plan import (
     today_in,
 )
 from core.settings import get_settings
-from core.store import EmployeeLink, Leases
+from core.store import EmployeeLink, Leases, WorkResult
 from flows.actions import apply_plan
 from flows.observability import EventKeys, RunArtifacts, employee_properties, tag_run
 from flows.outcome import EmployeeOutcome
@@ -157,6 +158,7 @@ async def work_employees(
             except Exception as error:  # reported per employee; the run fails at the end
                 outcome.error = str(error) or type(error).__name__
                 outcome.advice = render.what_to_do(error)
+                outcome.permanent = is_permanent(error)
                 logger.opt(exception=error).error(
                     "{}: {} ({})", outcome.who, outcome.error, type(error).__name__
                 )
@@ -232,12 +234,17 @@ async def run_process(
         await tag_run(client, process, employee_ids)
         async with open_services(settings):
             artifacts = RunArtifacts(process, client)
+
+            async def done(outcome: EmployeeOutcome) -> None:
+                await artifacts.links(outcome)
+                await report_to_inbox(outcome, event_keys)
+
             outcomes = await work_employees(
                 employee_ids,
                 processes,
                 concurrency=settings.employee_concurrency,
                 event_keys=event_keys,
-                on_done=artifacts.links,
+                on_done=done,
             )
             await artifacts.outcomes_summary(outcomes)
         if len(outcomes) == 1 and outcomes[0].name:
@@ -249,6 +256,29 @@ async def run_process(
             )
         await fail_if_any(process_tag(process), outcomes, artifacts)
     return outcomes
+
+
+async def report_to_inbox(outcome: EmployeeOutcome, event_keys: EventKeys | None) -> None:
+    """Record on the employee's webhook events, as soon as their work is done, what it came to,
+    so that a run which fails for others, or crashes later, ends or retries each employee by
+    their own result. Best effort: without the record the events are simply worked again."""
+    keys = list((event_keys or {}).get(str(outcome.employee_id)) or ())
+    if not keys:
+        return
+    if outcome.error is None:
+        result, note = WorkResult.done, None
+    else:
+        result = WorkResult.permanent if outcome.permanent else WorkResult.retry
+        note = render.work_failure(outcome.who, outcome.error, outcome.advice)
+    try:
+        await store.record_work(keys, result, note, outcome.who)
+    except Exception as error:  # the work is done; only its report to the inbox is missing
+        logger.warning(
+            "{}: result not recorded on its webhook events ({}: {})",
+            outcome.who,
+            type(error).__name__,
+            error,
+        )
 
 
 async def _rename_run(client: PrefectClient, name: str) -> None:

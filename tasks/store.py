@@ -10,7 +10,14 @@ from prefect.runtime import flow_run
 
 from core.company import BACKLOG_LIMIT, BACKLOG_STATUSES
 from core.retry import STORE_CALL
-from core.store import EmployeeLink, InboxRepository, Intents, LinkChange, WebhookEvent
+from core.store import (
+    EmployeeLink,
+    InboxRepository,
+    Intents,
+    LinkChange,
+    WebhookEvent,
+    WorkResult,
+)
 from tasks.services import current
 
 
@@ -96,6 +103,24 @@ async def prune_inbox(older_than: datetime) -> dict[str, int]:
 async def count_inbox() -> dict[str, int]:
     """The inbox's events per status."""
     return await InboxRepository(current().store.engine).count_by_status()
+
+
+@STORE_CALL("record the work · {who}")
+async def record_work(
+    event_keys: Sequence[str], result: WorkResult, note: str | None, who: str
+) -> int:
+    """Write onto these webhook events what this run did for their employee (done, failed for
+    a cause that passes, failed for good, with `note` saying what failed), so that the gateway's
+    dispatcher, when the run ends Failed or Crashed, ends or retries each employee's events by
+    their own result. Only events still dispatched to this run (or to the run that started this
+    subflow) are written; returns how many."""
+    run_ids = [
+        str(run_id) for run_id in (flow_run.get_id(), flow_run.get_parent_flow_run_id()) if run_id
+    ]
+    if not run_ids or not event_keys:
+        return 0
+    results = dict.fromkeys(event_keys, (result, note))
+    return await InboxRepository(current().store.engine).record_work(results, run_ids)
 
 
 def _flow_run_id() -> str | None:

@@ -10,6 +10,28 @@ One event never holds up the others: each is read on its own, whatever its body 
 sender's name and action are escaped and bounded, `core.text`, before they title a run or tag
 it), and an event the dispatcher cannot turn into work (a poisoned event) is set aside once,
 with the reason (status `set_aside`, shown by `pf-jira-sync events`), never retried on its own.
+
+When processes die (DESIGN, "When processes die"), nothing acknowledged is lost or done twice:
+
+- Several gateways may share one store (PostgreSQL) and one Prefect server. Each dispatcher
+  claims the events it sends, atomically, as a batch with a token (`InboxRepository.claim`);
+  the batch's token and events name the run's Prefect idempotency key. A dispatcher that dies
+  after claiming leaves the batch to whoever finds its claim expired (`take_over`), who sends
+  the same batch under the same key: if Prefect had taken the run, the same run comes back.
+- Every Prefect call is bounded (`DISPATCH_PREFECT_TIMEOUT_SECONDS`): a hung server stalls
+  nothing. While Prefect cannot be reached the dispatcher says so, with the number of events
+  waiting, within seconds and then every minute, and once more when it answers again.
+- A run that never starts (Pending past `DISPATCH_PENDING_ORPHAN_SECONDS`: its runner died
+  starting it; Scheduled past `DISPATCH_SCHEDULED_ORPHAN_SECONDS`: nothing took it) is marked
+  Crashed here. A run whose process died while running is marked Crashed by Prefect, from its
+  missing heartbeats (the automation in `deployments/alerts.py`), or by its runner. A run
+  deleted from Prefect counts as crashed.
+- A run that ends Crashed or Failed settles each event by what the flow recorded for its
+  employee (`WorkResult`, written by `flows/work.py` as each employee's work ends): work done
+  stays done, a permanent failure (Jira refused a field) ends `failed` with its cause at once,
+  anything else goes back to pending, at most `DISPATCH_MAX_ATTEMPTS` runs in all, after
+  `DISPATCH_RETRY_DELAY_SECONDS`, four times longer each next time; past the last, `failed`.
+  Both are logged at ERROR, and the run's Failed or Crashed state raises Prefect's alert.
 """
 
 from __future__ import annotations
@@ -17,13 +39,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncGenerator
+import os
+import socket
+import time
+from collections.abc import AsyncGenerator, Awaitable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
-from uuid import UUID
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
 
+import httpx
 from fastapi import FastAPI
 from loguru import logger
 from prefect.client.orchestration import PrefectClient
@@ -33,22 +60,81 @@ from prefect.client.schemas.filters import (
     FlowRunFilterParentFlowRunId,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_AUTH_STRING
+from prefect.states import Crashed
 
 from core.names import SERVICE_TAGS, WEBHOOK_RUNS, WEBHOOK_TAG, action_tag, employee_tags
-from core.render import EVENT_OUTCOME_MAX, event_outcome
-from core.settings import Settings
-from core.store import EventStatus, InboxRepository, WebhookEvent
+from core.render import (
+    EVENT_OUTCOME_MAX,
+    event_failed_outcome,
+    event_outcome,
+    event_retry_outcome,
+)
+from core.settings import Settings, mask_url
+from core.store import EventStatus, InboxRepository, Settled, WebhookEvent, WorkResult
 from core.store.models import utc_now
 from core.text import NAME_LIMIT, printable
 from webhook_gateway.app import GatewayConfigError, event_properties
 
+T = TypeVar("T")
+
 MAX_BACKOFF_SECONDS = 60.0
 NOT_STARTED_RUN_STATES = {StateType.SCHEDULED, StateType.PENDING}
 START_GRACE = timedelta(minutes=2)
-# DISPATCH_RUN_ALONE_SECONDS' default, for a dispatcher built without settings (tests).
-RUN_ALONE_FOR = timedelta(seconds=Settings.model_fields["dispatch_run_alone_seconds"].default)
 FINAL_RUN_STATES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
+# After each failed run an event waits four times longer than after the one before, at most this.
+RETRY_GROWTH = 4
+MAX_RETRY_DELAY = timedelta(hours=1)
+# "cannot reach Prefect": said once Prefect has failed to answer for this long, then again
+# every `UNREACHABLE_REPEAT` while it still does not.
+UNREACHABLE_AFTER = 5.0
+UNREACHABLE_REPEAT = 60.0
+
+
+def _default(setting: str) -> Any:
+    return Settings.model_fields[setting].default
+
+
+# DISPATCH_RUN_ALONE_SECONDS' default, for a dispatcher built without settings (tests).
+RUN_ALONE_FOR = timedelta(seconds=_default("dispatch_run_alone_seconds"))
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """The dispatcher's bounds for what goes wrong, from the `DISPATCH_*` settings (their
+    defaults for a dispatcher built without settings)."""
+
+    prefect_timeout: float = _default("dispatch_prefect_timeout_seconds")
+    claim_for: timedelta = timedelta(seconds=_default("dispatch_claim_seconds"))
+    pending_orphan_after: timedelta = timedelta(seconds=_default("dispatch_pending_orphan_seconds"))
+    scheduled_orphan_after: timedelta = timedelta(
+        seconds=_default("dispatch_scheduled_orphan_seconds")
+    )
+    max_attempts: int = _default("dispatch_max_attempts")
+    retry_delay: timedelta = timedelta(seconds=_default("dispatch_retry_delay_seconds"))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Recovery:
+        return cls(
+            prefect_timeout=settings.dispatch_prefect_timeout_seconds,
+            claim_for=timedelta(seconds=settings.dispatch_claim_seconds),
+            pending_orphan_after=timedelta(seconds=settings.dispatch_pending_orphan_seconds),
+            scheduled_orphan_after=timedelta(seconds=settings.dispatch_scheduled_orphan_seconds),
+            max_attempts=settings.dispatch_max_attempts,
+            retry_delay=timedelta(seconds=settings.dispatch_retry_delay_seconds),
+        )
+
+    def retry_at(self, failed_runs: int, now: datetime) -> datetime:
+        """When an event whose `failed_runs`-th run failed is worked again."""
+        delay = self.retry_delay * RETRY_GROWTH ** max(failed_runs - 1, 0)
+        return now + min(delay, MAX_RETRY_DELAY)
+
+
+def dispatcher_name() -> str:
+    """Who claims: this host and process, and a part of its own (a restarted gateway with
+    the same pid is another dispatcher)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:8]}"
 
 
 class Dispatcher:
@@ -66,6 +152,8 @@ class Dispatcher:
         poll: float = 5.0,
         busy_poll: float = 0.25,
         run_alone_for: timedelta = RUN_ALONE_FOR,
+        recovery: Recovery | None = None,
+        name: str | None = None,
     ) -> None:
         self.inbox = inbox
         self.client = client
@@ -82,73 +170,178 @@ class Dispatcher:
         self.settle = settle  # let a burst arrive before dispatching it as one batch
         self.poll = poll
         self.busy_poll = busy_poll  # how often to look for finished runs while some are out
+        self.recovery = recovery or Recovery()
+        self.name = name or dispatcher_name()
         self._wake = asyncio.Event()
         self._deployment_id: UUID | None = None
         self._in_flight: set[str] = set()
         # Runs not started yet, or started less than `run_alone_for` ago: they hold back dispatch.
         self._holding_back: set[str] = set()
+        # Since when (monotonic) Prefect has not answered, and when that was last said.
+        self._unreachable_since: float | None = None
+        self._said_unreachable_at: float | None = None
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
         while True:
+            busy = self._in_flight or self._unreachable_since is not None
             with suppress(TimeoutError):
                 await asyncio.wait_for(
-                    self._wake.wait(), timeout=self.busy_poll if self._in_flight else self.poll
+                    self._wake.wait(), timeout=self.busy_poll if busy else self.poll
                 )
             if self._wake.is_set():
                 self._wake.clear()
                 await asyncio.sleep(self.settle)
-            try:
-                await self.close_finished()
-                while await self.dispatch_pending():
-                    pass
-            except Exception as error:  # the loop must outlive any one failure
+            await self.round()
+
+    async def round(self) -> None:
+        """One round of the loop: close what finished, dispatch what is due; never raises
+        (while Prefect does not answer, it only asks whether it does again)."""
+        try:
+            if self._unreachable_since is not None and not await self.prefect_answers():
+                return
+            await self.close_finished()
+            while await self.dispatch_pending():
+                pass
+        except Exception as error:  # the loop must outlive any one failure
+            if not _unreachable(error):  # that one is said by `_prefect`, once a minute
                 logger.exception("dispatcher: {}", error)
 
-    async def dispatch_pending(self) -> int:
-        """Turn due pending events into flow runs while the pipeline has room (see `__init__`);
-        returns how many events were handed over or set aside.
+    # Talking to Prefect: every call bounded, and an outage said
 
-        Each event is read on its own (`_work_of`): one the dispatcher cannot turn into work (a
-        poisoned event) is set aside, once, with the reason, and the others go on.
-        """
-        if not self._has_room():
-            return 0
-        events = await self.inbox.pending(limit=self.batch_max * 5)
-        by_employee: dict[int, list[Work]] = {}
-        poisoned: list[tuple[WebhookEvent, str]] = []
-        for event in events:
-            try:
-                work = _work_of(event)
-            except Exception as error:  # whatever it is, it is this event's, not the batch's
-                poisoned.append((event, _poison_reason(error)))
+    async def _prefect(self, call: Awaitable[T]) -> T:
+        """`call`, given at most `recovery.prefect_timeout` seconds; notes whether Prefect
+        answered (a refusal is an answer: only no answer, or a gateway's 502-504, is not)."""
+        started = time.monotonic()
+        try:
+            result = await asyncio.wait_for(call, timeout=self.recovery.prefect_timeout)
+        except Exception as error:
+            if _unreachable(error):
+                await self._not_answering(started, error)
             else:
-                by_employee.setdefault(work.employee_id, []).append(work)
-        handed = await self._set_aside(poisoned)
+                await self._answering()
+            raise
+        await self._answering()
+        return result
+
+    async def prefect_answers(self) -> bool:
+        """Whether the Prefect API answers its health check now (bounded like any call)."""
+        started = time.monotonic()
+        try:
+            # The client returns the error of a failed check rather than raising it.
+            error = await asyncio.wait_for(
+                self.client.api_healthcheck(), timeout=self.recovery.prefect_timeout
+            )
+        except TimeoutError as timeout:
+            error = timeout
+        if error is not None:
+            await self._not_answering(started, error)
+            return False
+        await self._answering()
+        return True
+
+    async def _not_answering(self, started: float, error: BaseException) -> None:
+        now = time.monotonic()
+        if self._unreachable_since is None:
+            self._unreachable_since = started
+        down_for = now - self._unreachable_since
+        said = self._said_unreachable_at
+        if down_for < UNREACHABLE_AFTER or (said is not None and now - said < UNREACHABLE_REPEAT):
+            return
+        self._said_unreachable_at = now
+        logger.warning(
+            "cannot reach Prefect at {} for {:.0f}s: {} events waiting ({}: {})",
+            mask_url(str(self.client.api_url).rstrip("/")),
+            down_for,
+            await self.inbox.waiting(),
+            type(error).__name__,
+            printable(str(error), EVENT_OUTCOME_MAX) or "no answer",
+        )
+
+    async def _answering(self) -> None:
+        if self._unreachable_since is None:
+            return
+        down_for = time.monotonic() - self._unreachable_since
+        said = self._said_unreachable_at is not None
+        self._unreachable_since = self._said_unreachable_at = None
+        # The batches that waited for Prefect go now, not at the end of their backoff.
+        await self.inbox.expedite(self.name)
+        if said:
+            logger.info(
+                "Prefect reachable again after {:.0f}s; dispatching {} events",
+                down_for,
+                await self.inbox.waiting(),
+            )
+
+    # Dispatching
+
+    async def dispatch_pending(self) -> int:
+        """Turn due events into flow runs while the pipeline has room (see `__init__`); returns
+        how many events were handed over or set aside.
+
+        First the batches whose claim expired (a dispatcher died holding them, or their last
+        attempt failed and is due again), each sent again whole; then pending events, claimed
+        batch by batch. Each event is read on its own (`_work_of`): one the dispatcher cannot
+        turn into work (a poisoned event) is set aside, once, with the reason, and the others
+        go on.
+        """
+        handed = 0
+        while self._has_room():
+            taken = await self.inbox.take_over(self.name, self._claim_until(), limit=1)
+            if not taken:
+                break
+            for token, events in taken.items():
+                handed += await self._dispatch_batch(token, events)
+        if not self._has_room():
+            return handed
+        events = await self.inbox.pending(limit=self.batch_max * 5)
+        by_employee, poisoned = _works_of(events)
+        handed += await self._set_aside(poisoned)
         ordered = sorted(by_employee)
         for start in range(0, len(ordered), self.batch_max):
             if not self._has_room():
                 break
             employees = ordered[start : start + self.batch_max]
-            handed += await self._dispatch({e: by_employee[e] for e in employees})
+            keys = [work.event.event_key for e in employees for work in by_employee[e]]
+            token, claimed = await self.inbox.claim(keys, self.name, self._claim_until())
+            mine = set(claimed)  # another dispatcher may have claimed some first
+            works = {
+                employee: [work for work in by_employee[employee] if work.event.event_key in mine]
+                for employee in employees
+            }
+            handed += await self._dispatch({e: w for e, w in works.items() if w}, token)
         return handed
 
-    async def _dispatch(self, works: dict[int, list[Work]]) -> int:
-        """One flow run for these employees' events; returns how many events it carries (or,
-        after a refusal that no retry can change, how many were set aside)."""
+    async def _dispatch_batch(self, token: str, events: list[WebhookEvent]) -> int:
+        """Send again a batch taken over (the same events, hence the same idempotency key)."""
+        by_employee, poisoned = _works_of(events)
+        handed = await self._set_aside(poisoned, claim=token)
+        if by_employee:
+            handed += await self._dispatch(by_employee, token)
+        return handed
+
+    async def _dispatch(self, works: dict[int, list[Work]], token: str) -> int:
+        """One flow run for these employees' events, of the batch `token`; returns how many
+        events it carries (or, after a refusal that no retry can change, how many were set
+        aside)."""
+        if not works:
+            return 0
         employee_ids = sorted(works)
         batch = [work for employee in employee_ids for work in works[employee]]
         events = [work.event for work in batch]
         keys = [event.event_key for event in events]
         try:
-            run = await self.client.create_flow_run_from_deployment(
-                await self._webhook_deployment_id(),
-                parameters={"employee_ids": employee_ids, "event_keys": _event_keys(batch)},
-                idempotency_key=self._idempotency_key(events),
-                name=_run_name(employee_ids, batch),
-                tags=_run_tags(employee_ids, batch),
+            deployment_id = await self._webhook_deployment_id()
+            run = await self._prefect(
+                self.client.create_flow_run_from_deployment(
+                    deployment_id,
+                    parameters={"employee_ids": employee_ids, "event_keys": _event_keys(batch)},
+                    idempotency_key=self._idempotency_key(token, keys),
+                    name=_run_name(employee_ids, batch),
+                    tags=_run_tags(employee_ids, batch),
+                )
             )
         except UNSENDABLE as error:
             # The request could not even be written (text no encoder takes): the same
@@ -158,27 +351,41 @@ class Dispatcher:
             if len(employee_ids) > 1:
                 half = len(employee_ids) // 2
                 first, second = employee_ids[:half], employee_ids[half:]
-                return await self._dispatch({e: works[e] for e in first}) + await self._dispatch(
-                    {e: works[e] for e in second}
-                )
-            return await self._set_aside([(event, _poison_reason(error)) for event in events])
+                return await self._dispatch(
+                    {e: works[e] for e in first}, token
+                ) + await self._dispatch({e: works[e] for e in second}, token)
+            return await self._set_aside(
+                [(event, _poison_reason(error)) for event in events], claim=token
+            )
         except Exception as error:
             attempts = max(event.dispatch_attempts for event in events) + 1
             delay = min(2.0**attempts, MAX_BACKOFF_SECONDS)
             reason = printable(f"{type(error).__name__}: {error}", EVENT_OUTCOME_MAX)
+            # Unless Prefect certainly did not take it, the batch stays together and is sent
+            # again under the same key (a timeout says nothing of what the server did).
             await self.inbox.mark_attempt_failed(
-                keys, f"dispatch failed ({reason})", utc_now() + timedelta(seconds=delay)
+                keys,
+                f"dispatch failed ({reason})",
+                utc_now() + timedelta(seconds=delay),
+                claim=token,
+                release=_not_taken(error),
             )
-            logger.warning(
-                "dispatch of {} event(s) failed, retrying in {:.0f}s: {}", len(keys), delay, reason
-            )
+            if not _unreachable(error):  # an outage is said once a minute, not per batch
+                logger.warning(
+                    "dispatch of {} event(s) failed, retrying in {:.0f}s: {}",
+                    len(keys),
+                    delay,
+                    reason,
+                )
             return 0
-        await self.inbox.mark_dispatched(keys, str(run.id))
+        recorded = await self.inbox.mark_dispatched(keys, str(run.id), claim=token)
         self._in_flight.add(str(run.id))
         self._holding_back.add(str(run.id))
+        if not recorded:  # another dispatcher took the batch over and recorded the same run
+            return 0
         logger.info(
             "dispatched {} event(s) for {} employee(s) as flow run {}",
-            len(keys),
+            recorded,
             len(employee_ids),
             run.id,
         )
@@ -191,13 +398,18 @@ class Dispatcher:
                     run.id,
                     event.ref,
                 )
-        return len(events)
+        return recorded
 
-    async def _set_aside(self, poisoned: list[tuple[WebhookEvent, str]]) -> int:
-        """Set these pending events aside, each with its reason, once; returns how many."""
+    async def _set_aside(
+        self, poisoned: list[tuple[WebhookEvent, str]], *, claim: str | None = None
+    ) -> int:
+        """Set these events aside (pending ones, or those of the batch `claim`), each with its
+        reason, once; returns how many."""
         if not poisoned:
             return 0
-        count = await self.inbox.set_aside({event.event_key: why for event, why in poisoned})
+        count = await self.inbox.set_aside(
+            {event.event_key: why for event, why in poisoned}, claim=claim
+        )
         for event, reason in poisoned:
             with logger.contextualize(**event_properties(event)):
                 logger.warning(
@@ -211,92 +423,277 @@ class Dispatcher:
     def _has_room(self) -> bool:
         return not self._holding_back and len(self._in_flight) < self.max_in_flight
 
-    def _idempotency_key(self, events: list[WebhookEvent]) -> str:
-        """Names this set of events in this state: a dispatcher that crashed after Prefect took
-        the run gets the same run back; a replayed event (state changed) gets a new run. Keys are
-        scoped per flow and never expire, hence the deployment prefix."""
-        parts = sorted(f"{e.event_key}@{e.updated_at.isoformat()}" for e in events)
+    def _claim_until(self) -> datetime:
+        return utc_now() + self.recovery.claim_for
+
+    def _idempotency_key(self, token: str, event_keys: list[str]) -> str:
+        """Names this batch: its token and its events. Whoever sends the batch again (this
+        dispatcher after a failed attempt, another after this one died) gets the run Prefect
+        created for it, if it did; a replayed event goes in a new batch, so in a new run. Keys
+        are scoped per flow and never expire, hence the deployment prefix."""
+        parts = [token, *sorted(event_keys)]
         digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
         return f"{self.deployment}:{digest}"
 
     async def _webhook_deployment_id(self) -> UUID:
         if self._deployment_id is None:
-            deployment = await self.client.read_deployment_by_name(self.deployment)
+            deployment = await self._prefect(self.client.read_deployment_by_name(self.deployment))
             self._deployment_id = deployment.id
         return self._deployment_id
 
+    # Following the runs
+
     async def close_finished(self) -> None:
-        """Record the outcome of dispatched events whose flow run has finished."""
-        # Read from the inbox each time, so runs dispatched before a restart are followed too.
+        """Record the outcome of dispatched events whose flow run has finished, and find the
+        runs that never will by themselves (orphaned: see the module's docstring)."""
+        # Read from the inbox each time, so runs dispatched before a restart (or by another
+        # gateway on the same store) are followed too.
         self._in_flight = set(await self.inbox.runs_in_flight())
         self._holding_back = set()
+        if not self._in_flight:
+            return
         # One request for all of them: this runs every `busy_poll` while runs are out.
-        runs = (
-            await self.client.read_flow_runs(
+        runs = await self._prefect(
+            self.client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(
                     id=FlowRunFilterId(any_=[UUID(run_id) for run_id in self._in_flight])
                 ),
                 limit=len(self._in_flight),
             )
-            if self._in_flight
-            else []
         )
+        for run_id in self._in_flight - {str(run.id) for run in runs}:
+            await self._vanished(run_id)
         finished = []
+        now = utc_now()
         for run in runs:
             run_id, state = str(run.id), run.state
             waiting = state is None or state.type in NOT_STARTED_RUN_STATES
+            if state is not None and (orphaned := self._orphaned(run, now)):
+                try:
+                    await self._crash(run, orphaned)
+                except Exception as error:  # tried again next round; the others go on
+                    if not _unreachable(error):
+                        logger.warning("could not mark flow run {} Crashed: {}", run.id, error)
+                continue
             # A run not started yet holds back the next (its events would make it larger),
             # unless runs go side by side from the start (`run_alone_for` 0: idle workers of a
             # pool must find runs to take). A run that does not start (no runner, no free
             # slot) must not stall dispatch for good: past the grace period only
             # `max_in_flight` holds events back.
-            if (
-                waiting
-                and self.run_alone_for
-                and run.created
-                and utc_now() - run.created < START_GRACE
-            ):
+            if waiting and self.run_alone_for and run.created and now - run.created < START_GRACE:
                 self._holding_back.add(run_id)
             if state is not None and state.type == StateType.RUNNING:
                 started = run.start_time or state.timestamp
-                if started and utc_now() - started < self.run_alone_for:
+                if started and now - started < self.run_alone_for:
                     self._holding_back.add(run_id)
             if state is not None and state.type in FINAL_RUN_STATES:
                 finished.append(run)
         for run in finished:
             await self._close(run)
 
+    def _orphaned(self, run: FlowRun, now: datetime) -> str | None:
+        """Why this run will never start by itself, or None."""
+        state = run.state
+        if state is None:
+            return None
+        if state.type == StateType.PENDING and state.timestamp:
+            pending_for = now - state.timestamp
+            if pending_for > self.recovery.pending_orphan_after:
+                return (
+                    f"Pending for {pending_for.total_seconds():.0f}s: the runner or worker "
+                    "starting it died"
+                )
+        if state.type == StateType.SCHEDULED:
+            since = run.expected_start_time or run.created
+            if since and now - since > self.recovery.scheduled_orphan_after:
+                return (
+                    f"Scheduled for {(now - since).total_seconds() / 60:.0f} min and not "
+                    "started: no runner or worker took it (is `pf-jira-sync up` or a worker "
+                    "running?)"
+                )
+        return None
+
+    async def _crash(self, run: FlowRun, why: str) -> None:
+        """Mark an orphaned run Crashed in Prefect (the next round settles its events, like
+        any crashed run's); it says why, in the UI too."""
+        message = f"pf-jira-sync dispatcher: {why}; its webhook events are worked again"
+        await self._prefect(
+            self.client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+        )
+        logger.warning("flow run {} ({}) marked Crashed: {}", printable(run.name), run.id, why)
+
+    async def _vanished(self, run_id: str) -> None:
+        """A run the inbox follows that Prefect no longer knows (deleted from the UI): its
+        events are worked again, as a crashed run's are."""
+        try:
+            await self._prefect(self.client.read_flow_run(UUID(run_id)))
+        except ObjectNotFound:
+            await self._settle_unfinished(
+                run_id, run_id, "Deleted", "the flow run no longer exists in Prefect", {}
+            )
+        # Found after all: more runs than one read returns; the next round sees it.
+
     async def _close(self, run: FlowRun) -> None:
         """Record how a finished run ended on its events, with the Jira issues it changed for
-        each employee (`Jira IT-1; completed in flow run sync · Ada Lovelace (1041)`)."""
+        each employee (`Jira IT-1; completed in flow run sync · Ada Lovelace (1041)`); a run
+        that crashed or failed sends back to work what it did not do (`_settle_unfinished`)."""
         state = run.state
         assert state is not None
-        jira_keys = await self.inbox.jira_keys(await self._family(run))
-        outcome = partial(
-            event_outcome,
-            run.name,
-            state=state.name or state.type.value.title(),
-            message=state.message or "",
-        )
-        await self.inbox.close_run(
-            str(run.id),
-            EventStatus.done if state.type == StateType.COMPLETED else EventStatus.failed,
-            outcome([]),
-            per_employee={employee: outcome(keys) for employee, keys in jira_keys.items()},
-        )
+        children = await self._children(run)
+        jira_keys = await self.inbox.jira_keys({str(run.id), *(str(c.id) for c in children)})
+        state_name = state.name or state.type.value.title()
+        if state.type in (StateType.FAILED, StateType.CRASHED):
+            await self._settle_unfinished(
+                str(run.id), run.name, state_name, state.message or "", jira_keys
+            )
+            if state.type == StateType.CRASHED:
+                await self._crash_children(run, children)
+        else:
+            outcome = partial(
+                event_outcome, run.name, state=state_name, message=state.message or ""
+            )
+            closed = await self.inbox.close_run(
+                str(run.id),
+                EventStatus.done if state.type == StateType.COMPLETED else EventStatus.failed,
+                outcome([]),
+                per_employee={employee: outcome(keys) for employee, keys in jira_keys.items()},
+            )
+            if closed and state.type == StateType.CANCELLED:
+                logger.error(
+                    "flow run {} ({}) was cancelled: its {} event(s) end failed "
+                    "(`pf-jira-sync replay --status failed` works them again)",
+                    printable(run.name),
+                    run.id,
+                    closed,
+                )
         self._in_flight.discard(str(run.id))
 
-    async def _family(self, run: FlowRun) -> set[str]:
-        """The run and its subflow runs: the store records each Jira effect with the flow run
-        that made it, which is a process subflow (`onboarding · ...`) of the dispatched run.
+    async def _settle_unfinished(
+        self,
+        run_id: str,
+        run_name: str,
+        state: str,
+        message: str,
+        jira_keys: dict[int, list[str]],
+    ) -> None:
+        """The events of a run that crashed or failed, each by what the flow recorded for its
+        employee: done stays done; a permanent failure ends failed now; anything else (a
+        transient failure, or no record: the process died first) is worked again after a
+        backoff, unless this was its last attempt."""
+        events = await self.inbox.dispatched_to(run_id)
+        now = utc_now()
+        recovery = self.recovery
+        settled: dict[str, Settled] = {}
+        for event in events:
+            why = event.outcome or message  # the flow's note for this employee, else the run's
+            if event.work_result == WorkResult.done:
+                keys = jira_keys.get(event.employee_id or 0, [])
+                settled[event.event_key] = Settled(EventStatus.done, event_outcome(run_name, keys))
+            elif event.work_result == WorkResult.permanent:
+                settled[event.event_key] = Settled(
+                    EventStatus.failed, event_failed_outcome(run_name, state, why)
+                )
+            elif (attempt := event.failed_runs + 1) >= recovery.max_attempts:
+                settled[event.event_key] = Settled(
+                    EventStatus.failed,
+                    event_failed_outcome(run_name, state, why, attempts=attempt),
+                    failed_run=True,
+                )
+            else:
+                again = recovery.retry_at(attempt, now)
+                settled[event.event_key] = Settled(
+                    EventStatus.pending,
+                    event_retry_outcome(
+                        run_name, state, why, attempt, recovery.max_attempts, again
+                    ),
+                    retry_at=again,
+                    failed_run=True,
+                )
+        if not await self.inbox.settle_run(run_id, settled):
+            return  # settled already (another gateway on the same store was first)
+        by_status: dict[EventStatus, list[WebhookEvent]] = {}
+        for event in events:
+            by_status.setdefault(settled[event.event_key].status, []).append(event)
+        retried = by_status.get(EventStatus.pending, [])
+        logger.warning(
+            "flow run {} ({}) ended {}: {} event(s) worked again, {} done, {} failed",
+            printable(run_name),
+            run_id,
+            state,
+            len(retried),
+            len(by_status.get(EventStatus.done, [])),
+            len(by_status.get(EventStatus.failed, [])),
+        )
+        for event in by_status.get(EventStatus.failed, []):
+            with logger.contextualize(**event_properties(event), FlowRunId=run_id):
+                logger.error(
+                    "webhook {} failed (ref {}): {}",
+                    printable(event.event_key),
+                    event.ref,
+                    settled[event.event_key].outcome,
+                )
+
+    async def _children(self, run: FlowRun) -> list[FlowRun]:
+        """The run's subflow runs: the store records each Jira effect with the flow run that
+        made it, which is a process subflow (`onboarding · ...`) of the dispatched run.
         Process flows start no subflows of their own, so one level is all there is (one read
         per finished run)."""
-        children = await self.client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])
+        return await self._prefect(
+            self.client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])
+                )
             )
         )
-        return {str(run.id), *(str(child.id) for child in children)}
+
+    async def _crash_children(self, run: FlowRun, children: list[FlowRun]) -> None:
+        """Subflows of a crashed run died with its process: say so in the UI, rather than
+        leave them Running for ever."""
+        for child in children:
+            if child.state is not None and child.state.type not in FINAL_RUN_STATES:
+                message = f"pf-jira-sync dispatcher: its parent run {run.name} ({run.id}) crashed"
+                with suppress(Exception):
+                    await self._prefect(
+                        self.client.set_flow_run_state(
+                            child.id, Crashed(message=message), force=True
+                        )
+                    )
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether `error` says Prefect did not answer (rather than refused): no connection, no
+    answer in time, or a proxy in front of it answering for it (502, 503, 504)."""
+    if isinstance(error, TimeoutError | httpx.TransportError):
+        return True
+    return isinstance(error, httpx.HTTPStatusError) and error.response.status_code in (
+        502,
+        503,
+        504,
+    )
+
+
+def _not_taken(error: BaseException) -> bool:
+    """Whether a create that raised `error` certainly created nothing: the connection was never
+    made, or Prefect answered with a refusal (4xx)."""
+    if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
+        return True
+    return isinstance(error, httpx.HTTPStatusError) and 400 <= error.response.status_code < 500
+
+
+def _works_of(
+    events: list[WebhookEvent],
+) -> tuple[dict[int, list[Work]], list[tuple[WebhookEvent, str]]]:
+    """The events as work by employee, and those that cannot be work, with why."""
+    by_employee: dict[int, list[Work]] = {}
+    poisoned: list[tuple[WebhookEvent, str]] = []
+    for event in events:
+        try:
+            work = _work_of(event)
+        except Exception as error:  # whatever it is, it is this event's, not the batch's
+            poisoned.append((event, _poison_reason(error)))
+        else:
+            by_employee.setdefault(work.employee_id, []).append(work)
+    return by_employee, poisoned
 
 
 @dataclass(frozen=True)
@@ -417,10 +814,13 @@ class Dispatching:
             self.dispatcher.wake()
 
     async def prefect_ready(self) -> bool:
-        """Readiness: the Prefect API answers (`/readyz`)."""
+        """Readiness: the Prefect API answers (`/readyz`), within the dispatcher's bound."""
         if self.dispatcher is None:
             return False
-        error = await self.dispatcher.client.api_healthcheck()
+        error = await asyncio.wait_for(
+            self.dispatcher.client.api_healthcheck(),
+            timeout=self.settings.dispatch_prefect_timeout_seconds,
+        )
         if error is not None:
             raise error
         return True
@@ -435,6 +835,7 @@ class Dispatching:
                 max_in_flight=self.settings.dispatch_max_in_flight,
                 run_alone_for=timedelta(seconds=self.settings.dispatch_run_alone_seconds),
                 poll=self.poll,
+                recovery=Recovery.from_settings(self.settings),
             )
             task = asyncio.create_task(self.dispatcher.run(), name="dispatcher")
             self.dispatcher.wake()  # events stored while the gateway was down

@@ -8,7 +8,16 @@ with Alembic and upgraded in place when the store is opened.
 """
 
 from core.lifecycle import ALLOWED_TRANSITIONS, Lifecycle, LifecycleError, LinkChange
-from core.store.inbox import EventStatus, InboxRepository, WebhookEvent, event_ref, parse_ref
+from core.store.inbox import (
+    EventStatus,
+    InboxRepository,
+    Requeued,
+    Settled,
+    WebhookEvent,
+    WorkResult,
+    event_ref,
+    parse_ref,
+)
 from core.store.intents import Intents, JiraIntent
 from core.store.lease import EmployeeLease, Leases, LeaseTimeout
 from core.store.migrate import current_revision, downgrade, head_revision, migrate
@@ -36,8 +45,11 @@ __all__ = [
     "LifecycleError",
     "LinkChange",
     "MappingStore",
+    "Requeued",
+    "Settled",
     "UnsupportedDatabase",
     "WebhookEvent",
+    "WorkResult",
     "current_revision",
     "downgrade",
     "event_ref",

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+from uuid import uuid4
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -50,17 +52,23 @@ def parse_ref(text: str) -> int | None:
 class EventStatus(StrEnum):
     """Where an inbox event is.
 
-    - `pending`: stored, waiting to be dispatched (again, after a failed attempt, once
-      `next_attempt_at` is due).
+    - `pending`: stored, waiting to be dispatched (again, after a run that crashed or failed
+      for a cause that passes, once `next_attempt_at` is due).
+    - `dispatching`: a dispatcher claimed it and is handing it to Prefect (`claimed_by`, in the
+      batch `claim_token`); after a failed attempt it stays in its batch until
+      `claim_expires_at`, when this or any other dispatcher sends the same batch again (the
+      same Prefect idempotency key: a run Prefect took but nobody recorded is found again).
     - `ignored`: an action this service does not act on (leave requests, applicants, unknown).
     - `dispatched`: a flow run was created for it (`flow_run_id`).
-    - `done`, `failed`: the flow run finished; `outcome` says how.
+    - `done`, `failed`: the flow run finished; `outcome` says how. `failed` is for a permanent
+      cause, or after `failed_runs` reached the dispatcher's bound of attempts.
     - `set_aside`: the dispatcher could not turn it into work (a poisoned event); `outcome`
       says why. Set aside once, never retried on its own, so it holds nothing up; `replay`
       sends it back to pending.
     """
 
     pending = "pending"
+    dispatching = "dispatching"
     ignored = "ignored"
     dispatched = "dispatched"
     done = "done"
@@ -73,10 +81,42 @@ FINAL_STATUSES = frozenset({EventStatus.ignored, EventStatus.done, EventStatus.f
 # What `prune` removes once old enough: work done, and events this service does not act on.
 # Never pending or dispatched events (work still to do) nor failed ones (someone must look).
 PRUNABLE_STATUSES = (EventStatus.done, EventStatus.ignored)
+# What `requeue_matching` (`replay --status`) sends back to work in bulk: work that ended or
+# was set aside, and work dispatched to a run that is taking too long. Never `pending` or
+# `dispatching` (already on their way) nor `ignored` (nothing to do).
+REQUEUABLE_STATUSES = frozenset(
+    {EventStatus.failed, EventStatus.set_aside, EventStatus.dispatched, EventStatus.done}
+)
 
 # Plain strings in the database, like the link's lifecycle: a new status needs no migration.
 EVENT_STATUS_TYPE = sa.Enum(
     EventStatus,
+    native_enum=False,
+    create_constraint=False,
+    length=16,
+    values_callable=lambda members: [member.value for member in members],
+)
+
+
+class WorkResult(StrEnum):
+    """What a flow run recorded for one event's employee (`record_work`), read when the run
+    ends: a run that failed or crashed keeps the work it did, and its permanent failures."""
+
+    done = "done"  # the employee's work was done
+    retry = "retry"  # it failed for a cause that passes (Jira down, a lease held too long)
+    permanent = "permanent"  # it failed for a cause retrying cannot change (a field refused)
+
+
+# What each result replaces: an employee worked by two process flows (onboarding and field
+# sync) ends as the worse of the two, whichever recorded last.
+_REPLACES = {
+    WorkResult.done: (),
+    WorkResult.retry: (WorkResult.done,),
+    WorkResult.permanent: (WorkResult.done, WorkResult.retry),
+}
+
+WORK_RESULT_TYPE = sa.Enum(
+    WorkResult,
     native_enum=False,
     create_constraint=False,
     length=16,
@@ -110,6 +150,14 @@ class WebhookEvent(StoreModel, table=True):
     dispatch_attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     # After a failed dispatch: not before this instant.
     next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # While `dispatching`: the dispatcher holding it, until when, and the batch it went in.
+    claimed_by: str | None = Field(default=None, max_length=200)
+    claim_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    claim_token: str | None = Field(default=None, max_length=64)
+    # Flow runs that carried it and ended without doing its work (crashed, or failed).
+    failed_runs: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # What its run recorded for its employee so far (`record_work`); None: nothing yet.
+    work_result: WorkResult | None = Field(default=None, sa_type=WORK_RESULT_TYPE)
 
     @property
     def ref(self) -> str:
@@ -119,6 +167,34 @@ class WebhookEvent(StoreModel, table=True):
 
 _EVENTS = StoreModel.metadata.tables["webhook_event"]
 _EFFECTS = StoreModel.metadata.tables["jira_effect"]
+# An event no dispatcher holds.
+_NO_CLAIM: dict[str, Any] = {"claimed_by": None, "claim_expires_at": None, "claim_token": None}
+
+
+@dataclass(frozen=True)
+class Settled:
+    """How one event of a finished flow run ends (`settle_run`): `done` or `failed` with
+    `outcome`, or back to `pending` (not before `retry_at`); `failed_run` counts the run among
+    the event's failed runs."""
+
+    status: EventStatus
+    outcome: str
+    retry_at: datetime | None = None
+    failed_run: bool = False
+
+
+@dataclass(frozen=True)
+class Requeued:
+    """An event `requeue_matching` set back to pending, and the status it had."""
+
+    id: int
+    event_key: str
+    employee_id: int | None
+    was: EventStatus
+
+    @property
+    def ref(self) -> str:
+        return event_ref(self.id)
 
 
 class InboxRepository:
@@ -161,10 +237,121 @@ class InboxRepository:
         assert existing is not None, "a conflicting event key must exist"
         return existing, False
 
-    async def mark_dispatched(self, event_keys: Iterable[str], flow_run_id: str) -> int:
-        """Pending events handed to flow run `flow_run_id`; returns how many were pending.
+    async def claim(
+        self, event_keys: Iterable[str], holder: str, until: datetime
+    ) -> tuple[str, list[str]]:
+        """Claim the events with these keys that are still pending for dispatcher `holder`,
+        until `until`, as one new batch: `(the batch's token, the keys claimed)`.
 
-        Events no longer pending (dispatched meanwhile, or ignored) are left alone.
+        Atomic: of several dispatchers claiming the same events at once (gateways sharing one
+        PostgreSQL store), each event goes to one; on PostgreSQL the rows another is claiming
+        are skipped rather than waited for (`FOR UPDATE SKIP LOCKED`), SQLite has one writer.
+        """
+        token = uuid4().hex
+        now = utc_now()
+        claimed: list[str] = []
+        async with self._sessions.begin() as session:
+            for chunk in _chunks(sorted(set(event_keys))):
+                free = (
+                    sa.select(_EVENTS.c.id)
+                    .where(_EVENTS.c.event_key.in_(chunk))
+                    .where(_EVENTS.c.status == EventStatus.pending)
+                    .with_for_update(skip_locked=True)
+                )
+                statement = (
+                    sa.update(_EVENTS)
+                    .where(_EVENTS.c.id.in_(free))
+                    .where(_EVENTS.c.status == EventStatus.pending)
+                    .values(
+                        status=EventStatus.dispatching,
+                        claimed_by=holder,
+                        claim_expires_at=until,
+                        claim_token=token,
+                        updated_at=now,
+                    )
+                    .returning(_EVENTS.c.event_key)
+                )
+                claimed += (await session.execute(statement)).scalars()
+        return token, claimed
+
+    async def take_over(
+        self, holder: str, until: datetime, *, limit: int = 100, now: datetime | None = None
+    ) -> dict[str, list[WebhookEvent]]:
+        """Batches whose claim has expired (their dispatcher died, or their dispatch failed and
+        is due again), claimed for `holder` until `until`: each batch whole, by its token, at
+        most `limit` batches, oldest first.
+
+        Whole, so that sending a batch again names the same events under the same token (the
+        Prefect idempotency key): a run Prefect created for a dispatcher that died before
+        recording it is found again, not created twice. Of several dispatchers taking over at
+        once, one gets each batch.
+        """
+        now = now or utc_now()
+        expired = (
+            (_EVENTS.c.status == EventStatus.dispatching)
+            & (_EVENTS.c.claim_expires_at <= now)
+            & _EVENTS.c.claim_token.is_not(None)
+        )
+        oldest = (
+            sa.select(_EVENTS.c.claim_token)
+            .where(expired)
+            .group_by(_EVENTS.c.claim_token)
+            .order_by(sa.func.min(_EVENTS.c.id))
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            tokens = list(await session.scalars(oldest))
+        taken: dict[str, list[WebhookEvent]] = {}
+        for token in tokens:
+            async with self._sessions.begin() as session:
+                if self.engine.dialect.name == "postgresql":
+                    # The batch's first row stands for the batch: whoever locks it takes the
+                    # batch; another dispatcher skips it, and finds it taken afterwards.
+                    head = (
+                        sa.select(_EVENTS.c.id)
+                        .where(expired & (_EVENTS.c.claim_token == token))
+                        .order_by(_EVENTS.c.id)
+                        .limit(1)
+                        .with_for_update(skip_locked=True)
+                    )
+                    if await session.scalar(head) is None:
+                        continue
+                # SQLite: this one statement is atomic, and its first (no read before the
+                # write, which a concurrent writer could make fail instead of wait).
+                statement = (
+                    sa.update(WebhookEvent)
+                    .where(expired & (_EVENTS.c.claim_token == token))
+                    .values(claimed_by=holder, claim_expires_at=until, updated_at=now)
+                    .returning(WebhookEvent)
+                    .execution_options(synchronize_session=False)
+                )
+                events = list(await session.scalars(statement))
+            if events:
+                taken[token] = sorted(events, key=lambda event: event.id or 0)
+        return taken
+
+    async def expedite(self, holder: str) -> int:
+        """The batches `holder` waits to send again are due now (Prefect answers again)."""
+        now = utc_now()
+        statement = (
+            sa.update(_EVENTS)
+            .where(_EVENTS.c.status == EventStatus.dispatching)
+            .where(_EVENTS.c.claimed_by == holder)
+            .where(_EVENTS.c.claim_expires_at > now)
+            .values(claim_expires_at=now)
+            .returning(_EVENTS.c.id)
+        )
+        async with self._sessions.begin() as session:
+            return len((await session.execute(statement)).all())
+
+    async def mark_dispatched(
+        self, event_keys: Iterable[str], flow_run_id: str, *, claim: str | None = None
+    ) -> int:
+        """Events handed to flow run `flow_run_id`: those of the batch `claim` still being
+        dispatched (without a claim: those pending); returns how many.
+
+        Events no longer in that batch (dispatched meanwhile, by this or another dispatcher,
+        or requeued, or ignored) are left alone.
         """
         return await self._update(
             event_keys,
@@ -174,42 +361,130 @@ class InboxRepository:
                 "dispatch_attempts": _EVENTS.c.dispatch_attempts + 1,
                 "next_attempt_at": None,
                 "outcome": None,
+                "work_result": None,
+                **_NO_CLAIM,
             },
-            only_status=EventStatus.pending,
+            where=_in_batch(claim),
         )
 
     async def mark_attempt_failed(
-        self, event_keys: Iterable[str], error: str, next_attempt_at: datetime
+        self,
+        event_keys: Iterable[str],
+        error: str,
+        next_attempt_at: datetime,
+        *,
+        claim: str | None = None,
+        release: bool = False,
     ) -> int:
-        """A dispatch attempt failed: the events stay pending until `next_attempt_at`."""
-        return await self._update(
-            event_keys,
-            {
-                "dispatch_attempts": _EVENTS.c.dispatch_attempts + 1,
-                "next_attempt_at": next_attempt_at,
-                "outcome": error,
-            },
-            only_status=EventStatus.pending,
-        )
+        """A dispatch attempt failed: the events wait until `next_attempt_at`.
 
-    async def set_aside(self, reasons: Mapping[str, str]) -> int:
-        """Pending events the dispatcher cannot turn into work, by key, with the reason each
-        is set aside for; returns how many were pending."""
+        A batch (`claim`) stays together, claimed until then, so that it is sent again as the
+        same batch (Prefect may have taken the attempt: its answer may be what was lost);
+        with `release` (the request certainly never reached Prefect, or Prefect refused it),
+        its events go back to pending instead, to be batched afresh.
+        """
+        values: dict[str, Any] = {
+            "dispatch_attempts": _EVENTS.c.dispatch_attempts + 1,
+            "outcome": error,
+        }
+        if claim is None or release:
+            values |= {"status": EventStatus.pending, "next_attempt_at": next_attempt_at}
+            values |= _NO_CLAIM
+        else:
+            values["claim_expires_at"] = next_attempt_at
+        return await self._update(event_keys, values, where=_in_batch(claim))
+
+    async def set_aside(self, reasons: Mapping[str, str], *, claim: str | None = None) -> int:
+        """Events the dispatcher cannot turn into work, by key, with the reason each is set
+        aside for; returns how many were pending (or in the batch `claim`)."""
         changed = 0
         async with self._sessions.begin() as session:
             for event_key, reason in sorted(reasons.items()):
                 statement = (
                     sa.update(_EVENTS)
                     .where(_EVENTS.c.event_key == event_key)
-                    .where(_EVENTS.c.status == EventStatus.pending)
+                    .where(_in_batch(claim))
                     .values(
                         status=EventStatus.set_aside,
                         outcome=reason,
                         next_attempt_at=None,
                         updated_at=utc_now(),
+                        **_NO_CLAIM,
                     )
                 )
                 changed += len((await session.execute(statement.returning(_EVENTS.c.id))).all())
+        return changed
+
+    async def record_work(
+        self, results: Mapping[str, tuple[WorkResult, str | None]], flow_run_ids: Iterable[str]
+    ) -> int:
+        """What a flow run did for the employees of these events, by event key: the result, and
+        for a failure what failed (kept as the outcome until the run is closed).
+
+        Only events still dispatched to one of `flow_run_ids` (the run and the one that started
+        it) are written: a run marked Crashed while it went on writes nothing over the events
+        dispatched again since. A result never replaces a worse one (`_REPLACES`).
+        """
+        run_ids = sorted(set(flow_run_ids))
+        changed = 0
+        async with self._sessions.begin() as session:
+            for event_key, (result, note) in sorted(results.items()):
+                result = WorkResult(result)
+                values: dict[str, Any] = {"work_result": result, "updated_at": utc_now()}
+                if note is not None:
+                    values["outcome"] = note
+                replaceable = _EVENTS.c.work_result.is_(None)
+                if _REPLACES[result]:
+                    replaceable = replaceable | _EVENTS.c.work_result.in_(_REPLACES[result])
+                statement = (
+                    sa.update(_EVENTS)
+                    .where(_EVENTS.c.event_key == event_key)
+                    .where(_EVENTS.c.status == EventStatus.dispatched)
+                    .where(_EVENTS.c.flow_run_id.in_(run_ids))
+                    .where(replaceable)
+                    .values(values)
+                    .returning(_EVENTS.c.id)
+                )
+                changed += len((await session.execute(statement)).all())
+        return changed
+
+    async def settle_run(self, flow_run_id: str, settled: Mapping[str, Settled]) -> int:
+        """End (or send back to work) the events still dispatched to the finished flow run
+        `flow_run_id`, each as `settled[event_key]` says; returns how many changed.
+
+        Only events still dispatched to that run change, so two dispatchers settling the same
+        run (gateways sharing one store) settle each event once, one failed run counted once.
+        """
+        now = utc_now()
+        groups: dict[Settled, list[str]] = {}
+        for event_key, how in settled.items():
+            groups.setdefault(how, []).append(event_key)
+        changed = 0
+        async with self._sessions.begin() as session:
+            for how, keys in groups.items():
+                values: dict[str, Any] = {
+                    "status": how.status,
+                    "outcome": how.outcome,
+                    "updated_at": now,
+                }
+                if how.status is EventStatus.pending:
+                    values |= {
+                        "next_attempt_at": how.retry_at,
+                        "flow_run_id": None,
+                        "work_result": None,
+                    }
+                if how.failed_run:
+                    values["failed_runs"] = _EVENTS.c.failed_runs + 1
+                for chunk in _chunks(sorted(keys)):
+                    statement = (
+                        sa.update(_EVENTS)
+                        .where(_EVENTS.c.event_key.in_(chunk))
+                        .where(_EVENTS.c.flow_run_id == flow_run_id)
+                        .where(_EVENTS.c.status == EventStatus.dispatched)
+                        .values(values)
+                        .returning(_EVENTS.c.id)
+                    )
+                    changed += len((await session.execute(statement)).all())
         return changed
 
     async def close_run(
@@ -259,9 +534,63 @@ class InboxRepository:
             event.outcome = f"requeued ({previous})"
             event.flow_run_id = None
             event.dispatch_attempts = 0
+            event.failed_runs = 0
+            event.work_result = None
             event.next_attempt_at = None
+            event.claimed_by = event.claim_expires_at = event.claim_token = None
             event.updated_at = utc_now()
         return event
+
+    async def requeue_matching(
+        self,
+        statuses: Iterable[EventStatus | str],
+        *,
+        older_than: datetime | None = None,
+        employee_id: int | None = None,
+    ) -> list[Requeued]:
+        """Set back to pending every event in one of `statuses` (`REQUEUABLE_STATUSES`) last
+        changed before `older_than`, about `employee_id`, when given (`replay --status`);
+        returns them, oldest first. Events about no employee stay: nothing could run for them.
+
+        Each starts again with a clean count of attempts; its outcome says what it was.
+        """
+        wanted = sorted({EventStatus(status) for status in statuses})
+        if refused := [status for status in wanted if status not in REQUEUABLE_STATUSES]:
+            raise ValueError(
+                f"only {', '.join(sorted(REQUEUABLE_STATUSES))} events can be requeued in bulk, "
+                f"not {', '.join(refused)}"
+            )
+        now = utc_now()
+        requeued: list[Requeued] = []
+        async with self._sessions.begin() as session:
+            for status in wanted:
+                statement = (
+                    sa.update(_EVENTS)
+                    .where(_EVENTS.c.status == status)
+                    .where(_EVENTS.c.employee_id.is_not(None))
+                    .values(
+                        status=EventStatus.pending,
+                        # The old values: SET reads the row as it was.
+                        outcome=sa.literal(f"requeued (was {status.value}")
+                        + sa.func.coalesce(sa.literal(", flow run ") + _EVENTS.c.flow_run_id, "")
+                        + sa.literal(")"),
+                        flow_run_id=None,
+                        dispatch_attempts=0,
+                        failed_runs=0,
+                        work_result=None,
+                        next_attempt_at=None,
+                        updated_at=now,
+                        **_NO_CLAIM,
+                    )
+                    .returning(_EVENTS.c.id, _EVENTS.c.event_key, _EVENTS.c.employee_id)
+                )
+                if older_than is not None:
+                    statement = statement.where(_EVENTS.c.updated_at < older_than)
+                if employee_id is not None:
+                    statement = statement.where(_EVENTS.c.employee_id == employee_id)
+                for row_id, event_key, employee in await session.execute(statement):
+                    requeued.append(Requeued(row_id, event_key, employee, status))
+        return sorted(requeued, key=lambda event: event.id)
 
     async def prune(self, older_than: datetime, *, batch: int = 1000) -> dict[str, int]:
         """Remove the events done or ignored whose last change (`updated_at`) is before
@@ -367,6 +696,25 @@ class InboxRepository:
         async with self._sessions() as session:
             return list(await session.scalars(query))
 
+    async def dispatched_to(self, flow_run_id: str) -> list[WebhookEvent]:
+        """The events still dispatched to flow run `flow_run_id`, oldest first."""
+        query = (
+            sa.select(WebhookEvent)
+            .where(col(WebhookEvent.flow_run_id) == flow_run_id)
+            .where(col(WebhookEvent.status) == EventStatus.dispatched)
+            .order_by(col(WebhookEvent.id))
+        )
+        async with self._sessions() as session:
+            return list(await session.scalars(query))
+
+    async def waiting(self) -> int:
+        """How many events wait to be handed to Prefect (pending or being dispatched)."""
+        query = sa.select(sa.func.count()).where(
+            _EVENTS.c.status.in_([EventStatus.pending, EventStatus.dispatching])
+        )
+        async with self._sessions() as session:
+            return int(await session.scalar(query) or 0)
+
     async def runs_in_flight(self) -> list[str]:
         """The flow runs that still carry dispatched events (their outcome is not known yet)."""
         query = (
@@ -399,9 +747,10 @@ class InboxRepository:
         event_keys: Iterable[str],
         values: dict[str, Any],
         *,
-        only_status: EventStatus | None = None,
+        where: sa.ColumnElement[bool] | None = None,
     ) -> int:
-        """Apply `values` to the events with these keys, in one transaction; rows changed."""
+        """Apply `values` to the events with these keys (and `where`), in one transaction;
+        rows changed."""
         changed = 0
         async with self._sessions.begin() as session:
             for chunk in _chunks(sorted(set(event_keys))):
@@ -410,8 +759,8 @@ class InboxRepository:
                     .where(_EVENTS.c.event_key.in_(chunk))
                     .values({**values, "updated_at": utc_now()})
                 )
-                if only_status is not None:
-                    statement = statement.where(_EVENTS.c.status == only_status)
+                if where is not None:
+                    statement = statement.where(where)
                 # RETURNING counts the rows changed on both backends (and types cleanly).
                 changed += len((await session.execute(statement.returning(_EVENTS.c.id))).all())
         return changed
@@ -449,6 +798,13 @@ class InboxRepository:
                     )
                     closed += len((await session.execute(statement)).all())
         return closed
+
+
+def _in_batch(claim: str | None) -> sa.ColumnElement[bool]:
+    """The events of the batch `claim` still being dispatched; without a claim, pending ones."""
+    if claim is None:
+        return _EVENTS.c.status == EventStatus.pending
+    return (_EVENTS.c.status == EventStatus.dispatching) & (_EVENTS.c.claim_token == claim)
 
 
 def _final(status: EventStatus | str) -> EventStatus:

@@ -25,6 +25,7 @@ from core import one_host
 from core.peopleforce.signature import SIGNATURE_HEADER, verify
 from core.settings import Settings
 from core.store import EventStatus, InboxRepository, MappingStore, WebhookEvent
+from core.store.models import utc_now
 from sandbox.server import BackgroundServer, free_port
 from sandbox.stack import WEBHOOK_SECRET, Simulators
 from tests.paths import ROOT
@@ -510,3 +511,164 @@ def test_a_store_that_does_not_answer_is_one_line_not_a_traceback(
     if command[0] != "plan":  # `plan` reads PeopleForce first: nothing answers there either
         assert "the mapping store at postgresql+asyncpg://pfjs:********@127.0.0.1" in done.stderr
         assert "does not answer" in done.stderr
+
+
+# --- `replay` in bulk: by status, age and employee ---------------------------------------------
+
+LONG_AGO = datetime(2020, 3, 2, 8, 0, tzinfo=UTC)
+BULK = [
+    ("employee_update:1041:old", 1041, EventStatus.failed, RUN_ID),
+    ("employee_update:1042:old", 1042, EventStatus.failed, None),
+    ("employee_update:1043:old", 1043, EventStatus.set_aside, None),
+    ("employee_update:1044:old", 1044, EventStatus.dispatched, RUN_ID),
+    ("employee_update:1045:old", 1045, EventStatus.done, RUN_ID),
+    ("sha256:nobody", None, EventStatus.set_aside, None),
+    ("employee_update:1046:new", 1046, EventStatus.failed, None),  # changed just now
+]
+
+
+@pytest.fixture
+def bulk_inbox(tmp_path: Path) -> Path:
+    """Events e1-e7 (BULK): all but the last last changed long ago."""
+    data_dir = tmp_path / "data"
+    url = f"sqlite+aiosqlite:///{data_dir / 'pf-jira-sync.db'}"
+
+    async def fill() -> None:
+        async with await MappingStore.open(url) as store:
+            inbox = InboxRepository(store.engine)
+            for key, employee, status, run in BULK:
+                changed = utc_now() if key.endswith(":new") else LONG_AGO
+                await inbox.add(
+                    WebhookEvent(
+                        event_key=key, action="employee_update", employee_id=employee,
+                        status=status, flow_run_id=run, body="{}", outcome="it went wrong",
+                        failed_runs=2, dispatch_attempts=3, received_at=changed,
+                        updated_at=changed,
+                    )
+                )  # fmt: skip
+
+    asyncio.run(fill())
+    return data_dir
+
+
+def statuses_of(data_dir: Path) -> dict[str, str]:
+    async def read() -> dict[str, str]:
+        url = f"sqlite+aiosqlite:///{data_dir / 'pf-jira-sync.db'}"
+        async with await MappingStore.open(url) as store:
+            events = await InboxRepository(store.engine).recent(limit=100)
+        return {event.event_key: event.status.value for event in events}
+
+    return asyncio.run(read())
+
+
+def test_replay_by_status_and_age_requeues_each_once_and_names_them(
+    bulk_inbox: Path, tmp_path: Path
+) -> None:
+    result = run_cli(
+        "replay", "--status", "failed", "--older-than", "1h", cwd=tmp_path, DATA_DIR=str(bulk_inbox)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " ".join(result.stdout.split()) == (
+        "requeued 2 events older than 1h (2 failed): e1, e2. The gateway's dispatcher hands them "
+        "to Prefect again as soon as it runs."
+    )
+    statuses = statuses_of(bulk_inbox)
+    assert statuses["employee_update:1041:old"] == statuses["employee_update:1042:old"] == "pending"
+    assert statuses["employee_update:1046:new"] == "failed"  # too recent
+    first = stored_event(bulk_inbox, "employee_update:1041:old")
+    assert first is not None
+    assert first.outcome == f"requeued (was failed, flow run {RUN_ID})"
+    assert (first.flow_run_id, first.failed_runs, first.dispatch_attempts) == (None, 0, 0)
+    # Nothing left to requeue: the same command again says so.
+    again = run_cli(
+        "replay", "--status", "failed", "--older-than", "1h", cwd=tmp_path, DATA_DIR=str(bulk_inbox)
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.strip() == "no failed events older than 1h to requeue"
+
+
+def test_replay_by_status_for_one_employee_and_stuck_dispatched_runs(
+    bulk_inbox: Path, tmp_path: Path
+) -> None:
+    args = ["--status", "set_aside", "--status", "failed", "--employee", "1043"]
+    result = run_cli("replay", *args, cwd=tmp_path, DATA_DIR=str(bulk_inbox))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "requeued 1 event about employee 1043 (1 set_aside): e3." in result.stdout
+    stuck = run_cli(
+        "replay",
+        "--status",
+        "dispatched",
+        "--older-than",
+        "2h",
+        cwd=tmp_path,
+        DATA_DIR=str(bulk_inbox),
+    )
+    assert stuck.returncode == 0, stuck.stdout + stuck.stderr
+    assert "requeued 1 event older than 2h (1 dispatched): e4." in stuck.stdout
+    statuses = statuses_of(bulk_inbox)
+    assert [key for key, status in statuses.items() if status == "pending"] == [
+        "employee_update:1044:old",
+        "employee_update:1043:old",
+    ]
+
+
+def test_replay_all_asks_first_and_yes_goes_on(bulk_inbox: Path, tmp_path: Path) -> None:
+    def replay_all(*args: str, answer: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cli", "replay", "--all", *args],
+            env=cli_env(DATA_DIR=str(bulk_inbox)),
+            cwd=tmp_path,
+            input=answer,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+
+    before = statuses_of(bulk_inbox)
+    declined = replay_all(answer="n\n")
+    assert declined.returncode == 1
+    assert "Requeue all 5 failed and set_aside events? [y/N]" in declined.stdout
+    assert "nothing requeued" in declined.stdout
+    unanswered = replay_all(answer="")
+    assert unanswered.returncode == 2
+    assert "--all would requeue 5 failed and set_aside events: add --yes" in unanswered.stderr
+    assert statuses_of(bulk_inbox) == before
+
+    done = replay_all("--yes", answer="")
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Every failed and set-aside event about someone; the one about nobody stays set aside.
+    assert "requeued 4 events (3 failed, 1 set_aside): e1, e2, e3, e7." in " ".join(
+        done.stdout.split()
+    )
+    after = statuses_of(bulk_inbox)
+    assert after["sha256:nobody"] == "set_aside"
+    assert after["employee_update:1045:old"] == "done"
+    assert after["employee_update:1044:old"] == "dispatched"
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--status", "failed"], "error: --status failed alone selects every such event: narrow "
+         "it with --older-than AGE or --employee ID, or say --all"),
+        (["--status", "pending", "--all"], "error: --status pending: requeue only events "
+         "dispatched, done, failed, set_aside"),
+        (["--status", "lost", "--all"], "error: --status lost: requeue only events dispatched, "
+         "done, failed, set_aside"),
+        (["--status", "failed", "--older-than", "2 weeks"], "error: --older-than '2 weeks' is "
+         "not an age: a number and s, m, h or d (2h)"),
+        (["e1", "--status", "failed"], "error: give an event's reference, or --status / --all "
+         "to requeue many, not both"),
+        (["--older-than", "1h"], "error: --older-than selects events by --status: give --status "
+         "too (or --all)"),
+    ],
+)  # fmt: skip
+def test_replay_in_bulk_refuses_a_selection_it_cannot_make(
+    args: list[str], error: str, bulk_inbox: Path, tmp_path: Path
+) -> None:
+    before = statuses_of(bulk_inbox)
+    result = run_cli("replay", *args, cwd=tmp_path, DATA_DIR=str(bulk_inbox))
+    assert result.returncode == 2
+    assert " ".join(result.stderr.split()) == error
+    assert statuses_of(bulk_inbox) == before

@@ -112,6 +112,18 @@ def test_jira_api_base_picks_the_url_form(
             "perhaps",
             "ALLOW_UNSIGNED_WEBHOOKS: Input should be a valid boolean",
         ),
+        # A silence shorter than two heartbeats would crash runs that are alive.
+        (
+            "FLOW_SILENT_CRASH_SECONDS",
+            "60",
+            "FLOW_SILENT_CRASH_SECONDS (60) must be at least two heartbeats and 15 s (75",
+        ),
+        ("FLOW_HEARTBEAT_SECONDS", "10", "FLOW_HEARTBEAT_SECONDS: Input should be greater than"),
+        (
+            "DISPATCH_CLAIM_SECONDS",
+            "15",
+            "DISPATCH_CLAIM_SECONDS (15) must be more than twice DISPATCH_PREFECT_TIMEOUT_SECONDS",
+        ),
     ],
 )
 def test_invalid_setting_names_the_variable(

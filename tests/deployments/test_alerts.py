@@ -11,19 +11,30 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
+from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import PrefectClient
+from prefect.events import emit_event
+from prefect.events.schemas.automations import AutomationCore
 from prefect.flow_engine import run_flow_async
 from prefect.settings import PREFECT_API_URL
-from prefect.states import State
+from prefect.states import Completed, Running, State
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from core.settings import Settings
-from deployments.alerts import AUTOMATION_NAME, install_alerts, uninstall_alerts
+from deployments.alerts import (
+    AUTOMATION_NAME,
+    CRASH_AUTOMATION_NAME,
+    HEARTBEAT_EVENT,
+    install_alerts,
+    install_crash_detection,
+    uninstall_alerts,
+)
 from flows.onboarding import onboarding
 from sandbox.server import BackgroundServer
 from tests.fixtures_flows import World
@@ -146,3 +157,71 @@ async def test_the_cli_installs_the_alerts_and_posts_a_test_message(
     missing = await asyncio.to_thread(cli, "install", without="PREFECT_API_URL")
     assert missing.returncode == 2
     assert "PREFECT_API_URL is not set" in missing.stderr
+
+
+async def test_a_running_run_that_stops_heartbeating_is_marked_crashed(
+    prefect_server: None,
+) -> None:
+    """Crash detection: after a heartbeat, a run of this service that gives no further sign of
+    life within the window is marked Crashed by the Prefect server's own automation; a run that
+    ends within it keeps its end. (A 10 s window here; the service's is FLOW_SILENT_CRASH_SECONDS.)"""
+    async with PrefectClient(api=PREFECT_API_URL.value()) as client:
+        automation_id = await install_crash_detection(timedelta(seconds=10), client)
+        try:
+            # A runner restarting installs it again: left as it is, for an update would make
+            # the server forget the heartbeats it saw (the runs that died with the runner).
+            updates: list[object] = []
+            update = client.update_automation
+
+            async def counted(automation_id: UUID, automation: AutomationCore) -> None:
+                updates.append(automation)
+                await update(automation_id, automation)
+
+            client.update_automation = counted  # type: ignore[method-assign]
+            assert await install_crash_detection(timedelta(seconds=10), client) == automation_id
+            assert updates == []
+            await install_crash_detection(timedelta(seconds=11), client)  # changed: updated
+            await install_crash_detection(timedelta(seconds=10), client)
+            assert len(updates) == 2
+            deployment_id = await (
+                await onboarding.ato_deployment(name="manual", tags=["pf-jira-sync"])
+            ).aapply()
+            silent, finished, unborn = [
+                await client.create_flow_run_from_deployment(
+                    deployment_id, parameters={"employee_ids": [n]}
+                )
+                for n in (1, 2, 3)
+            ]
+            # Killed before its first heartbeat left the process: only its Running state.
+            await client.set_flow_run_state(unborn.id, Running(), force=True)
+            for run in (silent, finished):
+                await client.set_flow_run_state(run.id, Running(), force=True)
+                # What the flow engine emits every FLOW_HEARTBEAT_SECONDS while the run lives.
+                emit_event(
+                    event=HEARTBEAT_EVENT,
+                    resource={"prefect.resource.id": f"prefect.flow-run.{run.id}"},
+                    related=[
+                        {"prefect.resource.id": "prefect.tag.pf-jira-sync", "prefect.resource.role": "tag"}
+                    ],
+                )  # fmt: skip
+            await client.set_flow_run_state(finished.id, Completed())
+
+            deadline = time.monotonic() + 90
+            for run in (silent, unborn):
+                while (state := (await client.read_flow_run(run.id)).state) and state.is_running():
+                    assert time.monotonic() < deadline, f"{run.name} was never marked Crashed"
+                    await asyncio.sleep(0.5)
+                assert state is not None
+                assert state.is_crashed()
+                assert (state.message or "").startswith("pf-jira-sync: no heartbeat for 10s: the")
+            ended = (await client.read_flow_run(finished.id)).state
+            assert ended is not None
+            assert ended.is_completed()
+        finally:
+            await client.delete_automation(automation_id)
+    assert len(await client_automations(CRASH_AUTOMATION_NAME)) == 0
+
+
+async def client_automations(name: str) -> list:
+    async with PrefectClient(api=PREFECT_API_URL.value()) as client:
+        return await client.read_automations_by_name(name)

@@ -1,7 +1,7 @@
 """Jira intent: a write-ahead record of a Jira write that is not idempotent, until recorded.
 
 Revision ID: 0006
-Revises: 0004 (0005, the inbox's, when both are merged)
+Revises: 0005
 Create Date: 2026-12-04
 
 Written by hand, frozen: later model changes get a new revision, never an edit here.
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
