@@ -71,3 +71,14 @@ class GatewayConfig:
             reject_window=settings.gateway_reject_window_seconds,
             reject_log_every=settings.gateway_reject_log_every,
         )
+
+
+def require_prefect_api_url(settings: Settings) -> str:
+    """The Prefect API the gateway hands events to; refuses to go on without one, before
+    serving (a Prefect client without a URL would silently start a temporary server)."""
+    if not settings.prefect_api_url:
+        raise GatewayConfigError(
+            "PREFECT_API_URL is not set: the gateway hands events to Prefect at that URL "
+            "(e.g. http://127.0.0.1:4200/api)"
+        )
+    return str(settings.prefect_api_url).rstrip("/")

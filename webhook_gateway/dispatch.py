@@ -75,7 +75,8 @@ from core.settings import Settings, mask_url
 from core.store import EventStatus, InboxRepository, Settled, WebhookEvent, WorkResult
 from core.store.models import utc_now
 from core.text import NAME_LIMIT, printable
-from webhook_gateway.app import GatewayConfigError, event_properties
+from webhook_gateway.app import event_properties
+from webhook_gateway.config import require_prefect_api_url
 
 T = TypeVar("T")
 
@@ -788,15 +789,9 @@ def _display_name(name: str | None) -> str | None:
 
 def prefect_client(settings: Settings) -> PrefectClient:
     """The gateway's one Prefect client: the configured API, never a silent temporary server."""
-    if not settings.prefect_api_url:
-        raise GatewayConfigError(
-            "PREFECT_API_URL is not set: the gateway hands events to Prefect at that URL "
-            "(e.g. http://127.0.0.1:4200/api)"
-        )
+    api_url = require_prefect_api_url(settings)
     # PREFECT_API_AUTH_STRING: the server's PREFECT_SERVER_API_AUTH_STRING, when it has one.
-    return PrefectClient(
-        api=str(settings.prefect_api_url).rstrip("/"), auth_string=PREFECT_API_AUTH_STRING.value()
-    )
+    return PrefectClient(api=api_url, auth_string=PREFECT_API_AUTH_STRING.value())
 
 
 class Dispatching:

@@ -13,7 +13,7 @@ from core.logging import configure_logging
 from core.settings import Settings, get_settings
 from webhook_gateway.app import create_app
 from webhook_gateway.bounds import bounded_protocol, count_uvicorn_refusals
-from webhook_gateway.dispatch import Dispatching
+from webhook_gateway.dispatching import DeferredDispatching
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8700
@@ -36,7 +36,7 @@ def create_server(
     settings = settings or get_settings()
     configure_logging(settings, component="gateway")
     if dispatch:
-        dispatching = Dispatching(settings)
+        dispatching = DeferredDispatching(settings)
         app_options = {
             "on_stored": dispatching.wake,
             "extra_lifespan": dispatching.lifespan,
