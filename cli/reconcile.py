@@ -113,7 +113,7 @@ def plan_employee(
                 Facts(employee_id, employee, link, previous, jira=checked),
                 rules,
                 today,
-                lambda: peopleforce.list_assets(employee_id),
+                lambda: peopleforce.read_assets(employee_id),
             )
 
     facts, result = run_reading(read, url)
