@@ -85,6 +85,7 @@ def plan_employee(
     from core.peopleforce.client import PeopleForceClient
     from core.plan import CreateIssue, Facts, Plan, plan_with_assets, today_in
     from core.render import action_label, describe_action, describe_inputs
+    from core.retry import INTERACTIVE_READ
     from core.store import MappingStore
 
     settings = load_settings()
@@ -113,7 +114,10 @@ def plan_employee(
                 Facts(employee_id, employee, link, previous, jira=checked),
                 rules,
                 today,
-                lambda: peopleforce.read_assets(employee_id),
+                # Retried as every terminal read is: only what outlasts that degrades the plan.
+                lambda: INTERACTIVE_READ.call(
+                    f"read assets of {employee_id}", lambda: peopleforce.read_assets(employee_id)
+                ),
             )
 
     facts, result = run_reading(read, url)
