@@ -1,4 +1,5 @@
-"""Reconciliation from the terminal: `plan EMPLOYEE_ID` and `reconcile [--dry-run] [--force] [--full]`."""
+"""Reconciliation from the terminal: `plan EMPLOYEE_ID`, `reconcile [--dry-run] [--force] [--full]`
+and `preview-rules NEW.toml` (the whole company planned with the rules in force and proposed ones)."""
 
 from __future__ import annotations
 
@@ -84,6 +85,7 @@ def plan_employee(
     from core.peopleforce.client import PeopleForceClient
     from core.plan import CreateIssue, Facts, Plan, plan_with_assets, today_in
     from core.render import action_label, describe_action, describe_inputs
+    from core.retry import INTERACTIVE_READ
     from core.store import MappingStore
 
     settings = load_settings()
@@ -112,7 +114,10 @@ def plan_employee(
                 Facts(employee_id, employee, link, previous, jira=checked),
                 rules,
                 today,
-                lambda: peopleforce.list_assets(employee_id),
+                # Retried as every terminal read is: only what outlasts that degrades the plan.
+                lambda: INTERACTIVE_READ.call(
+                    f"read assets of {employee_id}", lambda: peopleforce.read_assets(employee_id)
+                ),
             )
 
     facts, result = run_reading(read, url)
@@ -167,31 +172,67 @@ def print_company_plan(company: Any, verdict: Any) -> None:
     console.print(f"{mark} {escape(explain(verdict))}", highlight=False, soft_wrap=True)
 
 
-def dry_run_reconcile(settings: Settings, full: bool) -> None:
-    """Plan the whole company in this process (no Prefect) and print it."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
-
+async def read_company(
+    settings: Settings,
+    rules: Any,
+    url: str | None,
+    now: datetime,
+    full: bool,
+    advance: Callable[[str, int, int | None], None],
+    acknowledged: dict[int, Any],
+    then: Callable[[Any, Any], Coroutine[Any, Any, Any]] | None = None,
+) -> Any:
+    """Read the company in bulk and plan it as the reconciliation does (the store's links, the
+    inbox's backlog into `acknowledged`); `then(sources, company)`, if given, goes on reading
+    with the same clients and its result is returned instead of the company plan."""
     from core.company import (
         BACKLOG_LIMIT,
         BACKLOG_STATUSES,
         ClientSources,
         acknowledged_by_employee,
         plan_reconciliation,
-        safeguard,
     )
     from core.jira.client import JiraClient
     from core.peopleforce.client import PeopleForceClient
     from core.plan import today_in
     from core.store import EmployeeLink, InboxRepository, MappingStore, WebhookEvent
 
-    rules = load_reconcile_rules(settings)
-    url = existing_store_url(settings)
-    now = datetime.now().astimezone()
-    today = today_in(rules.zone, now)
+    links: list[EmployeeLink] = []
+    backlog: list[WebhookEvent] = []
+    if url is not None:
+        async with await MappingStore.open(url) as store:
+            # As the run does: the inbox's backlog first, so that the safeguard reads alike.
+            inbox = InboxRepository(store.engine)
+            for status in BACKLOG_STATUSES:
+                backlog += await inbox.recent(BACKLOG_LIMIT, status)
+            links = [link async for link in store.all_links()]
+    acknowledged.update(acknowledged_by_employee(backlog))
+    async with (
+        PeopleForceClient.from_settings(settings) as peopleforce,
+        JiraClient.from_settings(settings) as jira,
+    ):
+        sources = ClientSources(peopleforce, jira)
+        company = await plan_reconciliation(
+            sources,
+            links,
+            rules,
+            today_in(rules.zone, now),
+            now=now,
+            concurrency=settings.reconcile_read_concurrency,
+            lookback_days=settings.reconcile_lookback_days,
+            full=full,
+            read_in_full=acknowledged,
+            progress=advance,
+        )
+        return company if then is None else await then(sources, company)
 
-    acknowledged: dict[int, Any] = {}
 
-    async def read(progress: Progress) -> Any:
+def read_with_progress(work: Callable[[Callable[[str, int, int | None], None]], Any]) -> Any:
+    """Run `work(advance)` with progress bars on stderr (gone when it ends)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=errors, transient=True) as progress:
         bars: dict[str, TaskID] = {}
 
         def advance(what: str, done: int, total: int | None) -> None:
@@ -199,36 +240,22 @@ def dry_run_reconcile(settings: Settings, full: bool) -> None:
                 bars[what] = progress.add_task(what, total=total)
             progress.update(bars[what], completed=done, total=total)
 
-        links: list[EmployeeLink] = []
-        backlog: list[WebhookEvent] = []
-        if url is not None:
-            async with await MappingStore.open(url) as store:
-                # As the run does: the inbox's backlog first, so that the safeguard reads alike.
-                inbox = InboxRepository(store.engine)
-                for status in BACKLOG_STATUSES:
-                    backlog += await inbox.recent(BACKLOG_LIMIT, status)
-                links = [link async for link in store.all_links()]
-        acknowledged.update(acknowledged_by_employee(backlog))
-        async with (
-            PeopleForceClient.from_settings(settings) as peopleforce,
-            JiraClient.from_settings(settings) as jira,
-        ):
-            return await plan_reconciliation(
-                ClientSources(peopleforce, jira),
-                links,
-                rules,
-                today,
-                now=now,
-                concurrency=settings.reconcile_read_concurrency,
-                lookback_days=settings.reconcile_lookback_days,
-                full=full,
-                read_in_full=acknowledged,
-                progress=advance,
-            )
+        return work(advance)
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=errors, transient=True) as progress:
-        company = run_reading(lambda: read(progress), url)
+
+def dry_run_reconcile(settings: Settings, full: bool) -> None:
+    """Plan the whole company in this process (no Prefect) and print it."""
+    from core.company import safeguard
+
+    rules = load_reconcile_rules(settings)
+    url = existing_store_url(settings)
+    now = datetime.now().astimezone()
+    acknowledged: dict[int, Any] = {}
+    company = read_with_progress(
+        lambda advance: run_reading(
+            lambda: read_company(settings, rules, url, now, full, advance, acknowledged), url
+        )
+    )
     verdict = safeguard(
         company,
         max_share=settings.safeguard_max_share,
@@ -236,6 +263,67 @@ def dry_run_reconcile(settings: Settings, full: bool) -> None:
         acknowledged=acknowledged,
     )
     print_company_plan(company, verdict)
+    if url is None:
+        print_no_store_note(settings)
+
+
+@app.command("preview-rules")
+def preview_rules_command(
+    proposed_file: Annotated[
+        Path, typer.Argument(metavar="NEW.toml", help="The proposed rules file.")
+    ],
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full",
+            help="Read every employee's full record (slower; as `reconcile --full`), so that "
+            "changes to custom-field mappings show for everyone.",
+        ),
+    ] = False,
+) -> None:
+    """Show what proposed rules would change in Jira's work, before they are deployed.
+
+    Reads the company once (as `reconcile --dry-run` does), plans every employee with the
+    rules in force (RULES_FILE) and with NEW.toml, and lists per employee the actions that
+    would appear (+) or disappear (-). Changes nothing.
+    """
+    from core.company import preview_rules
+    from core.render import preview_differences, preview_summary
+    from core.rules import RulesError, load_rules
+
+    settings = load_settings()
+    current = load_reconcile_rules(settings)
+    try:
+        proposed = load_rules(proposed_file)
+    except RulesError as error:
+        fail(f"the proposed rules: {error}", code=2)
+    url = existing_store_url(settings)
+    now = datetime.now().astimezone()
+
+    def read(advance: Callable[[str, int, int | None], None]) -> Any:
+        async def then(sources: Any, company: Any) -> Any:
+            return await preview_rules(
+                sources,
+                company,
+                proposed,
+                current,
+                settings.reconcile_read_concurrency,
+                advance,
+            )
+
+        return run_reading(
+            lambda: read_company(settings, current, url, now, full, advance, {}, then), url
+        )
+
+    preview = read_with_progress(read)
+    differences = preview_differences(preview)
+    for employee_id, name, gone, new in differences:
+        console.print(f"[bold]{employee_id} {escape(name)}[/]", highlight=False)
+        for line in gone:
+            console.print(f"  [red]-[/] {escape(line)}", highlight=False, soft_wrap=True)
+        for line in new:
+            console.print(f"  [green]+[/] {escape(line)}", highlight=False, soft_wrap=True)
+    console.print(preview_summary(differences, len(preview.current)), highlight=False)
     if url is None:
         print_no_store_note(settings)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Protocol, TypeVar
 
@@ -657,3 +657,55 @@ class ClientSources:
 
     async def issue_key(self, key: str) -> str | None:
         return await INTERACTIVE_READ.call(f"look up {key}", lambda: self.jira.current_key(key))
+
+
+# --- The rules preview: the same company planned with other rules ----------------------------
+
+
+@dataclass(frozen=True)
+class RulesPreview:
+    """Every employee planned twice from one read of the company: with the rules in force and
+    with proposed ones (`pf-jira-sync preview-rules`); `core.render` tells the difference."""
+
+    current: dict[int, Plan]
+    proposed: dict[int, Plan]
+    names: dict[int, str]
+
+
+async def preview_rules(
+    sources: Sources,
+    company: CompanyPlan,
+    proposed: Rules,
+    current: Rules,
+    concurrency: int,
+    progress: Progress | None = None,
+) -> RulesPreview:
+    """Plan the company again with `proposed` from the facts `company` was planned from.
+
+    As the reconciliation does, whoever was planned from a list item and calls for work under
+    the proposed rules is read in full, and planned again under both rules from that record, so
+    the two plans of each employee always come from the same facts.
+    """
+    facts = dict(company.facts)
+    plans = {employee_id: plan(f, proposed, company.today) for employee_id, f in facts.items()}
+    unsure = sorted(
+        employee_id
+        for employee_id, p in plans.items()
+        if not p.is_empty
+        and employee_id not in company.read_in_full
+        and facts[employee_id].employee is not None
+    )
+    before = dict(company.plans)
+    if unsure:
+        records = await read_records(
+            sources, unsure, asyncio.Semaphore(concurrency), company.reads, progress
+        )
+        for employee_id, record in records.items():
+            facts[employee_id] = replace(facts[employee_id], employee=record)
+            before[employee_id] = plan(facts[employee_id], current, company.today)
+            plans[employee_id] = plan(facts[employee_id], proposed, company.today)
+    names = {
+        employee_id: p.employee_name or plans[employee_id].employee_name or ""
+        for employee_id, p in before.items()
+    }
+    return RulesPreview(before, plans, names)

@@ -17,9 +17,10 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.errors import ApiError, ForbiddenError, NotFoundError, is_transient
 from core.lifecycle import ISSUE_KINDS, IssueKind, Lifecycle, apply, issue_key, issue_relinked
 from core.names import employee_label, work_label
-from core.peopleforce.models import Asset, Employee
+from core.peopleforce.models import Asset, AssetsRead, Employee
 from core.rules import ChecklistItem, FieldType, IssueRules, Route, Rules
 from core.store.models import EmployeeLink
 
@@ -50,6 +51,10 @@ class Facts:
     previous: EmployeeLink | None = None  # an earlier record with the same email (rehire)
     assets: Sequence[Asset] = ()
     jira: IssueCheck | None = None  # None: Jira was not read, the link is taken as it is
+    # Why the asset list could not be read (None: read, or not needed): the offboarding then
+    # asks for a check by hand instead of failing.
+    assets_unread: str | None = None
+    asset_notes: tuple[str, ...] = ()  # assets of the list read only in part, or skipped
 
 
 # --- What the plan says -------------------------------------------------------------------
@@ -252,17 +257,46 @@ def _name(ref: object) -> str | None:
 
 
 async def plan_with_assets(
-    facts: Facts, rules: Rules, today: date, read_assets: Callable[[], Awaitable[Sequence[Asset]]]
+    facts: Facts,
+    rules: Rules,
+    today: date,
+    read_assets: Callable[[], Awaitable[Sequence[Asset] | AssetsRead]],
 ) -> tuple[Facts, Plan]:
     """The plan, and when it offboards the employee, the plan again with their assets.
 
     Assets (the equipment to return) only matter to offboarding: `read_assets` is called only
-    then. Returns the facts the plan was made from."""
+    then. Degrade, never drop: when the list cannot be read (`read_assets` raised an API error:
+    a 404 from a tenant without the assets module, a refusal, or an outage its retries did not
+    outlast), the offboarding is planned all the same, with a subtask to check the assets by
+    hand and a note saying why. Returns the facts the plan was made from."""
     result = plan(facts, rules, today)
     if not any(isinstance(a, CreateIssue) and a.kind == "offboarding" for a in result.actions):
         return facts, result
-    facts = replace(facts, assets=await read_assets())
+    try:
+        read = await read_assets()
+    except ApiError as error:
+        facts = replace(facts, assets=(), assets_unread=asset_list_unreadable(error))
+    else:
+        if isinstance(read, AssetsRead):
+            facts = replace(facts, assets=read.assets, asset_notes=read.notes)
+        else:
+            facts = replace(facts, assets=tuple(read))
     return facts, plan(facts, rules, today)
+
+
+def asset_list_unreadable(error: ApiError) -> str:
+    """Why the asset list could not be read, in words an IT admin acts on."""
+    if isinstance(error, NotFoundError):
+        return (
+            "PeopleForce answered 404 Not Found for this employee's assets (the assets module "
+            "may not be enabled for the company)"
+        )
+    if isinstance(error, ForbiddenError):
+        return "PeopleForce refused to show this employee's assets (the API key may lack access)"
+    if is_transient(error):
+        return f"PeopleForce did not answer for the asset list, tried again ({error.message})"
+    status = f" {error.status}" if error.status is not None else ""
+    return f"PeopleForce's answer{status} for the asset list could not be used ({error.message})"
 
 
 def plan(facts: Facts, rules: Rules, today: date) -> Plan:
@@ -317,11 +351,7 @@ def _follow_jira(facts: Facts, rules: Rules) -> tuple[Facts, list, set[str]]:
             )
     if followed is link:
         return facts, [], set()
-    return (
-        Facts(facts.employee_id, facts.employee, followed, facts.previous, facts.assets),
-        actions,
-        gone,
-    )
+    return replace(facts, link=followed, jira=None), actions, gone
 
 
 def _plan(facts: Facts, rules: Rules, today: date) -> Plan:
@@ -458,9 +488,15 @@ def _leaving(
         ]
     why = f"termination effective {leaving_on}"
     related = link.onboarding_issue_key if link else None
+    notes = list(facts.asset_notes)
+    if facts.assets_unread:
+        notes.append(
+            f"the asset list could not be read: {facts.assets_unread}; the offboarding asks "
+            "for a check by hand"
+        )
     return [
         _create(facts, employee, rules, "offboarding", rules.offboarding, leaving_on, why, related)
-    ], []
+    ], notes
 
 
 def _field_sync(facts: Facts, employee: Employee, rules: Rules) -> list:
@@ -563,6 +599,13 @@ def _create(
                 "asset_category": str(asset.asset_category_id or ""),
             }
             subtasks.append(Subtask(summary=asset_template.format_map(asset_values).strip()))
+    description = _render(issue_rules.description, values)
+    if kind == "offboarding" and facts.assets_unread:
+        # The equipment to collect is not known: someone must look it up, and knows why.
+        subtasks.append(Subtask(summary=f"Check the asset list by hand: {facts.assets_unread}"))
+        description = (
+            f"{description}\n\n" if description else ""
+        ) + f"The asset list could not be read: {facts.assets_unread}. Check it by hand."
     fields, snapshot = mapped_fields(employee, rules) if kind == "onboarding" else ((), {})
     if rules.record.issue == "separate":
         fields, snapshot = (), {}
@@ -575,7 +618,7 @@ def _create(
         issue_type=issue_rules.issue_type,
         subtask_type=issue_rules.subtask_type,
         summary=_render(issue_rules.summary, values) or issue_rules.summary,
-        description=_render(issue_rules.description, values),
+        description=description,
         assignee=_assignee(assignee_spec, employee),
         due_date=on,
         labels=(employee_label(employee.id), f"pf-{kind}", guard),

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import Protocol
 
-from core.company import Acknowledged, CompanyPlan, Verdict
+from core.company import Acknowledged, CompanyPlan, RulesPreview, Verdict
 from core.errors import (
     ApiError,
     AuthenticationError,
@@ -670,4 +670,68 @@ def backlog_line(verdict: Verdict, acknowledged: Mapping[int, Acknowledged], clo
         f"inbox: {events} acknowledged event(s) of {len(acknowledged)} employee(s) not worked "
         f"yet; {verdict.owed} employee(s) of the plan owed to them (not counted by the "
         f"safeguard); {closed} event(s) closed as done by this run"
+    )
+
+
+# --- The rules preview (`pf-jira-sync preview-rules NEW.toml`) ------------------------------
+
+
+def preview_lines(action: Action) -> list[str]:
+    """An action as the preview compares it: one line for the action, and for a creation one
+    line per subtask, so that a checklist item added or dropped shows as that one line."""
+    if isinstance(action, Report):
+        return [f"report: {action.why}"]
+    if not isinstance(action, CreateIssue):
+        return [f"{action_label(action)}: {describe_action(action)}"]
+    due = f", due {action.due_date}" if action.due_date else ""
+    head = f"{action_label(action)}: {action.project}: {action.summary!r}{due}"
+    lines = [head + _assigned(action.assignee)]
+    lines += [
+        f"subtask of {action.kind}: {subtask.summary!r}" + _assigned(subtask.assignee)
+        for subtask in action.subtasks
+    ]
+    return lines
+
+
+def _assigned(assignee: object) -> str:
+    who = getattr(assignee, "email", None) or getattr(assignee, "account_id", None)
+    return f", assigned to {who}" if who else ""
+
+
+def preview_differences(preview: RulesPreview) -> list[tuple[int, str, list[str], list[str]]]:
+    """(employee, name, lines that disappear, lines that appear) for each employee whose plan
+    differs between the current and the proposed rules, by employee id."""
+    differences = []
+    for employee_id in sorted(set(preview.current) | set(preview.proposed)):
+        before = Counter(
+            line for a in _actions(preview.current, employee_id) for line in preview_lines(a)
+        )
+        after = Counter(
+            line for a in _actions(preview.proposed, employee_id) for line in preview_lines(a)
+        )
+        gone, new = sorted((before - after).elements()), sorted((after - before).elements())
+        if gone or new:
+            differences.append((employee_id, preview.names.get(employee_id, ""), gone, new))
+    return differences
+
+
+def _actions(plans: Mapping, employee_id: int) -> Sequence[Action]:
+    found = plans.get(employee_id)
+    return found.actions if found is not None else ()
+
+
+def preview_summary(
+    differences: Sequence[tuple[int, str, list[str], list[str]]], employees: int
+) -> str:
+    """The preview's last line: how many employees and actions the new rules change."""
+    if not differences:
+        return (
+            f"no difference: the proposed rules plan the same actions as the current ones "
+            f"for all {employees} employees"
+        )
+    gone = sum(len(lines) for _, _, lines, _ in differences)
+    new = sum(len(lines) for _, _, _, lines in differences)
+    return (
+        f"{len(differences)} of {employees} employees would change: {new} line(s) appear (+), "
+        f"{gone} disappear (-)"
     )

@@ -81,12 +81,22 @@ async def work_employee(
         link, previous = await store.read_mapping(
             employee_id, employee.email if employee else None, who
         )
-        _facts, result = await plan_with_assets(
+        facts, result = await plan_with_assets(
             Facts(employee_id, employee, link, previous, jira=checked),
             services.rules,
             today,
             lambda: peopleforce.read_assets(employee_id, who),
         )
+        if facts.assets_unread:
+            # Degraded, not failed: the offboarding goes ahead with a check by hand.
+            logger.warning(
+                "{}: the asset list could not be read ({}); the offboarding asks for a check "
+                "by hand",
+                who,
+                facts.assets_unread,
+            )
+        for note in facts.asset_notes:
+            logger.warning("{}: {}", who, note)
         notes.extend(note for note in result.notes if note not in notes)
         return link, previous, result
 

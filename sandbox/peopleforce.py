@@ -214,6 +214,22 @@ class Termination(BaseModel):
     eligible_for_rehire: bool = True
 
 
+# How `GET /employees/{id}/assets` answers for one employee (`PUT /_sandbox/employees/{id}/
+# assets-answer`): their list; 404, as a tenant without the assets module; or their list with
+# two odd records after it (`MALFORMED_ASSETS`).
+AssetsAnswer = Literal["list", "not_found", "malformed"]
+
+# One asset with an unreadable date (read without it) and one with no usable id (skipped).
+MALFORMED_ASSETS: list[dict[str, Any]] = [
+    {"id": 8801, "name": "Docking station", "serial_number": "DS-1", "created_at": "last spring"},
+    {"id": {"not": "an id"}, "name": "Monitor", "serial_number": "MON-7"},
+]
+
+
+class AssetsAnswerChange(BaseModel):
+    answer: AssetsAnswer
+
+
 class Clock(BaseModel):
     today: date | None = Field(None, description="null: follow the real date")
 
@@ -301,6 +317,7 @@ class PeopleForceState:
             stamps = [p.updated_at for p in self.people.values() if p.updated_at]
             self._last_stamp = max(stamps) if stamps else datetime(2000, 1, 1, tzinfo=UTC)
             self._nightly_done: set[tuple[str, int, date]] = set()
+            self.asset_answers: dict[int, AssetsAnswer] = {}  # see `set_assets_answer`
             self.set_faults(self._initial_faults.model_copy(deep=True))
 
     def close(self) -> None:
@@ -317,6 +334,12 @@ class PeopleForceState:
         self._faults = faults
         if self.injector is not None:
             self.injector.set(faults)
+
+    def set_assets_answer(self, employee_id: int, answer: AssetsAnswer) -> None:
+        """How the assets endpoint answers for this employee (until `reset`)."""
+        with self.lock:
+            self.get(employee_id)  # known, or the control's 404
+            self.asset_answers[employee_id] = answer
 
     def set_webhook_target(self, url: str | None, secret: str | None) -> None:
         with self.lock:
@@ -1002,7 +1025,13 @@ def _api_router(state: PeopleForceState) -> APIRouter:
         authenticate(request)
         with state.lock:
             person = known_person(employee_id)
-            return JSONResponse({"data": [state.render_asset(person, a) for a in person.assets]})
+            answer = state.asset_answers.get(employee_id, "list")
+            if answer == "not_found":  # a tenant without the assets module
+                raise _ApiFailure(404, {"message": "Not found"})
+            assets = [state.render_asset(person, a) for a in person.assets]
+            if answer == "malformed":
+                assets += MALFORMED_ASSETS
+            return JSONResponse({"data": assets})
 
     return router
 
@@ -1106,6 +1135,11 @@ def _control_router(state: PeopleForceState) -> APIRouter:
     def reset() -> dict[str, Any]:
         state.reset()
         return {"people": len(state.people)}
+
+    @router.put("/employees/{employee_id}/assets-answer")
+    def set_assets_answer(employee_id: int, answer: AssetsAnswerChange) -> dict[str, Any]:
+        state.set_assets_answer(employee_id, answer.answer)
+        return {"employee_id": employee_id, "answer": answer.answer}
 
     return router
 

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from core.errors import NotFoundError
 from core.peopleforce.client import Page
-from core.peopleforce.models import Asset, Employee, EmployeeSummary
+from core.peopleforce.models import AssetsRead, Employee, EmployeeSummary
 from core.retry import API_CALL
 from tasks.services import current
 
@@ -21,9 +21,10 @@ async def read_employee(employee_id: int) -> Employee | None:
 
 
 @API_CALL("read assets · {who}")
-async def read_assets(employee_id: int, who: str) -> list[Asset]:
-    """Assets assigned to the employee (one offboarding subtask each)."""
-    return await current().peopleforce.list_assets(employee_id)
+async def read_assets(employee_id: int, who: str) -> AssetsRead:
+    """Assets assigned to the employee (one offboarding subtask each), with a note for each
+    one that could be read only in part or not at all."""
+    return await current().peopleforce.read_assets(employee_id)
 
 
 @API_CALL("read employees page {page}")

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from core.errors import NotFoundError, UnexpectedAnswerError
 from core.http import DEFAULT_TIMEOUT, ApiClient, answer_error, describe, read_json, send
-from core.peopleforce.models import Asset, Employee, EmployeeSummary
+from core.peopleforce.models import Asset, AssetsRead, Employee, EmployeeSummary, asset_item_label
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -236,26 +236,37 @@ class PeopleForceClient(ApiClient):
         return Page(page, items, pages)
 
     async def list_assets(self, employee_id: int) -> list[Asset]:
+        """The employee's assets (`read_assets` without its notes)."""
+        return list((await self.read_assets(employee_id)).assets)
+
+    async def read_assets(self, employee_id: int) -> AssetsRead:
         """`GET /employees/{id}/assets` (one request: the spec declares no paging here).
 
         The spec declares no answer for this operation; what is read: `{"data": [...]}` (the
         shape of every other list, `data: null` for none), a bare list, or a 204. An asset
-        with a field that cannot be read keeps the rest (the field is left out, with a
-        warning); one without a readable id is skipped, with a warning: one odd record does
-        not cost the whole list. Any other answer is an `UnexpectedAnswerError`.
+        with a field that cannot be read keeps the rest (the field is left out); one without a
+        readable id is skipped: one odd record does not cost the whole list. Either way a note
+        names it (and a warning is logged). Any other answer is an `UnexpectedAnswerError`.
         """
         operation = "list_assets"
         response = await self._get(f"employees/{int(employee_id)}/assets")
         if response.status_code == 204:
-            return []
+            return AssetsRead()
         body = self._json(response, operation)
         items = body.get("data") if isinstance(body, dict) else body
         if items is None and isinstance(body, dict) and "data" in body:
-            return []
+            return AssetsRead()
         if not isinstance(items, list):
             raise self._shape_error(response, operation, "no list of assets (`data`)")
-        assets = (_read_asset(item, employee_id) for item in items)
-        return [asset for asset in assets if asset is not None]
+        assets: list[Asset] = []
+        notes: list[str] = []
+        for position, item in enumerate(items, 1):
+            asset, note = _read_asset(item, employee_id, position)
+            if asset is not None:
+                assets.append(asset)
+            if note:
+                notes.append(note)
+        return AssetsRead(assets=tuple(assets), notes=tuple(notes))
 
     async def check(self) -> int | None:
         """A cheap authenticated call for `doctor`: the first page of active employees.
@@ -354,16 +365,18 @@ class PeopleForceClient(ApiClient):
         return answer_error(SERVICE, operation, response, detail)
 
 
-def _read_asset(item: Any, employee_id: int) -> Asset | None:
-    """One asset of a list: the fields that can be read, or None when not even its id can
-    (either way with a warning naming what was left out)."""
+def _read_asset(item: Any, employee_id: int, position: int) -> tuple[Asset | None, str | None]:
+    """One asset of a list: the fields that can be read, or None when not even its id can;
+    and the note (also logged as a warning) naming what was left out."""
     try:
-        return Asset.model_validate(item)
+        return Asset.model_validate(item), None
     except (ValidationError, RecursionError) as error:
-        return _salvage_asset(item, employee_id, error)
+        return _salvage_asset(item, employee_id, position, error)
 
 
-def _salvage_asset(item: Any, employee_id: int, error: Exception) -> Asset | None:
+def _salvage_asset(
+    item: Any, employee_id: int, position: int, error: Exception
+) -> tuple[Asset | None, str | None]:
     problem = describe(error)
     unreadable = (
         {str(e["loc"][0]) for e in error.errors() if e["loc"]}
@@ -385,11 +398,16 @@ def _salvage_asset(item: Any, employee_id: int, error: Exception) -> Asset | Non
                 ", ".join(sorted(unreadable)),
                 problem,
             )
-            return asset
+            fields = ", ".join(sorted(unreadable))
+            return asset, f"asset {asset.label}: its {fields} could not be read and was left out"
     logger.warning(
         "PeopleForce asset of employee {} skipped, it cannot be read: {}", employee_id, problem
     )
-    return None
+    label = asset_item_label(item, position)
+    return None, (
+        f"asset {label} skipped: PeopleForce gave it in a form that cannot be read ({problem}); "
+        "check it by hand"
+    )
 
 
 def _employee_filters(

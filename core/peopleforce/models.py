@@ -193,6 +193,32 @@ class Asset(PeopleForceModel):
     def _null_is_empty_list(cls, value: Any) -> Any:
         return [] if value is None else value
 
+    @property
+    def label(self) -> str:
+        """How an IT admin finds the asset: its name, and its serial number or code."""
+        serial = self.serial_number or self.code
+        return f"{self.name or f'asset {self.id}'}" + (f" ({serial})" if serial else "")
+
+
+def asset_item_label(item: Any, position: int) -> str:
+    """An asset the list gave but that cannot be read, named by what of it can be."""
+    if isinstance(item, dict):
+        for name in ("name", "serial_number", "code", "id"):
+            value = item.get(name)
+            if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+                return f"{str(value)[:80]!r} (item {position} of the list)"
+    return f"item {position} of the list"
+
+
+class AssetsRead(BaseModel):
+    """An employee's asset list as read: the assets, and one note for each asset read only in
+    part (a field left out) or skipped (nothing usable), naming it: one odd record costs
+    neither the list nor the offboarding."""
+
+    model_config = ConfigDict(frozen=True)
+    assets: tuple[Asset, ...] = ()
+    notes: tuple[str, ...] = ()
+
 
 # --- Webhooks -------------------------------------------------------------------------------
 

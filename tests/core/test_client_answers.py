@@ -448,6 +448,18 @@ async def test_an_asset_with_an_unreadable_field_does_not_cost_the_list(
     assert len(warnings) == 4
     assert "left out unreadable created_at" in warnings[0]
     assert all("employee 7" in line for line in warnings)
+    async with peopleforce_answering(peopleforce_contract, answer) as peopleforce:
+        read = await peopleforce.read_assets(7)
+    assert read.assets == tuple(assets)
+    assert read.notes == (  # what the offboarding's notes say: each odd asset, named
+        "asset Laptop: its created_at could not be read and was left out",
+        "asset 'no readable id' (item 2 of the list) skipped: PeopleForce gave it in a form "
+        "that cannot be read (id.int: Input should be a valid integer; id.str: Input should be a "
+        "valid string); check it by hand",
+        "asset Badge: its asset_assignments could not be read and was left out",
+        "asset item 4 of the list skipped: PeopleForce gave it in a form that cannot be read "
+        "(the answer: Input should be a valid dictionary or instance of Asset); check it by hand",
+    )
 
 
 @pytest.mark.parametrize(

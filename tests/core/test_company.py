@@ -27,6 +27,7 @@ from core.company import (
     owed_to_webhooks,
     plan_company,
     plan_reconciliation,
+    preview_rules,
     read_pages,
     safeguard,
     search_batches,
@@ -498,3 +499,46 @@ def test_events_done_are_those_of_people_in_step_read_before_the_run() -> None:
         1: [10, 11],
         3: [30],
     }
+
+
+# --- the rules preview -----------------------------------------------------------------------
+
+
+def created_kinds(p: Plan) -> list[str]:
+    return [a.kind for a in p.actions if isinstance(a, CreateIssue)]
+
+
+class ListWithoutTerminations(MemorySources):
+    """As PeopleForce's list: its items carry no termination date."""
+
+    async def employees_page(self, page: int, updated_since: datetime | None) -> Page:
+        read = await super().employees_page(page, updated_since)
+        items = [
+            EmployeeSummary.model_validate(item.model_dump(exclude={"termination_effective_on"}))
+            for item in read.items
+        ]
+        return Page(read.number, items, read.pages)
+
+
+async def test_the_rules_preview_plans_both_rules_from_the_same_full_record() -> None:
+    """Whom the proposed rules give work is read in full, as a run would, and planned again
+    under both rules: what only the full record shows (a future termination) is no change."""
+    from core.render import preview_differences
+
+    quiet = full(1)
+    leaving = full(4, termination_effective_on=(TODAY + timedelta(days=20)).isoformat())
+    sources = ListWithoutTerminations([quiet, leaving], issues={"HR-1": ["pf-employee-1"]})
+    company = await reconcile_memory(sources, [link_for(quiet)])
+    assert company.plans[4].is_empty  # from the list item, which has no termination date
+    proposed = RULES.model_copy(update={"onboard_started_within_days": 10_000})
+    sources.calls.clear()
+    preview = await preview_rules(sources, company, proposed, RULES, concurrency=3)
+    assert sources.calls == {"employee": 1}  # the company is not read again
+    assert created_kinds(preview.current[4]) == ["offboarding"]
+    assert created_kinds(preview.proposed[4]) == ["onboarding", "offboarding"]
+    assert preview.current[1] == company.plans[1]
+    assert preview.proposed[1].is_empty
+    ((employee_id, name, gone, new),) = preview_differences(preview)
+    assert (employee_id, name, gone) == (4, "Person 4", [])
+    assert new[0].startswith("create_issue (onboarding): HR: 'Onboarding: Person 4")
+    assert [line.split(": ", 1)[0] for line in new[1:]] == ["subtask of onboarding"] * 3

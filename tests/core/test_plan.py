@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from core.peopleforce.models import Asset, Employee
+from core.errors import ApiError, NotFoundError, ServerError, UnexpectedAnswerError
+from core.peopleforce.models import Asset, AssetsRead, Employee
 from core.plan import (
     AddComment,
     CancelOffboarding,
@@ -371,6 +372,81 @@ async def test_assets_are_read_only_when_the_plan_offboards(
         (create,) = result.actions
         assert isinstance(create, CreateIssue)
         assert any("Laptop" in subtask.summary for subtask in create.subtasks)
+
+
+LAPTOP = Asset(id=7, name="Laptop", serial_number="C02XK1")
+SKIPPED = "asset 'Monitor' (item 2 of the list) skipped: PeopleForce gave it in a form that cannot be read"
+
+
+@pytest.mark.parametrize(
+    ("answer", "asset_subtasks", "check_by_hand", "notes"),
+    [
+        (AssetsRead(assets=(LAPTOP,)), ["Collect Laptop (C02XK1) from Zoë Łukasiewicz"], None, []),
+        (
+            NotFoundError("peopleforce", "Not Found", status=404),
+            [],
+            "PeopleForce answered 404 Not Found for this employee's assets (the assets module "
+            "may not be enabled for the company)",
+            ["the asset list could not be read: PeopleForce answered 404 Not Found"],
+        ),
+        (
+            UnexpectedAnswerError("peopleforce", "no list of assets (`data`)", status=200),
+            [],
+            "PeopleForce's answer 200 for the asset list could not be used (no list of assets "
+            "(`data`))",
+            ["the asset list could not be read: PeopleForce's answer 200"],
+        ),
+        (
+            ServerError("peopleforce", "Service Unavailable", status=503),
+            [],
+            "PeopleForce did not answer for the asset list, tried again (Service Unavailable)",
+            ["the asset list could not be read: PeopleForce did not answer"],
+        ),
+        (
+            AssetsRead(assets=(LAPTOP,), notes=(SKIPPED,)),
+            ["Collect Laptop (C02XK1) from Zoë Łukasiewicz"],
+            None,
+            [SKIPPED],
+        ),
+    ],
+    ids=[
+        "assets read",
+        "404: no assets module",
+        "permanent error",
+        "retries exhausted",
+        "one malformed asset",
+    ],
+)
+async def test_an_offboarding_is_planned_whatever_becomes_of_the_asset_list(
+    answer: AssetsRead | ApiError,
+    asset_subtasks: list[str],
+    check_by_hand: str | None,
+    notes: list[str],
+) -> None:
+    emp = employee(termination_effective_on=days(10))
+
+    async def read_assets() -> AssetsRead:
+        if isinstance(answer, ApiError):
+            raise answer
+        return answer
+
+    facts, result = await plan_with_assets(
+        Facts(employee_id=emp.id, employee=emp, link=onboarded(emp)), RULES, TODAY, read_assets
+    )
+    (create,) = result.actions
+    assert isinstance(create, CreateIssue)
+    assert create.kind == "offboarding"
+    summaries = [subtask.summary for subtask in create.subtasks]
+    checklist = ["Revoke access for Zoë Łukasiewicz", "Exit interview with Zoë Łukasiewicz"]
+    manual = [f"Check the asset list by hand: {check_by_hand}"] if check_by_hand else []
+    assert summaries == checklist + asset_subtasks + manual
+    assert facts.assets_unread == check_by_hand
+    assert (create.description or "").endswith(
+        f"The asset list could not be read: {check_by_hand}. Check it by hand."
+    ) == bool(check_by_hand)
+    assert len(result.notes) == len(notes)
+    for note, start in zip(result.notes, notes, strict=True):
+        assert note.startswith(start)
 
 
 def test_mover_comment_lists_old_and_new() -> None:
