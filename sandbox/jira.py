@@ -47,6 +47,7 @@ from sandbox.faults import WRITE_METHODS, FaultInjector, Faults
 DEFAULT_CUSTOM_FIELDS = frozenset(f"customfield_{number}" for number in range(10050, 10060))
 MAX_PAGE = 100  # Jira returns at most 100 issues per search page when fields are requested
 MAX_BULK = 50
+MAX_BULK_FETCH = 100
 MAX_RECONCILE = 50  # issue ids a search may name in reconcileIssues
 MAX_PROPERTY_BYTES = 32768
 ACCOUNT_NAMESPACE = uuid.UUID("6f0f5e3a-5d0c-4c1b-9a43-6a1f3c2d7e10")
@@ -445,15 +446,20 @@ class JiraState:
 
 
 SEARCH_PATH = "/rest/api/3/search/jql"
+BULK_FETCH_PATH = "/rest/api/3/issue/bulkfetch"
+
+
+# Reads sent as POST (their query is a body): they change nothing.
+READ_POSTS = (SEARCH_PATH, BULK_FETCH_PATH)
 
 
 def _is_read(call: str) -> bool:
-    return call.startswith("GET ") or call == f"POST {SEARCH_PATH}"
+    return call.startswith("GET ") or call in {f"POST {path}" for path in READ_POSTS}
 
 
 def _is_api_write(scope: Scope) -> bool:
-    """A request that changes something (a search by POST changes nothing)."""
-    return scope["method"] in WRITE_METHODS and not scope["path"].endswith(SEARCH_PATH)
+    """A request that changes something (a search or a bulk fetch by POST changes nothing)."""
+    return scope["method"] in WRITE_METHODS and not scope["path"].endswith(READ_POSTS)
 
 
 # --------------------------------------------------------------------------- errors
@@ -1292,6 +1298,28 @@ async def create_many(request: Request) -> JSONResponse:
         issues.append({"id": str(issue.id), "key": issue.key, "self": f"{base}/issue/{issue.id}"})
     # 201 when anything was created; 400 with the same body when every element failed.
     return JSONResponse({"issues": issues, "errors": errors}, status_code=201 if issues else 400)
+
+
+@rest_api.post("/issue/bulkfetch")
+async def bulk_fetch(request: Request) -> JSONResponse:
+    """Up to 100 issues by id or key, read as they are now (not through search's index); an
+    issue that does not exist is left out, as Jira does."""
+    state = _state(request)
+    body = await _json_body(request)
+    wanted = body.get("issueIdsOrKeys") if isinstance(body, dict) else None
+    if not isinstance(wanted, list) or not wanted or not all(isinstance(k, str) for k in wanted):
+        raise JiraApiError(400, ["'issueIdsOrKeys' must be a non-empty list of issue ids or keys."])
+    if len(wanted) > MAX_BULK_FETCH:
+        raise JiraApiError(400, [f"At most {MAX_BULK_FETCH} issues can be fetched at once."])
+    fields = body.get("fields") or ["*all"]
+    if not isinstance(fields, list):
+        raise JiraApiError(400, ["'fields' must be a list of field names."])
+    renderer = Renderer(state, request)
+    found = [issue for key in wanted if (issue := state.find_issue(key)) is not None]
+    unique = list({issue.key: issue for issue in found}.values())
+    return JSONResponse(
+        {"issues": [renderer.issue(issue, fields, []) for issue in unique], "issueErrors": []}
+    )
 
 
 @rest_api.get("/issue/{issueIdOrKey}")

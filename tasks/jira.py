@@ -11,7 +11,6 @@ not.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -21,13 +20,12 @@ from typing import Any
 from core.errors import (
     ApiError,
     ConfigurationError,
-    NotFoundError,
     RequestRejectedError,
     WriteInDoubtError,
     is_transient,
 )
 from core.jira.adf import adf_to_text, text_to_adf
-from core.jira.client import SERVICE, Comment, Issue, subtask_payload
+from core.jira.client import MAX_BULK_FETCH, SERVICE, Comment, Issue, subtask_payload
 from core.plan import CreateIssue, FieldValue, Subtask
 from core.retry import API_CALL
 from core.rules import FieldType
@@ -103,10 +101,10 @@ async def find_issue_by_label(label: str, who: str) -> str | None:
 
 
 # A lost create is looked for from a little before the newest key search knows (search may
-# index a few issues out of order), reading this many keys at once, and at most so many keys
-# in one look (past that, search has fallen far behind: look again later).
+# index a few issues out of order), reading a bulk fetch's worth of keys at once, and at most
+# so many keys in one look (past that, search has fallen far behind: look again later).
 SCAN_SLACK = 10
-SCAN_BATCH = 10
+SCAN_BATCH = MAX_BULK_FETCH
 MAX_SCAN = 1000
 
 
@@ -119,12 +117,13 @@ async def find_created_issue(project: str, label: str, who: str) -> str | None:
     and a lost create gave none. A read by key is consistent, and Jira numbers the keys of a
     project in the order the issues are created. So: (1) the newest key search knows in the
     project, (2) the label search, which finds the issue if search knows it, (3) if not, the
-    issue is newer than anything search knew at (1), so each key after that one is read until
-    Jira has none. (1) comes before (2): an issue search learns of between the two is then
-    found by (2) or lies after the key of (1), never missed. Each key read costs one request:
-    as many as the issues created in the project within search's lag (seconds), and this runs
-    only when a create is in doubt. Each read is retried on its own (a 429 on one key does not
-    start the look over); `WriteInDoubtError` when it cannot tell yet.
+    issue is newer than anything search knew at (1), so the keys after that one are read by
+    key (a bulk fetch: a hundred keys in one request, as consistent as reading each) until
+    Jira has none past them. (1) comes before (2): an issue search learns of between the two
+    is then found by (2) or lies after the key of (1), never missed. That is three requests
+    in the common case, and this runs only when a create is in doubt. Each read is retried on
+    its own (a 429 on one does not start the look over); `WriteInDoubtError` when it cannot
+    tell yet.
     """
     project = project.upper()
     newest = await _newest_number(project, who)
@@ -133,19 +132,25 @@ async def find_created_issue(project: str, label: str, who: str) -> str | None:
         return found
     first = max(newest - SCAN_SLACK, 0) + 1
     for start in range(first, first + MAX_SCAN, SCAN_BATCH):
-        read = await asyncio.gather(
-            *(_issue_at(f"{project}-{n}", who) for n in range(start, start + SCAN_BATCH))
-        )
+        numbers = range(start, start + SCAN_BATCH)
+        read = await _issues_at([f"{project}-{n}" for n in numbers], who)
         for issue in read:
-            if issue is not None and label in issue.labels:
+            if label in issue.labels:
                 return issue.key  # the key it answers under now, should it have moved
-        if all(issue is None for issue in read):
-            return None  # past the newest issue (deleted ones leave single gaps, not ten)
+        if not any(_number(issue.key, project) >= numbers[-1] - SCAN_SLACK for issue in read):
+            return None  # past the newest issue (deleted ones leave gaps, not ten in a row)
     raise WriteInDoubtError(
         SERVICE,
         f"cannot tell yet whether an issue labelled {label} exists: read {MAX_SCAN} keys of "
         f"{project} after the newest one search knows, and Jira has more",
     )
+
+
+def _number(key: str, project: str) -> int:
+    """The number of `key` in `project`; -1 for a key of another project (an issue moved out
+    answers under its new key)."""
+    prefix, _, number = key.upper().rpartition("-")
+    return int(number) if prefix == project and number.isdigit() else -1
 
 
 @API_CALL("read the newest key of {project} · {who}")
@@ -159,13 +164,10 @@ async def _newest_number(project: str, who: str) -> int:
     return 0
 
 
-@API_CALL("read {key} · {who}")
-async def _issue_at(key: str, who: str) -> Issue | None:
-    """The issue answering under `key`, with its labels; None when Jira has none."""
-    try:
-        return await current().jira.get_issue(key, fields=["labels"])
-    except NotFoundError:
-        return None
+@API_CALL("read {keys[0]} and the keys after it · {who}")
+async def _issues_at(keys: list[str], who: str) -> list[Issue]:
+    """The issues answering under `keys`, with their labels (those Jira has)."""
+    return await current().jira.get_issues(keys, fields=["labels"])
 
 
 @API_CALL("search issues of {what}")

@@ -136,6 +136,14 @@ class SearchPageAnswer(Answer):
     isLast: bool | None = None
 
 
+class BulkFetchAnswer(Answer):
+    """`POST /issue/bulkfetch`: the issues Jira has among those asked for (one it does not have
+    is left out), and those it could not read now (`issueErrors`)."""
+
+    issues: list[IssueAnswer] | None = None
+    issueErrors: list[Any] | None = None
+
+
 USER = TypeAdapter(UserAnswer)
 USER_LIST = TypeAdapter(list[UserEntry])
 CREATED_ISSUE = TypeAdapter(CreatedIssueAnswer)
@@ -146,3 +154,4 @@ COMMENT = TypeAdapter(CommentAnswer)
 COMMENT_PAGE = TypeAdapter(CommentPageAnswer)
 TRANSITIONS = TypeAdapter(TransitionsAnswer)
 SEARCH_PAGE = TypeAdapter(SearchPageAnswer)
+BULK_FETCH = TypeAdapter(BulkFetchAnswer)

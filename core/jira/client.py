@@ -41,6 +41,10 @@ IssuePayload = dict[str, Any]
 # --------------------------------------------------------------------------- results
 
 
+# Jira reads at most this many issues in one bulk fetch.
+MAX_BULK_FETCH = 100
+
+
 @dataclass(frozen=True)
 class CreatedIssue:
     id: str
@@ -224,6 +228,13 @@ def _member(value: Any, name: str) -> Any:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+class JiraReadIncomplete(ApiError):
+    """Jira could not read some of the issues asked for now (`issueErrors` of a bulk fetch):
+    transient, the same read is tried again."""
+
+    transient = True
 
 
 class TransitionNotAvailableError(RequestRejectedError):
@@ -614,6 +625,22 @@ class JiraClient(ApiClient):
         }
         response = await self._request("GET", f"issue/{_segment(key)}", params=params)
         return Issue.from_answer(read_answer(SERVICE, "get_issue", response, answers.ISSUE))
+
+    async def get_issues(self, keys: Sequence[str], fields: Sequence[str]) -> list[Issue]:
+        """The issues Jira has among `keys` (at most `MAX_BULK_FETCH`), read by key, not
+        searched: as consistent as `get_issue`, one request for all. A key Jira has no issue
+        for is left out; one it cannot read now raises `JiraReadIncomplete` (transient)."""
+        if len(keys) > MAX_BULK_FETCH:
+            raise ValueError(f"at most {MAX_BULK_FETCH} issues per bulk fetch, not {len(keys)}")
+        response = await self._request(
+            "POST", "issue/bulkfetch", json={"issueIdsOrKeys": list(keys), "fields": list(fields)}
+        )
+        answer = read_answer(SERVICE, "get_issues", response, answers.BULK_FETCH)
+        if answer.issueErrors:
+            raise JiraReadIncomplete(
+                SERVICE, f"Jira could not read {len(answer.issueErrors)} of {len(keys)} issues now"
+            )
+        return [Issue.from_answer(issue) for issue in answer.issues or []]
 
     async def current_key(self, key: str) -> str | None:
         """The key the issue answers under now (Jira answers a moved issue's old key with its

@@ -179,6 +179,7 @@ JIRA_METHODS: dict[str, Callable[[JiraClient], Awaitable[Any]]] = {
         [issue_payload("HR", "Sub-task", f"step {n}") for n in range(52)]
     ),
     "get_issue": lambda jira: jira.get_issue("HR-1"),
+    "get_issues": lambda jira: jira.get_issues(["HR-1", "HR-2"], fields=["labels"]),
     "current_key": lambda jira: jira.current_key("HR-1"),
     "edit_issue": lambda jira: jira.edit_issue("HR-1", fields={"summary": "x"}),
     "add_labels": lambda jira: jira.add_labels("HR-1", ["pf-employee-1"]),
