@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 from uuid import UUID
 
@@ -21,6 +19,7 @@ from rich.table import Table
 from cli.app import app, console, errors, fail, load_settings, run_on_store
 from cli.inbox import open_inbox_database, parse_age
 from cli.reconcile import reconcile_api_url
+from core import one_host
 from core.settings import mask_url
 
 if TYPE_CHECKING:
@@ -53,13 +52,6 @@ def _table(columns: Sequence[str], rows: Sequence[Mapping[str, str]], wraps: str
     for row in rows:
         table.add_row(*(escape(row[column]) for column in columns))
     return table
-
-
-def program_name() -> str:
-    """The command as the operator typed it (`.venv/bin/pf-jira-sync`), for the commands
-    `stuck` prints to be pasted as they are; `pf-jira-sync` when run another way."""
-    typed = sys.argv[0] if sys.argv else ""
-    return typed if Path(typed).name == "pf-jira-sync" else "pf-jira-sync"
 
 
 @app.command()
@@ -110,7 +102,14 @@ def why(
     rows = timeline_rows(story.events, story.effects, runs, prefect_ui_url(api_url))
     about = f"Jira {issue_key} belongs to employee" if issue_key else "employee"
     console.print(f"{about} {story.employee_id}, oldest first:", highlight=False)
-    console.print(_table(TIMELINE_COLUMNS, rows, "text"), highlight=False)
+    table = _table(TIMELINE_COLUMNS, [], "text")
+    for row in rows:
+        text = escape(row["text"])
+        if link := row["link"]:
+            # A terminal makes the link clickable, whole, however the column folds it.
+            text = text.removesuffix(escape(link)) + f"[link={link}]{escape(link)}[/link]"
+        table.add_row(escape(row["time"]), escape(row["source"]), text)
+    console.print(table, highlight=False)
     if problem:
         errors.print(
             f"[yellow]note:[/] {escape(problem)}: flow runs shown by id, without their names "
@@ -236,7 +235,8 @@ def stuck(
             return Stuck(now, waiting, failed, lapsed_at, lapsed)
 
     found = run_on_store(read, url)
-    program = program_name()
+    # How this program is typed here (`.venv/bin/pf-jira-sync`), for pasting as printed.
+    program = one_host.command()
     sections = [
         (
             f"inbox events waiting longer than {older_than}",

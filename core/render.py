@@ -737,11 +737,12 @@ def timeline_rows(
 ) -> list[dict[str, str]]:
     """`why`'s table, oldest first: each webhook event, each flow run (from Prefect when it
     answered, `runs`; else by id, placed at its first known moment), each plan reason a Jira
-    effect records, and each effect; keyed by `TIMELINE_COLUMNS`."""
-    entries: list[tuple[datetime, int, int, str, str]] = []
+    effect records, and each effect; keyed by `TIMELINE_COLUMNS`, plus `link`: the UI link the
+    text ends with, if any (for a terminal to make clickable)."""
+    entries: list[tuple[datetime, int, int, str, str, str]] = []
 
-    def add(at: datetime, kind: str, source: str, text: str) -> None:
-        entries.append((at, _TIMELINE_ORDER[kind], len(entries), source, text))
+    def add(at: datetime, kind: str, source: str, text: str, link: str = "") -> None:
+        entries.append((at, _TIMELINE_ORDER[kind], len(entries), source, text, link))
 
     first_seen: dict[str, datetime] = {}
     for event in events:
@@ -766,15 +767,21 @@ def timeline_rows(
         at = (run.start if run else None) or first_seen.get(run_id)
         if at is None:
             continue  # a run Prefect knows that never started and touched nothing: not yet news
-        link = flow_run_url(ui_url, run_id) if ui_url else run_id
+        link = flow_run_url(ui_url, run_id) if ui_url else ""
         if run is None:
-            add(at, "run", f"run {run_id[:8]}", link)
+            add(at, "run", f"run {run_id[:8]}", link or run_id, link)
         else:
-            add(at, "run", f"run {printable(run.name, NAME_LIMIT)}", f"{run.state} {link}")
+            name = f"run {printable(run.name, NAME_LIMIT)}"
+            add(at, "run", name, f"{run.state} {link or run_id}", link)
     entries.sort(key=lambda entry: entry[:3])
     return [
-        {"time": at.astimezone().strftime("%m-%d %H:%M:%S"), "source": source, "text": text}
-        for at, _, _, source, text in entries
+        {
+            "time": at.astimezone().strftime("%m-%d %H:%M:%S"),
+            "source": source,
+            "text": text,
+            "link": link,
+        }
+        for at, _, _, source, text, link in entries
     ]
 
 
