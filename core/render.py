@@ -849,3 +849,22 @@ def stuck_lease_row(
         "state": printable(f"lease of {holder} lapsed, never released", EVENT_OUTCOME_MAX),
         "re-drive": f"{program} replay --employee {employee_id}",
     }
+
+
+def timeline_markdown(employee_id: int, rows: Sequence[Mapping[str, str]]) -> str:
+    """`why`'s timeline as a Markdown table, for an artifact on the employee's runs (the same
+    rows `timeline_rows` makes; each UI link a link)."""
+    lines = [
+        f"## Why: employee {employee_id}",
+        "",
+        f"Oldest first; `pf-jira-sync why {employee_id}` prints the same.",
+        "",
+        "| time | source | text |",
+        "|---|---|---|",
+    ]
+    for row in rows:
+        text = markdown_cell(row["text"])
+        if link := row.get("link"):
+            text = text.removesuffix(markdown_cell(link)) + f"[{markdown_cell(link)}]({link})"
+        lines.append(f"| {row['time']} | {markdown_cell(row['source'])} | {text} |")
+    return "\n".join(lines)

@@ -14,10 +14,12 @@ from prefect import flow, get_client
 from prefect.settings import PREFECT_API_URL
 
 from core import one_host
+from core.render import FlowRunFacts, timeline_markdown, timeline_rows
 from core.store import (
     EmployeeLink,
     EventStatus,
     InboxRepository,
+    JiraEffect,
     Leases,
     MappingStore,
     WebhookEvent,
@@ -297,3 +299,52 @@ def test_why_names_the_runs_prefect_knows_and_links_them_in_its_ui(
     assert ["run reconcile · 1 employee", f"Pending {ui}/runs/flow-run/{run_id}"] in story
     # The store's runs Prefect does not know (this server never ran them) stay, by id.
     assert ["run 3b615a26", f"{ui}/runs/flow-run/{RUN_CREATE}"] in story
+
+
+def test_the_timeline_as_markdown_keeps_each_row_in_its_cells_and_links_the_runs() -> None:
+    at = utc_now()
+    event = WebhookEvent(
+        id=7,
+        event_key="k",
+        action="employee_update",
+        employee_id=1041,
+        status=EventStatus.failed,
+        outcome="Jira 400 | bad",
+        flow_run_id=RUN_FAILED,
+        body="{}",
+        received_at=at,
+        updated_at=at,
+    )
+    effect = JiraEffect(employee_id=1041, at=at, action="comment", issue_key="IT-1")
+    runs = {RUN_FAILED: FlowRunFacts(RUN_FAILED, "sync · Ada", "Failed", at)}
+
+    rows = timeline_rows([event], [effect], runs, "http://prefect:4200")
+    markdown = timeline_markdown(1041, rows).splitlines()
+
+    assert markdown[0] == "## Why: employee 1041"
+    assert markdown[-3:] == [
+        f"| {rows[0]['time']} | webhook e7 | employee_update: failed; Jira 400 \\| bad |",
+        f"| {rows[1]['time']} | run sync · Ada | Failed "
+        f"[http://prefect:4200/runs/flow-run/{RUN_FAILED}](http://prefect:4200/runs/flow-run/{RUN_FAILED}) |",
+        f"| {rows[2]['time']} | Jira IT-1 | comment |",
+    ]
+
+
+async def test_the_store_answers_why_and_stuck_alike_on_sqlite_and_postgresql(
+    database_url: str,
+) -> None:
+    await fill_store(database_url)
+    async with await MappingStore.open(database_url) as store:
+        inbox = InboxRepository(store.engine)
+        by_key = [await store.employee_of_issue(key) for key in ("it-1", "IT-2", "IT-9", "I_-1")]
+        waiting = await inbox.waiting_since(utc_now() - timedelta(minutes=10))
+        failed = await inbox.last_work_failed()
+        now, lapsed = await Leases(store.engine).held_past_expiry()
+        events = await inbox.of_employee(1041)
+
+    assert by_key == [1041, 1041, None, None]
+    assert [event.employee_id for event in waiting] == [1043]
+    assert [event.employee_id for event in failed] == [1042]
+    assert [(lease.employee_id, lease.holder) for lease in lapsed] == [(1044, "worker-7 run 42")]
+    assert timedelta(minutes=4) < now - lapsed[0].expires_at < timedelta(minutes=30)
+    assert [event.action for event in events] == ["employee_create", "employee_update"]
