@@ -14,7 +14,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from datetime import date, datetime
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from typing import Protocol
 
 from core.company import Acknowledged, CompanyPlan, RulesPreview, Verdict
@@ -42,7 +43,7 @@ from core.plan import (
     linked_issues,
 )
 from core.rules import Rules
-from core.store import EventStatus, WebhookEvent
+from core.store import EventStatus, JiraEffect, WebhookEvent
 from core.store.lease import LeaseTimeout
 from core.text import NAME_LIMIT, printable
 
@@ -735,3 +736,199 @@ def preview_summary(
         f"{len(differences)} of {employees} employees would change: {new} line(s) appear (+), "
         f"{gone} disappear (-)"
     )
+
+
+# --- `why` and `stuck`: one employee's story, and the work that is not moving ---------------
+
+# `why`'s columns: `timeline_rows` keys and the CLI's headers.
+TIMELINE_COLUMNS = ("time", "source", "text")
+# Within one instant: what came first in the story (the webhook, its run, the plan, the effect).
+_TIMELINE_ORDER = {"webhook": 0, "run": 1, "plan": 2, "jira": 3}
+
+
+@dataclass(frozen=True)
+class FlowRunFacts:
+    """What Prefect says of one flow run (read by the CLI; no Prefect import here)."""
+
+    id: str
+    name: str
+    state: str
+    start: datetime | None
+
+
+def prefect_ui_url(api_url: str) -> str:
+    """The Prefect UI beside an API URL (`http://host:4200/api` -> `http://host:4200`)."""
+    return api_url.rstrip("/").removesuffix("/api")
+
+
+def flow_run_url(ui_url: str, flow_run_id: str) -> str:
+    """The flow run's page in the Prefect UI."""
+    return f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
+def effect_text(action: str, detail: Mapping[str, object]) -> str:
+    """One Jira effect as a line: what was done, from the detail the flow recorded."""
+    parts: list[str] = [action]
+    if summary := detail.get("summary"):
+        parts.append(f"{summary!s}")
+    changes = detail.get("changes")
+    if isinstance(changes, list) and changes:
+        parts.append(
+            "; ".join(
+                f"{change[0]}: {change[1] or '(none)'} -> {change[2] or '(none)'}"
+                for change in changes
+                if isinstance(change, list) and len(change) == 3
+            )
+        )
+    duedate = detail.get("duedate")
+    if isinstance(duedate, list) and len(duedate) == 2:
+        parts.append(f"due {duedate[0]} -> {duedate[1]}")
+    if to := detail.get("to"):
+        parts.append(f"-> {to}")
+    if old_key := detail.get("from"):
+        parts.append(f"(was {old_key})")
+    created = detail.get("created")
+    if isinstance(created, list) and created:
+        parts.append(f"created {', '.join(str(key) for key in created)}")
+    return printable(" ".join(" ".join(str(part) for part in parts).split()), EVENT_OUTCOME_MAX)
+
+
+def timeline_rows(
+    events: Sequence[WebhookEvent],
+    effects: Sequence[JiraEffect],
+    runs: Mapping[str, FlowRunFacts],
+    ui_url: str | None,
+) -> list[dict[str, str]]:
+    """`why`'s table, oldest first: each webhook event, each flow run (from Prefect when it
+    answered, `runs`; else by id, placed at its first known moment), each plan reason a Jira
+    effect records, and each effect; keyed by `TIMELINE_COLUMNS`, plus `link`: the UI link the
+    text ends with, if any (for a terminal to make clickable)."""
+    entries: list[tuple[datetime, int, int, str, str, str]] = []
+
+    def add(at: datetime, kind: str, source: str, text: str, link: str = "") -> None:
+        entries.append((at, _TIMELINE_ORDER[kind], len(entries), source, text, link))
+
+    first_seen: dict[str, datetime] = {}
+    for event in events:
+        status = EventStatus(event.status).value
+        outcome = " ".join((event.outcome or "").split())
+        text = f"{event.action}: {status}" + (f"; {outcome}" if outcome else "")
+        add(
+            event.received_at, "webhook", f"webhook {event.ref}", printable(text, EVENT_OUTCOME_MAX)
+        )
+        if event.flow_run_id:
+            first_seen.setdefault(event.flow_run_id, event.updated_at)
+    for effect in effects:
+        if effect.flow_run_id:
+            seen = first_seen.get(effect.flow_run_id)
+            first_seen[effect.flow_run_id] = min(seen, effect.at) if seen else effect.at
+        if why := effect.detail.get("why"):
+            add(effect.at, "plan", "plan", printable(" ".join(str(why).split()), EVENT_OUTCOME_MAX))
+        key = f" {effect.issue_key}" if effect.issue_key else ""
+        add(effect.at, "jira", f"Jira{key}", effect_text(effect.action, effect.detail))
+    for run_id in dict.fromkeys([*first_seen, *runs]):
+        run = runs.get(run_id)
+        at = (run.start if run else None) or first_seen.get(run_id)
+        if at is None:
+            continue  # a run Prefect knows that never started and touched nothing: not yet news
+        link = flow_run_url(ui_url, run_id) if ui_url else ""
+        if run is None:
+            add(at, "run", f"run {run_id[:8]}", link or run_id, link)
+        else:
+            name = f"run {printable(run.name, NAME_LIMIT)}"
+            add(at, "run", name, f"{run.state} {link or run_id}", link)
+    entries.sort(key=lambda entry: entry[:3])
+    return [
+        {
+            "time": at.astimezone().strftime("%m-%d %H:%M:%S"),
+            "source": source,
+            "text": text,
+            "link": link,
+        }
+        for at, _, _, source, text, link in entries
+    ]
+
+
+def age_text(age: timedelta) -> str:
+    """A duration as people read it: `45s`, `12m 30s`, `2h 05m`, `3d 4h`."""
+    seconds = max(0, int(age.total_seconds()))
+    days, seconds = divmod(seconds, 86_400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {seconds:02d}s"
+    return f"{seconds}s"
+
+
+# `stuck`'s rows: `stuck_*_row` keys.
+STUCK_COLUMNS = ("age", "what", "state", "re-drive")
+
+
+def stuck_event_row(event: WebhookEvent, now: datetime, program: str) -> dict[str, str]:
+    """An event still on its way after too long: how long, and the `replay` that re-drives it.
+
+    Pending or being dispatched: the gateway's dispatcher is not handing it on (is it running?
+    does Prefect answer?); dispatched: its run said nothing for that long (died, or stuck)."""
+    status = EventStatus(event.status).value
+    since = event.updated_at if status == "dispatched" else event.received_at
+    detail = " ".join((event.outcome or "").split())
+    if status == "dispatched":
+        state = f"dispatched to flow run {event.flow_run_id}, no word since"
+    else:
+        state = f"{status}, {event.dispatch_attempts} dispatch attempt(s)"
+    if detail:
+        state += f": {detail}"
+    employee = f" of employee {event.employee_id}" if event.employee_id is not None else ""
+    return {
+        "age": age_text(now - since),
+        "what": f"{event.ref} {event.action}{employee}",
+        "state": printable(state, EVENT_OUTCOME_MAX),
+        "re-drive": f"{program} replay {event.ref}",
+    }
+
+
+def stuck_failed_row(event: WebhookEvent, now: datetime, program: str) -> dict[str, str]:
+    """An employee whose latest event ended failed or set aside: their last work is not done."""
+    status = EventStatus(event.status).value
+    detail = " ".join((event.outcome or "").split())
+    return {
+        "age": age_text(now - event.updated_at),
+        "what": f"employee {event.employee_id} ({event.ref} {event.action})",
+        "state": printable(f"{status}: {detail}" if detail else status, EVENT_OUTCOME_MAX),
+        "re-drive": f"{program} replay --employee {event.employee_id}",
+    }
+
+
+def stuck_lease_row(
+    employee_id: int, holder: str, expires_at: datetime, now: datetime, program: str
+) -> dict[str, str]:
+    """A lease its holder let lapse without releasing it: that run died mid-work."""
+    return {
+        "age": age_text(now - expires_at),
+        "what": f"employee {employee_id}",
+        "state": printable(f"lease of {holder} lapsed, never released", EVENT_OUTCOME_MAX),
+        "re-drive": f"{program} replay --employee {employee_id}",
+    }
+
+
+def timeline_markdown(employee_id: int, rows: Sequence[Mapping[str, str]]) -> str:
+    """`why`'s timeline as a Markdown table, for an artifact on the employee's runs (the same
+    rows `timeline_rows` makes; each UI link a link)."""
+    lines = [
+        f"## Why: employee {employee_id}",
+        "",
+        f"Oldest first; `pf-jira-sync why {employee_id}` prints the same.",
+        "",
+        "| time | source | text |",
+        "|---|---|---|",
+    ]
+    for row in rows:
+        text = markdown_cell(row["text"])
+        if link := row.get("link"):
+            text = text.removesuffix(markdown_cell(link)) + f"[{markdown_cell(link)}]({link})"
+        lines.append(f"| {row['time']} | {markdown_cell(row['source'])} | {text} |")
+    return "\n".join(lines)

@@ -799,6 +799,60 @@ class InboxRepository:
                     closed += len((await session.execute(statement)).all())
         return closed
 
+    # Reading, for `pf-jira-sync why` and `stuck`
+
+    async def of_employee(self, employee_id: int, limit: int = 500) -> list[WebhookEvent]:
+        """The latest `limit` events about the employee, oldest first."""
+        query = (
+            sa.select(WebhookEvent)
+            .where(col(WebhookEvent.employee_id) == employee_id)
+            .order_by(col(WebhookEvent.received_at).desc(), col(WebhookEvent.id).desc())
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return list(reversed(list(await session.scalars(query))))
+
+    async def waiting_since(self, before: datetime, limit: int = 200) -> list[WebhookEvent]:
+        """Events still on their way since before `before`, oldest first: pending or being
+        dispatched since they were received (a failed dispatch attempt changes `updated_at`,
+        not how long the event has waited), or dispatched to a run that has said nothing of
+        them since (`updated_at`: the dispatch, or the run's last word)."""
+        on_the_way = col(WebhookEvent.status).in_([EventStatus.pending, EventStatus.dispatching])
+        query = (
+            sa.select(WebhookEvent)
+            .where(
+                sa.or_(
+                    on_the_way & (col(WebhookEvent.received_at) <= before),
+                    (col(WebhookEvent.status) == EventStatus.dispatched)
+                    & (col(WebhookEvent.updated_at) <= before),
+                )
+            )
+            .order_by(col(WebhookEvent.received_at), col(WebhookEvent.id))
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return list(await session.scalars(query))
+
+    async def last_work_failed(self, limit: int = 200) -> list[WebhookEvent]:
+        """Per employee, their latest event when it ended failed or was set aside (their last
+        work did not get done, and nothing newer is on its way), longest failed first."""
+        newer = sa.alias(_EVENTS, name="newer")
+        has_newer = sa.exists(
+            sa.select(newer.c.id)
+            .where(newer.c.employee_id == _EVENTS.c.employee_id)
+            .where(newer.c.id > _EVENTS.c.id)
+        )
+        query = (
+            sa.select(WebhookEvent)
+            .where(col(WebhookEvent.employee_id).is_not(None))
+            .where(col(WebhookEvent.status).in_([EventStatus.failed, EventStatus.set_aside]))
+            .where(~has_newer)
+            .order_by(col(WebhookEvent.updated_at), col(WebhookEvent.id))
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return list(await session.scalars(query))
+
 
 def _in_batch(claim: str | None) -> sa.ColumnElement[bool]:
     """The events of the batch `claim` still being dispatched; without a claim, pending ones."""

@@ -24,7 +24,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
 
@@ -155,6 +155,26 @@ class Leases:
             shift = f"{plus.total_seconds():+.3f} seconds"
             return sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", shift)
         return sa.func.now() + sa.literal(plus, sa.Interval())
+
+    async def held_past_expiry(self) -> tuple[datetime, list[EmployeeLease]]:
+        """The database's now, and the leases whose holder let them lapse without releasing
+        them (its process died, or it lost the database), longest lapsed first. Such a lease
+        blocks nobody (the next run takes it), but its employee's work may be half done."""
+        query = (
+            sa.select(EmployeeLease)
+            .where(_LEASES.c.expires_at <= self._now())
+            .order_by(_LEASES.c.expires_at, _LEASES.c.employee_id)
+        )
+        async with self._sessions() as session:
+            now = await session.scalar(sa.select(self._now()))
+            lapsed = list(await session.scalars(query))
+        # PostgreSQL gives a datetime, SQLite the naive UTC text `_now` writes.
+        if isinstance(now, str):
+            now = datetime.fromisoformat(now)
+        if now is None:
+            raise ValueError("the database gave no time")
+        now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+        return now, lapsed
 
 
 class LeaseHolder:

@@ -252,6 +252,44 @@ class MappingStore:
     def _insert(self) -> sqlite.Insert | postgresql.Insert:
         return dialect_insert(self.engine, _LINKS)
 
+    # Reading, for `pf-jira-sync why`
+
+    async def employee_of_issue(self, issue_key: str) -> int | None:
+        """The employee whose link names `issue_key` as one of its issues, else the employee of
+        the latest Jira effect on it (a subtask, or an issue the link has moved away from)."""
+        key = issue_key.strip().upper()
+        # A subtask: its key, quoted, in the JSON list (the LIKE wildcards in it escaped).
+        quoted = '%"' + key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + '"%'
+        named = sa.or_(
+            col(EmployeeLink.onboarding_issue_key) == key,
+            col(EmployeeLink.record_issue_key) == key,
+            col(EmployeeLink.offboarding_issue_key) == key,
+            *(
+                sa.cast(col(keys), sa.Text).like(quoted, escape="\\")
+                for keys in (
+                    EmployeeLink.onboarding_subtask_keys,
+                    EmployeeLink.offboarding_subtask_keys,
+                )
+            ),
+        )
+        by_link = (
+            sa.select(col(EmployeeLink.employee_id))
+            .where(named)
+            .order_by(col(EmployeeLink.employee_id))
+            .limit(1)
+        )
+        by_effect = (
+            sa.select(col(JiraEffect.employee_id))
+            .where(sa.func.upper(col(JiraEffect.issue_key)) == key)
+            .order_by(col(JiraEffect.at).desc(), col(JiraEffect.id).desc())
+            .limit(1)
+        )
+        async with self._sessions() as session:
+            found = await session.scalar(by_link)
+            if found is None:
+                found = await session.scalar(by_effect)
+        return found
+
 
 def _normalize(link: EmployeeLink) -> None:
     """Bring a link's values into the form they read back in."""
