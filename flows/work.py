@@ -25,11 +25,14 @@ from core.names import process_tag
 from core.peopleforce.models import Employee
 from core.plan import (
     ALL_PROCESSES,
+    AddComment,
     CreateIssue,
     Facts,
     IssueCheck,
     Plan,
     Process,
+    RelinkIssue,
+    linked_issues,
     plan_with_assets,
     process_of,
     today_in,
@@ -39,7 +42,7 @@ from core.store import EmployeeLink, Leases, WorkResult
 from flows.actions import apply_plan
 from flows.observability import EventKeys, RunArtifacts, employee_properties, tag_run
 from flows.outcome import EmployeeOutcome
-from tasks import peopleforce, store
+from tasks import jira, peopleforce, store
 from tasks.services import current, open_services
 
 
@@ -101,6 +104,12 @@ async def work_employee(
         return link, previous, result
 
     link, previous, result = await plan_now(checked)
+    if checked is None and (drift := await _drift(result, link, processes, who)):
+        # Followed or recreated as the reconciliation would, in this run: the relinks are the
+        # store's bookkeeping, and a recreated issue's process may not be this run's.
+        processes = ALL_PROCESSES
+        link, previous, result = await plan_now(drift)
+        result = _with_follow_comments(result)
     if _onboards_and_offboards(result, processes):
         # The offboarding names the onboarding issue (`Related: KEY`) only if that exists when
         # the offboarding is planned. For someone hired and leaving at once, the onboarding
@@ -120,6 +129,61 @@ async def work_employee(
         link, previous, result = await plan_now(None)
     await apply_plan(result, employee, link, previous, processes, today, outcome)
     return outcome
+
+
+async def _drift(
+    result: Plan, link: EmployeeLink | None, processes: frozenset[Process], who: str
+) -> IssueCheck | None:
+    """What Jira says about the link's issues, when this run is about to act on one of them
+    and they drifted (deleted or moved in Jira since the link was recorded); None otherwise.
+
+    The webhook path has no bulk read of Jira as the reconciliation has, and acting on a key
+    that is gone fails the run, every run. So before acting on an existing issue (a field
+    update, a comment, a due date, a cancel) the link's issues are read by key: one bulk read,
+    strongly consistent, for all of them (more look-ups only when something drifted), and no
+    read at all when this run's actions touch no existing issue (a create, a report, nothing).
+    Reading first rather than catching the 404 keeps the plan whole: a 404 half-way through a
+    plan would leave its earlier writes done on a stale picture, and would not tell a deleted
+    issue from one moved under a new key."""
+    if link is None:
+        return None
+    linked = set(linked_issues(link).values())
+    touched = {
+        key
+        for action in result.actions
+        if (process := process_of(action)) is None or process in processes
+        if isinstance(key := getattr(action, "issue_key", None), str) and key in linked
+    }
+    if not touched:
+        return None
+    check = await jira.check_issues(sorted(linked), who)
+    if not (check.missing or check.moved):
+        return None
+    logger.warning(
+        "{}: Jira drifted from the store (moved: {}; gone: {}); followed as the "
+        "reconciliation would",
+        who,
+        ", ".join(f"{old} -> {new}" for old, new in sorted(check.moved.items())) or "none",
+        ", ".join(sorted(check.missing)) or "none",
+    )
+    return check
+
+
+def _with_follow_comments(result: Plan) -> Plan:
+    """A comment on each issue followed to its new key, saying so, right after its relink."""
+    actions = []
+    for action in result.actions:
+        actions.append(action)
+        if isinstance(action, RelinkIssue):
+            actions.append(
+                AddComment(
+                    why=action.why,
+                    issue_key=action.new_key,
+                    text=f"pf-jira-sync follows this {action.kind} issue under its new key "
+                    f"{action.new_key}: it was moved in Jira from {action.old_key}.",
+                )
+            )
+    return result.model_copy(update={"actions": tuple(actions)})
 
 
 def _onboards_and_offboards(result: Plan, processes: frozenset[Process]) -> bool:

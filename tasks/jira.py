@@ -26,7 +26,7 @@ from core.errors import (
 )
 from core.jira.adf import adf_to_text, text_to_adf
 from core.jira.client import MAX_BULK_FETCH, SERVICE, Comment, Issue, subtask_payload
-from core.plan import CreateIssue, FieldValue, Subtask
+from core.plan import CreateIssue, FieldValue, IssueCheck, Subtask
 from core.retry import API_CALL
 from core.rules import FieldType
 from tasks.services import current
@@ -376,3 +376,21 @@ def _description(action: CreateIssue) -> str | None:
     related = f"\n\nRelated: {action.related_issue_key}" if action.related_issue_key else ""
     text = (action.description or "") + related
     return text.strip() or None
+
+
+async def check_issues(keys: Sequence[str], who: str) -> IssueCheck:
+    """Which of `keys` Jira no longer answers (deleted, hidden) or answers under another key
+    (moved), as the reconciliation's check tells them: one bulk read by key (strongly
+    consistent, unlike search) for all, then one look-up per key it did not return under that
+    key, which only drift causes (a moved issue is looked up by its old key, as Jira follows
+    it; whether the bulk read follows it too is not relied on)."""
+    wanted = list(dict.fromkeys(keys))[:MAX_BULK_FETCH]
+    if not wanted:
+        return IssueCheck()
+    answered = {issue.key for issue in await _issues_at(wanted, who)}
+    unanswered = [key for key in wanted if key not in answered]
+    now = {key: await issue_key(key) for key in unanswered}
+    return IssueCheck(
+        missing=frozenset(key for key, current_key in now.items() if current_key is None),
+        moved={key: new for key, new in now.items() if new and new != key},
+    )
