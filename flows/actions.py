@@ -36,6 +36,7 @@ from core.plan import (
     AddComment,
     Assignee,
     CancelOffboarding,
+    CancelOnboarding,
     CreateIssue,
     FieldValue,
     MoveDueDate,
@@ -113,6 +114,13 @@ async def apply_plan(
                     result.employee_id,
                     list(link.offboarding_subtask_keys) if link else [],
                     bool(link and link.onboarding_issue_key),
+                    who,
+                )
+            case CancelOnboarding():
+                key = await _cancel_onboarding(
+                    action,
+                    result.employee_id,
+                    list(link.onboarding_subtask_keys) if link else [],
                     who,
                 )
             case RelinkIssue():
@@ -388,6 +396,27 @@ async def _cancel_offboarding(
         issue_key=action.issue_key,
         detail={"to": "Cancelled", "issues": keys},
         link_update=lifecycle.offboarding_cancelled(onboarded=onboarded),
+    )
+    await store.settle_writes(employee_id, [guard], who)
+    return action.issue_key
+
+
+@action_task("cancel onboarding", "cancel onboarding {action.issue_key} · {who}")
+async def _cancel_onboarding(
+    action: CancelOnboarding, employee_id: int, subtask_keys: list[str], who: str
+) -> str:
+    keys = [action.issue_key, *subtask_keys]
+    for key in keys:
+        # Idempotent as `_cancel_offboarding` is: no transition leads from Cancelled to itself.
+        await jira.transition_issue(key, "Cancelled", who)
+    guard = await _comment_once(employee_id, action.issue_key, action.comment, who)
+    await store.record_effect(
+        employee_id,
+        EffectAction.transition,
+        who,
+        issue_key=action.issue_key,
+        detail={"to": "Cancelled", "issues": keys, "why": action.why},
+        link_update=lifecycle.onboarding_cancelled(),
     )
     await store.settle_writes(employee_id, [guard], who)
     return action.issue_key
