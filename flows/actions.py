@@ -31,6 +31,7 @@ from prefect.cache_policies import NO_CACHE
 
 from core import lifecycle, render
 from core.errors import ConfigurationError
+from core.names import work_label_prefix
 from core.peopleforce.models import Employee
 from core.plan import (
     AddComment,
@@ -388,6 +389,7 @@ async def _cancel_offboarding(
         # Idempotent as it is: the issue's transitions are read first, and none leads from
         # Cancelled to Cancelled.
         await jira.transition_issue(key, "Cancelled", who)
+    await _retire_work_labels(action.issue_key, "offboarding", employee_id, who)
     guard = await _comment_once(employee_id, action.issue_key, action.comment, who)
     await store.record_effect(
         employee_id,
@@ -409,6 +411,7 @@ async def _cancel_onboarding(
     for key in keys:
         # Idempotent as `_cancel_offboarding` is: no transition leads from Cancelled to itself.
         await jira.transition_issue(key, "Cancelled", who)
+    await _retire_work_labels(action.issue_key, "onboarding", employee_id, who)
     guard = await _comment_once(employee_id, action.issue_key, action.comment, who)
     await store.record_effect(
         employee_id,
@@ -420,6 +423,12 @@ async def _cancel_onboarding(
     )
     await store.settle_writes(employee_id, [guard], who)
     return action.issue_key
+
+
+async def _retire_work_labels(issue_key: str, kind: str, employee_id: int, who: str) -> None:
+    """Before the cancel is recorded: a run that dies in between cancels again, and retires
+    the labels then (both steps are idempotent)."""
+    await jira.retire_work_labels(issue_key, work_label_prefix(kind, employee_id), who)
 
 
 @action_task("relink issue", "relink {action.kind} issue {action.new_key} · {who}")

@@ -26,6 +26,7 @@ from core.errors import (
 )
 from core.jira.adf import adf_to_text, text_to_adf
 from core.jira.client import MAX_BULK_FETCH, SERVICE, Comment, Issue, subtask_payload
+from core.names import RETIRED_LABEL_SUFFIX
 from core.plan import CreateIssue, FieldValue, Subtask
 from core.retry import API_CALL
 from core.rules import FieldType
@@ -376,3 +377,22 @@ def _description(action: CreateIssue) -> str | None:
     related = f"\n\nRelated: {action.related_issue_key}" if action.related_issue_key else ""
     text = (action.description or "") + related
     return text.strip() or None
+
+
+@API_CALL("retire the work labels of {issue_key} · {who}")
+async def retire_work_labels(issue_key: str, prefix: str, who: str) -> None:
+    """A cancelled issue gives up its work labels (those starting with `prefix`; each kept with
+    `RETIRED_LABEL_SUFFIX`), so the same work planned again (a termination applied again after
+    its revert, a withdrawn hire reinstated) makes a fresh issue instead of finding this one.
+    Idempotent: a retired label no longer starts a guard."""
+    jira = current().jira
+    issue = await jira.get_issue(issue_key, fields=["labels"])
+    guards = [
+        label
+        for label in issue.labels
+        if label.startswith(prefix) and not label.endswith(RETIRED_LABEL_SUFFIX)
+    ]
+    if guards:
+        operations = [{"remove": label} for label in guards]
+        operations += [{"add": f"{label}{RETIRED_LABEL_SUFFIX}"} for label in guards]
+        await jira.edit_issue(issue_key, update={"labels": operations})

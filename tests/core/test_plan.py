@@ -237,6 +237,13 @@ CASES = [
         ["create_issue:onboarding"],
         None,
     ),
+    (
+        "termination applied again after its revert",
+        {"termination_effective_on": days(20)},
+        "onboarded",  # the link after the revert: its offboarding cancelled and forgotten
+        ["create_issue:offboarding"],
+        None,
+    ),
     # A leaver is never left without an offboarding, whatever the order of events.
     (
         "termination entered after its effective date, never onboarded",

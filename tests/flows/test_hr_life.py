@@ -70,3 +70,47 @@ async def test_a_hire_withdrawn_before_any_onboarding_gets_no_issue(world: World
     world.peopleforce.state.terminate(person.id, effective_on=world.days(20))
     await sync_employees([person.id])
     assert world.issues_of(person.id) == []
+
+
+async def test_a_termination_applied_again_after_its_revert_recreates_the_offboarding(
+    world: World,
+) -> None:
+    person = world.hire("Twice", "Leaving", in_days=1)
+    await sync_employees([person.id])
+    world.peopleforce.state.terminate(person.id, effective_on=world.days(10))
+    await sync_employees([person.id])
+    world.peopleforce.state.revert_termination(person.id)
+    await sync_employees([person.id])
+    (cancelled,) = [i for i in world.parents_of(person.id) if i.summary.startswith("Offboarding")]
+    assert cancelled.status == "Cancelled"
+
+    world.peopleforce.state.terminate(person.id, effective_on=world.days(10))  # the same again
+    await sync_employees([person.id])
+
+    offboardings = [i for i in world.parents_of(person.id) if i.summary.startswith("Offboarding")]
+    assert [i.status for i in offboardings] == ["Cancelled", "To Do"]
+    fresh = offboardings[1]
+    assert fresh.duedate == world.days(10).isoformat()
+    assert [i for i in world.issues_of(person.id) if i.parent_key == fresh.key]  # its checklist
+    link = await world.services.store.get(person.id)
+    assert link is not None
+    assert (link.lifecycle, link.offboarding_issue_key) == (Lifecycle.offboarding, fresh.key)
+    writes = world.jira.state.writes
+    await sync_employees([person.id])
+    assert world.jira.state.writes == writes
+
+
+async def test_a_withdrawn_hire_reinstated_gets_a_fresh_onboarding(world: World) -> None:
+    person = world.hire("Back", "Again", in_days=5)
+    await sync_employees([person.id])
+    world.peopleforce.state.terminate(person.id, effective_on=world.days(2))
+    await sync_employees([person.id])
+    world.peopleforce.state.revert_termination(person.id)
+
+    await sync_employees([person.id])
+
+    assert [i.status for i in world.parents_of(person.id)] == ["Cancelled", "To Do"]
+    link = await world.services.store.get(person.id)
+    assert link is not None
+    assert link.lifecycle == Lifecycle.onboarding
+    assert link.onboarding_issue_key == world.parents_of(person.id)[1].key
