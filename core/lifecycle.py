@@ -29,6 +29,7 @@ class Lifecycle(StrEnum):
     - `onboarding`: onboarding issue created; the person is (or will be) employed.
     - `offboarding`: offboarding issue open for a termination that is not yet effective.
     - `offboarded`: the termination is effective and its offboarding work exists.
+    - `withdrawn`: the hire was withdrawn before day one and its onboarding cancelled.
 
     Transitions (see `ALLOWED_TRANSITIONS`; staying in the same state is always allowed), each
     with the effect that makes it (the functions of `core.lifecycle`):
@@ -48,14 +49,21 @@ class Lifecycle(StrEnum):
       (a rehire under a new id is a new link with `previous_employee_id` set instead), or the
       termination reverted after its day.
 
+    - onboarding -> withdrawn: the hire was withdrawn before day one (terminated, effective
+      before the hire date): the onboarding was cancelled, nobody starts.
+    - withdrawn -> onboarding, offboarding, offboarded: the hire was reinstated (onboarding
+      created again), or an offboarding was made for them after all.
+
     Not declared: onboarding -> pending. Onboarding work, once created, is never forgotten:
-    cancelling an offboarding returns an onboarded person to `onboarding`.
+    cancelling an offboarding returns an onboarded person to `onboarding`, cancelling the
+    onboarding of a withdrawn hire leaves them `withdrawn`.
     """
 
     pending = "pending"
     onboarding = "onboarding"
     offboarding = "offboarding"
     offboarded = "offboarded"
+    withdrawn = "withdrawn"
 
     def can_move_to(self, target: Lifecycle) -> bool:
         return target == self or target in ALLOWED_TRANSITIONS[self]
@@ -65,12 +73,17 @@ ALLOWED_TRANSITIONS: Final[Mapping[Lifecycle, frozenset[Lifecycle]]] = {
     Lifecycle.pending: frozenset(
         {Lifecycle.onboarding, Lifecycle.offboarding, Lifecycle.offboarded}
     ),
-    Lifecycle.onboarding: frozenset({Lifecycle.offboarding, Lifecycle.offboarded}),
+    Lifecycle.onboarding: frozenset(
+        {Lifecycle.offboarding, Lifecycle.offboarded, Lifecycle.withdrawn}
+    ),
     Lifecycle.offboarding: frozenset(
         {Lifecycle.pending, Lifecycle.onboarding, Lifecycle.offboarded}
     ),
     Lifecycle.offboarded: frozenset(
         {Lifecycle.pending, Lifecycle.onboarding, Lifecycle.offboarding}
+    ),
+    Lifecycle.withdrawn: frozenset(
+        {Lifecycle.onboarding, Lifecycle.offboarding, Lifecycle.offboarded}
     ),
 }
 
@@ -328,6 +341,15 @@ def offboarding_cancelled(*, onboarded: bool) -> LinkChange:
         offboarding_issue_key=None,
         offboarding_subtask_keys=(),
         termination_on=None,
+    )
+
+
+def onboarding_cancelled() -> LinkChange:
+    """The onboarding was cancelled (the hire was withdrawn before day one): `withdrawn`, the
+    cancelled issue no longer the link's (the audit keeps it), so a reinstated hire gets a
+    fresh onboarding instead of updates to a cancelled one."""
+    return LinkChange(
+        lifecycle=Lifecycle.withdrawn, onboarding_issue_key=None, onboarding_subtask_keys=()
     )
 
 

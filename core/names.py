@@ -81,4 +81,13 @@ def employee_label(employee_id: int) -> str:
 
 def work_label(kind: str, employee_id: int, on: date) -> str:
     """Names one piece of work (a hire or a leave on a date), so a rehire is new work."""
-    return f"pf-{kind}-{employee_id}-{on:%Y%m%d}"
+    return f"{work_label_prefix(kind, employee_id)}{on:%Y%m%d}"
+
+
+def work_label_prefix(kind: str, employee_id: int) -> str:
+    """What every `work_label` of this kind and employee starts with, whatever the date."""
+    return f"pf-{kind}-{employee_id}-"
+
+
+# A cancelled issue's work label gets this ending: the same work planned again is new work.
+RETIRED_LABEL_SUFFIX = "-cancelled"

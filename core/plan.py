@@ -142,6 +142,15 @@ class CancelOffboarding(_Action):
     comment: str
 
 
+class CancelOnboarding(_Action):
+    """The hire was withdrawn before day one: move the onboarding issue to Cancelled and say
+    why (nobody starts, so nothing is offboarded)."""
+
+    action: Literal["cancel_onboarding"] = "cancel_onboarding"
+    issue_key: str
+    comment: str
+
+
 class Report(_Action):
     """Nothing to do in Jira, but an operator should know (unknown employee, missing data)."""
 
@@ -168,6 +177,7 @@ Action = Annotated[
     | AddComment
     | MoveDueDate
     | CancelOffboarding
+    | CancelOnboarding
     | Report
     | RelinkIssue,
     Field(discriminator="action"),
@@ -373,7 +383,10 @@ def _plan(facts: Facts, rules: Rules, today: date) -> Plan:
         # Terminated without a date: treat today as the last day rather than miss the work.
         leaving_on = today
 
-    if leaving_on is None:
+    if _withdrawn_before_day_one(facts, employee, leaving_on):
+        assert leaving_on is not None
+        actions, notes = _withdrawn(facts, employee, leaving_on)
+    elif leaving_on is None:
         actions, notes = _staying(facts, employee, rules, today)
     else:
         actions, notes = [], []
@@ -386,6 +399,36 @@ def _plan(facts: Facts, rules: Rules, today: date) -> Plan:
     return Plan(
         employee_id=employee.id, employee_name=name, actions=tuple(actions), notes=tuple(notes)
     )
+
+
+def _withdrawn_before_day_one(facts: Facts, employee: Employee, leaving_on: date | None) -> bool:
+    """The termination takes effect before the hire date: the person never starts. An
+    offboarding made before this was known (or for an earlier stint) keeps its usual path."""
+    link = facts.link
+    return (
+        leaving_on is not None
+        and employee.hired_on is not None
+        and leaving_on < employee.hired_on
+        and not (link and link.offboarding_issue_key)
+    )
+
+
+def _withdrawn(facts: Facts, employee: Employee, leaving_on: date) -> tuple[list, list[str]]:
+    """A hire withdrawn before day one: the onboarding, if made, is cancelled; no offboarding
+    (there is nobody to offboard: nothing was handed over, no day was worked)."""
+    link, hired_on = facts.link, employee.hired_on
+    withdrawn = f"termination effective {leaving_on}, before the first day {hired_on}"
+    if link and link.onboarding_issue_key and link.lifecycle == Lifecycle.onboarding:
+        return [
+            CancelOnboarding(
+                why=f"the hire was withdrawn before day one ({withdrawn})",
+                issue_key=link.onboarding_issue_key,
+                comment=f"The hire of {employee.display_name} was withdrawn in PeopleForce before "
+                f"day one ({withdrawn}): onboarding cancelled. Remove any account or access "
+                "already prepared.",
+            )
+        ], []
+    return [], [f"hire withdrawn before day one ({withdrawn}): no onboarding, no offboarding"]
 
 
 def _staying(facts: Facts, employee: Employee, rules: Rules, today: date) -> tuple[list, list[str]]:
@@ -667,7 +710,7 @@ ALL_PROCESSES: frozenset[Process] = frozenset({"onboarding", "offboarding", "fie
 def process_of(action: Action) -> Process | None:
     """Which business process an action belongs to (None: a report, any process may give it)."""
     match action:
-        case CreateIssue(kind="onboarding"):
+        case CreateIssue(kind="onboarding") | CancelOnboarding():
             return "onboarding"
         case CreateIssue(kind="offboarding") | MoveDueDate() | CancelOffboarding():
             return "offboarding"

@@ -33,6 +33,7 @@ from core.plan import (
     Action,
     AddComment,
     CancelOffboarding,
+    CancelOnboarding,
     CreateIssue,
     Facts,
     IssueCheck,
@@ -102,6 +103,8 @@ def describe_action(action: Action) -> str:
         case MoveDueDate():
             return f"{action.issue_key}: due {action.old} -> {action.new}"
         case CancelOffboarding():
+            return f"{action.issue_key}: to Cancelled, with a comment"
+        case CancelOnboarding():
             return f"{action.issue_key}: to Cancelled, with a comment"
         case RelinkIssue():
             return f"{action.kind} issue {action.old_key} -> {action.new_key} (store only)"
@@ -432,6 +435,8 @@ def applied_line(action: Action, key: str) -> str:
             return f"moved the last day on {key} from {action.old or 'none'} to {action.new}"
         case CancelOffboarding():
             return f"cancelled offboarding {key} (termination reverted)"
+        case CancelOnboarding():
+            return f"cancelled onboarding {key} (hire withdrawn before day one)"
         case RelinkIssue():
             return f"followed the {action.kind} issue {action.old_key} to its new key {key}"
     return f"{action.action} {key}"

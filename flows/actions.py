@@ -31,11 +31,13 @@ from prefect.cache_policies import NO_CACHE
 
 from core import lifecycle, render
 from core.errors import ConfigurationError
+from core.names import work_label_prefix
 from core.peopleforce.models import Employee
 from core.plan import (
     AddComment,
     Assignee,
     CancelOffboarding,
+    CancelOnboarding,
     CreateIssue,
     FieldValue,
     MoveDueDate,
@@ -113,6 +115,13 @@ async def apply_plan(
                     result.employee_id,
                     list(link.offboarding_subtask_keys) if link else [],
                     bool(link and link.onboarding_issue_key),
+                    who,
+                )
+            case CancelOnboarding():
+                key = await _cancel_onboarding(
+                    action,
+                    result.employee_id,
+                    list(link.onboarding_subtask_keys) if link else [],
                     who,
                 )
             case RelinkIssue():
@@ -380,6 +389,7 @@ async def _cancel_offboarding(
         # Idempotent as it is: the issue's transitions are read first, and none leads from
         # Cancelled to Cancelled.
         await jira.transition_issue(key, "Cancelled", who)
+    await _retire_work_labels(action.issue_key, "offboarding", employee_id, who)
     guard = await _comment_once(employee_id, action.issue_key, action.comment, who)
     await store.record_effect(
         employee_id,
@@ -391,6 +401,34 @@ async def _cancel_offboarding(
     )
     await store.settle_writes(employee_id, [guard], who)
     return action.issue_key
+
+
+@action_task("cancel onboarding", "cancel onboarding {action.issue_key} · {who}")
+async def _cancel_onboarding(
+    action: CancelOnboarding, employee_id: int, subtask_keys: list[str], who: str
+) -> str:
+    keys = [action.issue_key, *subtask_keys]
+    for key in keys:
+        # Idempotent as `_cancel_offboarding` is: no transition leads from Cancelled to itself.
+        await jira.transition_issue(key, "Cancelled", who)
+    await _retire_work_labels(action.issue_key, "onboarding", employee_id, who)
+    guard = await _comment_once(employee_id, action.issue_key, action.comment, who)
+    await store.record_effect(
+        employee_id,
+        EffectAction.transition,
+        who,
+        issue_key=action.issue_key,
+        detail={"to": "Cancelled", "issues": keys, "why": action.why},
+        link_update=lifecycle.onboarding_cancelled(),
+    )
+    await store.settle_writes(employee_id, [guard], who)
+    return action.issue_key
+
+
+async def _retire_work_labels(issue_key: str, kind: str, employee_id: int, who: str) -> None:
+    """Before the cancel is recorded: a run that dies in between cancels again, and retires
+    the labels then (both steps are idempotent)."""
+    await jira.retire_work_labels(issue_key, work_label_prefix(kind, employee_id), who)
 
 
 @action_task("relink issue", "relink {action.kind} issue {action.new_key} · {who}")

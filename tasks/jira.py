@@ -26,6 +26,7 @@ from core.errors import (
 )
 from core.jira.adf import adf_to_text, text_to_adf
 from core.jira.client import MAX_BULK_FETCH, SERVICE, Comment, Issue, subtask_payload
+from core.names import RETIRED_LABEL_SUFFIX
 from core.plan import CreateIssue, FieldValue, IssueCheck, Subtask
 from core.retry import API_CALL
 from core.rules import FieldType
@@ -394,3 +395,22 @@ async def check_issues(keys: Sequence[str], who: str) -> IssueCheck:
         missing=frozenset(key for key, current_key in now.items() if current_key is None),
         moved={key: new for key, new in now.items() if new and new != key},
     )
+
+
+@API_CALL("retire the work labels of {issue_key} · {who}")
+async def retire_work_labels(issue_key: str, prefix: str, who: str) -> None:
+    """A cancelled issue gives up its work labels (those starting with `prefix`; each kept with
+    `RETIRED_LABEL_SUFFIX`), so the same work planned again (a termination applied again after
+    its revert, a withdrawn hire reinstated) makes a fresh issue instead of finding this one.
+    Idempotent: a retired label no longer starts a guard."""
+    jira = current().jira
+    issue = await jira.get_issue(issue_key, fields=["labels"])
+    guards = [
+        label
+        for label in issue.labels
+        if label.startswith(prefix) and not label.endswith(RETIRED_LABEL_SUFFIX)
+    ]
+    if guards:
+        operations = [{"remove": label} for label in guards]
+        operations += [{"add": f"{label}{RETIRED_LABEL_SUFFIX}"} for label in guards]
+        await jira.edit_issue(issue_key, update={"labels": operations})

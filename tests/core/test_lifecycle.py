@@ -188,6 +188,12 @@ EFFECTS = [
         id="offboarding cancelled, never onboarded here",
     ),
     pytest.param(
+        lifecycle.onboarding_cancelled(),
+        L.onboarding,
+        {"lifecycle": L.withdrawn, "onboarding_issue_key": None, "onboarding_subtask_keys": []},
+        id="onboarding cancelled, hire withdrawn before day one",
+    ),
+    pytest.param(
         lifecycle.issue_relinked("onboarding", "IT-1"),
         L.onboarding,
         {"onboarding_issue_key": "IT-1"},
@@ -251,6 +257,8 @@ BUSINESS_MOVES = [
         for state in (L.offboarding, L.offboarded)
         for onboarded in (True, False)
     ),
+    # A hire withdrawn before day one: their onboarding cancelled.
+    (lifecycle.onboarding_cancelled(), L.onboarding),
 ]
 
 
@@ -281,7 +289,17 @@ def test_every_undeclared_transition_is_rejected(current: Lifecycle, target: Lif
 
 
 def test_the_transition_table() -> None:
-    assert [(L.onboarding, L.pending)] == UNDECLARED
+    assert sorted(UNDECLARED) == sorted(
+        [
+            (L.onboarding, L.pending),
+            (L.pending, L.withdrawn),
+            (L.offboarding, L.withdrawn),
+            (L.offboarded, L.withdrawn),
+            (L.withdrawn, L.pending),
+        ]
+    )
+    assert ALLOWED_TRANSITIONS[L.onboarding] == {L.offboarding, L.offboarded, L.withdrawn}
+    assert ALLOWED_TRANSITIONS[L.withdrawn] == {L.onboarding, L.offboarding, L.offboarded}
     assert INITIAL_LIFECYCLE is L.pending
     assert EmployeeLink(employee_id=1).lifecycle is L.pending
     assert ALLOWED_TRANSITIONS[L.offboarding] == {L.pending, L.onboarding, L.offboarded}

@@ -7,11 +7,13 @@ from typing import Any
 
 import pytest
 
+from core import render
 from core.errors import ApiError, NotFoundError, ServerError, UnexpectedAnswerError
 from core.peopleforce.models import Asset, AssetsRead, Employee
 from core.plan import (
     AddComment,
     CancelOffboarding,
+    CancelOnboarding,
     CreateIssue,
     Facts,
     IssueCheck,
@@ -22,6 +24,7 @@ from core.plan import (
     mapped_fields,
     plan,
     plan_with_assets,
+    process_of,
 )
 from core.rules import Rules, load_rules
 from core.store.models import EmployeeLink, Lifecycle
@@ -165,7 +168,7 @@ CASES = [
     ),
     (
         "termination effective",
-        {"status": "terminated", "termination_effective_on": days(-1)},
+        {"status": "terminated", "hired_on": days(-100), "termination_effective_on": days(-1)},
         "onboarded",
         ["create_issue:offboarding"],
         None,
@@ -200,7 +203,7 @@ CASES = [
     ),
     (
         "left long ago, onboarded here and never offboarded",
-        {"status": "terminated", "termination_effective_on": days(-200)},
+        {"status": "terminated", "hired_on": "2024-03-01", "termination_effective_on": days(-200)},
         "onboarded",
         ["create_issue:offboarding"],
         None,
@@ -234,6 +237,99 @@ CASES = [
         ["create_issue:onboarding"],
         None,
     ),
+    (
+        "termination applied again after its revert",
+        {"termination_effective_on": days(20)},
+        "onboarded",  # the link after the revert: its offboarding cancelled and forgotten
+        ["create_issue:offboarding"],
+        None,
+    ),
+    # A leaver is never left without an offboarding, whatever the order of events.
+    (
+        "termination entered after its effective date, never onboarded",
+        {"status": "terminated", "hired_on": days(-10), "termination_effective_on": days(-2)},
+        None,
+        ["create_issue:offboarding"],
+        None,
+    ),
+    (
+        "termination entered after its effective date, status not yet terminated",
+        {"hired_on": days(-10), "termination_effective_on": days(-2)},
+        None,
+        ["create_issue:offboarding"],
+        None,
+    ),
+    (
+        "termination effective today, before the create was seen",
+        {"status": "terminated", "hired_on": days(-3), "termination_effective_on": days(0)},
+        None,
+        ["create_issue:offboarding"],
+        None,
+    ),
+    (
+        "termination ahead, delivered before the create",
+        {"hired_on": days(-20), "termination_effective_on": days(3)},
+        None,
+        ["create_issue:onboarding", "create_issue:offboarding"],
+        None,
+    ),
+    (
+        "termination after its effective date, known but nothing made yet",
+        {"status": "terminated", "hired_on": days(-10), "termination_effective_on": days(-2)},
+        "pending",
+        ["create_issue:offboarding"],
+        None,
+    ),
+    (
+        "terminated on the first day",
+        {"status": "terminated", "hired_on": days(0), "termination_effective_on": days(0)},
+        None,
+        ["create_issue:offboarding"],
+        None,
+    ),
+    # A hire withdrawn before day one: the onboarding is cancelled, nobody is offboarded.
+    (
+        "withdrawn before day one, not onboarded yet",
+        {"hired_on": days(5), "termination_effective_on": days(3)},
+        None,
+        [],
+        "hire withdrawn before day one",
+    ),
+    (
+        "withdrawn before day one, far ahead",
+        {"hired_on": days(40), "termination_effective_on": days(39)},
+        None,
+        [],
+        "hire withdrawn before day one",
+    ),
+    (
+        "withdrawn before day one, onboarded",
+        {"hired_on": days(5), "termination_effective_on": days(2)},
+        "onboarded",
+        ["cancel_onboarding"],
+        None,
+    ),
+    (
+        "withdrawn before day one, terminated effective today",
+        {"status": "terminated", "hired_on": days(3), "termination_effective_on": days(0)},
+        "onboarded",
+        ["cancel_onboarding"],
+        None,
+    ),
+    (
+        "withdrawn before day one, onboarding already cancelled",
+        {"hired_on": days(5), "termination_effective_on": days(3)},
+        "withdrawn",
+        [],
+        "hire withdrawn before day one",
+    ),
+    (
+        "withdrawn hire reinstated",
+        {"hired_on": days(5)},
+        "withdrawn",
+        ["create_issue:onboarding"],
+        None,
+    ),
 ]
 
 
@@ -242,6 +338,8 @@ def make_link(kind: str | None, emp: Employee) -> EmployeeLink | None:
         return None
     if kind == "onboarded":
         return onboarded(employee())
+    if kind in ("pending", "withdrawn"):
+        return EmployeeLink(employee_id=emp.id, email=emp.email, lifecycle=Lifecycle(kind))
     termination = (
         date.fromisoformat(days(20)) if kind == "offboarding" else date.fromisoformat(days(-30))
     )
@@ -481,6 +579,22 @@ def test_date_moved_and_revert_details() -> None:
     assert isinstance(cancel, CancelOffboarding)
     assert cancel.issue_key == "HR-9"
     assert "reverted" in cancel.comment
+
+
+def test_a_withdrawn_hire_cancels_the_onboarding_and_says_why() -> None:
+    emp = employee(hired_on=days(5), termination_effective_on=days(2))
+    link = onboarded(emp)
+    (cancel,) = plan(Facts(emp.id, emp, link), RULES, TODAY).actions
+    assert isinstance(cancel, CancelOnboarding)
+    assert cancel.issue_key == "HR-1"
+    assert process_of(cancel) == "onboarding"
+    assert f"before the first day {days(5)}" in cancel.why
+    assert cancel.comment.startswith("The hire of Zoë Łukasiewicz was withdrawn in PeopleForce")
+    assert "Remove any account or access already prepared." in cancel.comment
+    assert render.applied_line(cancel, "HR-1") == (
+        "cancelled onboarding HR-1 (hire withdrawn before day one)"
+    )
+    assert render.describe_action(cancel) == "HR-1: to Cancelled, with a comment"
 
 
 def test_rehire_under_a_new_id_links_the_former_record() -> None:

@@ -157,7 +157,12 @@ async def test_a_cancellation_whose_answers_are_lost_cancels_and_says_so_once(
     assert {i.status for i in [leaving, *subtasks]} == {"Cancelled"}
     (comment,) = comments_on(leaving)
     assert "reverted" in comment
-    assert lost_answers(world) == 1 + len(subtasks) + 1  # each transition, and the comment
+    # Each transition, the retired work labels (an idempotent edit, sent again), the comment.
+    assert lost_answers(world) == 1 + len(subtasks) + 1 + 1
+    assert not any(
+        label.startswith(f"pf-offboarding-{person.id}-") and not label.endswith("-cancelled")
+        for label in leaving.labels
+    )
 
 
 async def test_flaky_jira_that_also_loses_answers_makes_each_issue_once(world: World) -> None:

@@ -1,0 +1,116 @@
+"""Real HR life, run by Prefect against the simulators over HTTP: a leaver whatever the order
+of events, and a hire withdrawn before day one."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.jira.adf import adf_to_text
+from core.store import EffectAction, Lifecycle
+from flows.sync import sync_employees
+from tests.fixtures_flows import World
+
+
+@pytest.mark.parametrize(
+    ("hired_in", "leaves_in", "lifecycle"),
+    [
+        pytest.param(-10, -2, Lifecycle.offboarded, id="entered after its effective date"),
+        pytest.param(-3, 0, Lifecycle.offboarded, id="effective today, create not seen yet"),
+    ],
+)
+async def test_a_leaver_never_onboarded_here_gets_exactly_one_offboarding(
+    world: World, hired_in: int, leaves_in: int, lifecycle: Lifecycle
+) -> None:
+    person = world.hire("Late", "Leaver", in_days=hired_in)
+    world.peopleforce.state.terminate(person.id, effective_on=world.days(leaves_in))
+    await sync_employees([person.id])  # the termination's run
+    await sync_employees([person.id])  # the create's run, delivered after it
+    (parent,) = world.parents_of(person.id)
+    assert parent.summary == f"Offboarding: Late Leaver (last day {world.days(leaves_in)})"
+    assert parent.duedate == world.days(leaves_in).isoformat()
+    assert "Revoke access for Late Leaver" in [
+        i.summary for i in world.issues_of(person.id) if i.parent_key == parent.key
+    ]
+    link = await world.services.store.get(person.id)
+    assert link is not None
+    assert (link.lifecycle, link.offboarding_issue_key) == (lifecycle, parent.key)
+
+
+async def test_a_hire_withdrawn_before_day_one_cancels_the_onboarding(world: World) -> None:
+    person = world.hire("Never", "Started", in_days=5)
+    await sync_employees([person.id])
+    (onboarding_issue,) = world.parents_of(person.id)
+    world.peopleforce.state.terminate(person.id, effective_on=world.days(2))
+
+    await sync_employees([person.id])
+
+    (parent,) = world.parents_of(person.id)  # no offboarding
+    assert parent.key == onboarding_issue.key
+    assert parent.status == "Cancelled"
+    subtasks = [i for i in world.issues_of(person.id) if i.parent_key == parent.key]
+    assert subtasks
+    assert {i.status for i in subtasks} == {"Cancelled"}
+    comment = adf_to_text(parent.comments[-1].body)
+    assert "withdrawn in PeopleForce before day one" in comment
+    link = await world.services.store.get(person.id)
+    assert link is not None
+    assert link.lifecycle == Lifecycle.withdrawn
+    assert link.onboarding_issue_key is None
+    effects = [effect.action for effect in await world.services.store.effects(person.id)]
+    assert effects[-1] == EffectAction.transition
+
+    writes = world.jira.state.writes
+    await sync_employees([person.id])  # converged: nothing more
+    assert world.jira.state.writes == writes
+    assert len(parent.comments) == 1
+
+
+async def test_a_hire_withdrawn_before_any_onboarding_gets_no_issue(world: World) -> None:
+    person = world.hire("Never", "Onboarded", in_days=30)  # beyond the lead time
+    world.peopleforce.state.terminate(person.id, effective_on=world.days(20))
+    await sync_employees([person.id])
+    assert world.issues_of(person.id) == []
+
+
+async def test_a_termination_applied_again_after_its_revert_recreates_the_offboarding(
+    world: World,
+) -> None:
+    person = world.hire("Twice", "Leaving", in_days=1)
+    await sync_employees([person.id])
+    world.peopleforce.state.terminate(person.id, effective_on=world.days(10))
+    await sync_employees([person.id])
+    world.peopleforce.state.revert_termination(person.id)
+    await sync_employees([person.id])
+    (cancelled,) = [i for i in world.parents_of(person.id) if i.summary.startswith("Offboarding")]
+    assert cancelled.status == "Cancelled"
+
+    world.peopleforce.state.terminate(person.id, effective_on=world.days(10))  # the same again
+    await sync_employees([person.id])
+
+    offboardings = [i for i in world.parents_of(person.id) if i.summary.startswith("Offboarding")]
+    assert [i.status for i in offboardings] == ["Cancelled", "To Do"]
+    fresh = offboardings[1]
+    assert fresh.duedate == world.days(10).isoformat()
+    assert [i for i in world.issues_of(person.id) if i.parent_key == fresh.key]  # its checklist
+    link = await world.services.store.get(person.id)
+    assert link is not None
+    assert (link.lifecycle, link.offboarding_issue_key) == (Lifecycle.offboarding, fresh.key)
+    writes = world.jira.state.writes
+    await sync_employees([person.id])
+    assert world.jira.state.writes == writes
+
+
+async def test_a_withdrawn_hire_reinstated_gets_a_fresh_onboarding(world: World) -> None:
+    person = world.hire("Back", "Again", in_days=5)
+    await sync_employees([person.id])
+    world.peopleforce.state.terminate(person.id, effective_on=world.days(2))
+    await sync_employees([person.id])
+    world.peopleforce.state.revert_termination(person.id)
+
+    await sync_employees([person.id])
+
+    assert [i.status for i in world.parents_of(person.id)] == ["Cancelled", "To Do"]
+    link = await world.services.store.get(person.id)
+    assert link is not None
+    assert link.lifecycle == Lifecycle.onboarding
+    assert link.onboarding_issue_key == world.parents_of(person.id)[1].key
