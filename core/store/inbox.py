@@ -305,16 +305,12 @@ class InboxRepository:
         for token in tokens:
             async with self._sessions.begin() as session:
                 if self.engine.dialect.name == "postgresql":
-                    # The batch's first row stands for the batch: whoever locks it takes the
-                    # batch; another dispatcher skips it, and finds it taken afterwards.
-                    head = (
-                        sa.select(_EVENTS.c.id)
-                        .where(expired & (_EVENTS.c.claim_token == token))
-                        .order_by(_EVENTS.c.id)
-                        .limit(1)
-                        .with_for_update(skip_locked=True)
-                    )
-                    if await session.scalar(head) is None:
+                    # One dispatcher at a time takes a batch: a lock named after its token,
+                    # held to the end of this transaction; another skips the batch and finds
+                    # it taken afterwards. (Locking the batch's rows instead, skipping locked
+                    # ones, lets two dispatchers each lock part of it and wait on each other.)
+                    mine = sa.select(sa.func.pg_try_advisory_xact_lock(sa.func.hashtext(token)))
+                    if not await session.scalar(mine):
                         continue
                 # SQLite: this one statement is atomic, and its first (no read before the
                 # write, which a concurrent writer could make fail instead of wait).
