@@ -21,7 +21,8 @@ ReadinessCheck = Callable[[], Awaitable[object]]
 LifespanExtension = Callable[[FastAPI], AbstractAsyncContextManager[object]]
 
 
-def _default(setting: str) -> Any:
+def setting_default(setting: str) -> Any:
+    """The default of a `Settings` field: what a part built without settings (tests) runs with."""
     return Settings.model_fields[setting].default
 
 
@@ -36,10 +37,10 @@ class GatewayConfig:
     on_stored: Callable[[], None] | None = None
     readiness_checks: Sequence[ReadinessCheck] = ()
     extra_lifespan: LifespanExtension | None = None
-    body_timeout: float = _default("gateway_body_timeout_seconds")
-    reject_limit: int = _default("gateway_reject_limit")
-    reject_window: float = _default("gateway_reject_window_seconds")
-    reject_log_every: int = _default("gateway_reject_log_every")
+    body_timeout: float = setting_default("gateway_body_timeout_seconds")
+    reject_limit: int = setting_default("gateway_reject_limit")
+    reject_window: float = setting_default("gateway_reject_window_seconds")
+    reject_log_every: int = setting_default("gateway_reject_log_every")
 
     @classmethod
     def from_settings(

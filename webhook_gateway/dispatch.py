@@ -47,7 +47,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 from uuid import UUID, uuid4
 
 import httpx
@@ -76,7 +76,7 @@ from core.store import EventStatus, InboxRepository, Settled, WebhookEvent, Work
 from core.store.models import utc_now
 from core.text import NAME_LIMIT, printable
 from webhook_gateway.app import event_properties
-from webhook_gateway.config import require_prefect_api_url
+from webhook_gateway.config import require_prefect_api_url, setting_default
 
 T = TypeVar("T")
 
@@ -93,12 +93,8 @@ UNREACHABLE_AFTER = 5.0
 UNREACHABLE_REPEAT = 60.0
 
 
-def _default(setting: str) -> Any:
-    return Settings.model_fields[setting].default
-
-
 # DISPATCH_RUN_ALONE_SECONDS' default, for a dispatcher built without settings (tests).
-RUN_ALONE_FOR = timedelta(seconds=_default("dispatch_run_alone_seconds"))
+RUN_ALONE_FOR = timedelta(seconds=setting_default("dispatch_run_alone_seconds"))
 
 
 @dataclass(frozen=True)
@@ -106,14 +102,16 @@ class Recovery:
     """The dispatcher's bounds for what goes wrong, from the `DISPATCH_*` settings (their
     defaults for a dispatcher built without settings)."""
 
-    prefect_timeout: float = _default("dispatch_prefect_timeout_seconds")
-    claim_for: timedelta = timedelta(seconds=_default("dispatch_claim_seconds"))
-    pending_orphan_after: timedelta = timedelta(seconds=_default("dispatch_pending_orphan_seconds"))
-    scheduled_orphan_after: timedelta = timedelta(
-        seconds=_default("dispatch_scheduled_orphan_seconds")
+    prefect_timeout: float = setting_default("dispatch_prefect_timeout_seconds")
+    claim_for: timedelta = timedelta(seconds=setting_default("dispatch_claim_seconds"))
+    pending_orphan_after: timedelta = timedelta(
+        seconds=setting_default("dispatch_pending_orphan_seconds")
     )
-    max_attempts: int = _default("dispatch_max_attempts")
-    retry_delay: timedelta = timedelta(seconds=_default("dispatch_retry_delay_seconds"))
+    scheduled_orphan_after: timedelta = timedelta(
+        seconds=setting_default("dispatch_scheduled_orphan_seconds")
+    )
+    max_attempts: int = setting_default("dispatch_max_attempts")
+    retry_delay: timedelta = timedelta(seconds=setting_default("dispatch_retry_delay_seconds"))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Recovery:
