@@ -20,7 +20,7 @@ from uuid import uuid4
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import Field, col
 
 from core.store.models import StoreModel, UTCDateTime, dialect_insert, utc_now
@@ -335,10 +335,9 @@ class InboxRepository:
             .where(_EVENTS.c.claimed_by == holder)
             .where(_EVENTS.c.claim_expires_at > now)
             .values(claim_expires_at=now)
-            .returning(_EVENTS.c.id)
         )
         async with self._sessions.begin() as session:
-            return len((await session.execute(statement)).all())
+            return await _changed(session, statement)
 
     async def mark_dispatched(
         self, event_keys: Iterable[str], flow_run_id: str, *, claim: str | None = None
@@ -396,19 +395,13 @@ class InboxRepository:
         changed = 0
         async with self._sessions.begin() as session:
             for event_key, reason in sorted(reasons.items()):
-                statement = (
-                    sa.update(_EVENTS)
-                    .where(_EVENTS.c.event_key == event_key)
-                    .where(_in_batch(claim))
-                    .values(
-                        status=EventStatus.set_aside,
-                        outcome=reason,
-                        next_attempt_at=None,
-                        updated_at=utc_now(),
-                        **_NO_CLAIM,
-                    )
-                )
-                changed += len((await session.execute(statement.returning(_EVENTS.c.id))).all())
+                values = {
+                    "status": EventStatus.set_aside,
+                    "outcome": reason,
+                    "next_attempt_at": None,
+                    **_NO_CLAIM,
+                }
+                changed += await _update_keys(session, [event_key], values, where=_in_batch(claim))
         return changed
 
     async def record_work(
@@ -426,22 +419,20 @@ class InboxRepository:
         async with self._sessions.begin() as session:
             for event_key, (result, note) in sorted(results.items()):
                 result = WorkResult(result)
-                values: dict[str, Any] = {"work_result": result, "updated_at": utc_now()}
+                values: dict[str, Any] = {"work_result": result}
                 if note is not None:
                     values["outcome"] = note
                 replaceable = _EVENTS.c.work_result.is_(None)
                 if _REPLACES[result]:
                     replaceable = replaceable | _EVENTS.c.work_result.in_(_REPLACES[result])
-                statement = (
-                    sa.update(_EVENTS)
-                    .where(_EVENTS.c.event_key == event_key)
-                    .where(_EVENTS.c.status == EventStatus.dispatched)
-                    .where(_EVENTS.c.flow_run_id.in_(run_ids))
-                    .where(replaceable)
-                    .values(values)
-                    .returning(_EVENTS.c.id)
+                changed += await _update_keys(
+                    session,
+                    [event_key],
+                    values,
+                    where=(_EVENTS.c.status == EventStatus.dispatched)
+                    & _EVENTS.c.flow_run_id.in_(run_ids)
+                    & replaceable,
                 )
-                changed += len((await session.execute(statement)).all())
         return changed
 
     async def settle_run(self, flow_run_id: str, settled: Mapping[str, Settled]) -> int:
@@ -451,18 +442,16 @@ class InboxRepository:
         Only events still dispatched to that run change, so two dispatchers settling the same
         run (gateways sharing one store) settle each event once, one failed run counted once.
         """
-        now = utc_now()
         groups: dict[Settled, list[str]] = {}
         for event_key, how in settled.items():
             groups.setdefault(how, []).append(event_key)
+        still_dispatched = (_EVENTS.c.flow_run_id == flow_run_id) & (
+            _EVENTS.c.status == EventStatus.dispatched
+        )
         changed = 0
         async with self._sessions.begin() as session:
             for how, keys in groups.items():
-                values: dict[str, Any] = {
-                    "status": how.status,
-                    "outcome": how.outcome,
-                    "updated_at": now,
-                }
+                values: dict[str, Any] = {"status": how.status, "outcome": how.outcome}
                 if how.status is EventStatus.pending:
                     values |= {
                         "next_attempt_at": how.retry_at,
@@ -471,16 +460,7 @@ class InboxRepository:
                     }
                 if how.failed_run:
                     values["failed_runs"] = _EVENTS.c.failed_runs + 1
-                for chunk in _chunks(sorted(keys)):
-                    statement = (
-                        sa.update(_EVENTS)
-                        .where(_EVENTS.c.event_key.in_(chunk))
-                        .where(_EVENTS.c.flow_run_id == flow_run_id)
-                        .where(_EVENTS.c.status == EventStatus.dispatched)
-                        .values(values)
-                        .returning(_EVENTS.c.id)
-                    )
-                    changed += len((await session.execute(statement)).all())
+                changed += await _update_keys(session, keys, values, where=still_dispatched)
         return changed
 
     async def close_run(
@@ -506,9 +486,9 @@ class InboxRepository:
                 statement = dispatched.where(_EVENTS.c.employee_id == employee_id).values(
                     status=final, outcome=text, updated_at=now
                 )
-                closed += len((await session.execute(statement.returning(_EVENTS.c.id))).all())
+                closed += await _changed(session, statement)
             statement = dispatched.values(status=final, outcome=outcome, updated_at=now)
-            closed += len((await session.execute(statement.returning(_EVENTS.c.id))).all())
+            closed += await _changed(session, statement)
         return closed
 
     async def requeue(self, event_key: str) -> WebhookEvent | None:
@@ -747,19 +727,8 @@ class InboxRepository:
     ) -> int:
         """Apply `values` to the events with these keys (and `where`), in one transaction;
         rows changed."""
-        changed = 0
         async with self._sessions.begin() as session:
-            for chunk in _chunks(sorted(set(event_keys))):
-                statement = (
-                    sa.update(_EVENTS)
-                    .where(_EVENTS.c.event_key.in_(chunk))
-                    .values({**values, "updated_at": utc_now()})
-                )
-                if where is not None:
-                    statement = statement.where(where)
-                # RETURNING counts the rows changed on both backends (and types cleanly).
-                changed += len((await session.execute(statement.returning(_EVENTS.c.id))).all())
-        return changed
+            return await _update_keys(session, event_keys, values, where=where)
 
     def _insert(self) -> sqlite.Insert | postgresql.Insert:
         return dialect_insert(self.engine, _EVENTS)
@@ -790,9 +759,8 @@ class InboxRepository:
                             next_attempt_at=None,
                             updated_at=now,
                         )
-                        .returning(_EVENTS.c.id)
                     )
-                    closed += len((await session.execute(statement)).all())
+                    closed += await _changed(session, statement)
         return closed
 
     # Reading, for `pf-jira-sync why` and `stuck`
@@ -868,6 +836,35 @@ def _final(status: EventStatus | str) -> EventStatus:
 
 def _by_key(event_key: str) -> sa.Select[WebhookEvent]:
     return sa.select(WebhookEvent).where(col(WebhookEvent.event_key) == event_key)
+
+
+async def _update_keys(
+    session: AsyncSession,
+    event_keys: Iterable[str],
+    values: Mapping[str, Any],
+    *,
+    where: sa.ColumnElement[bool] | None = None,
+) -> int:
+    """Apply `values` (and a new `updated_at`) to the events with these keys (and `where`),
+    in `session`'s transaction, a chunk of keys per statement; rows changed."""
+    changed = 0
+    now = utc_now()
+    for chunk in _chunks(sorted(set(event_keys))):
+        statement = (
+            sa.update(_EVENTS)
+            .where(_EVENTS.c.event_key.in_(chunk))
+            .values({**values, "updated_at": now})
+        )
+        if where is not None:
+            statement = statement.where(where)
+        changed += await _changed(session, statement)
+    return changed
+
+
+async def _changed(session: AsyncSession, statement: sa.Update) -> int:
+    """Execute the update; how many rows it changed (RETURNING counts them on both backends,
+    and types cleanly)."""
+    return len((await session.execute(statement.returning(_EVENTS.c.id))).all())
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
