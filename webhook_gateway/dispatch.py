@@ -797,7 +797,7 @@ class Dispatching:
     `extra_lifespan=dispatching.lifespan` (started once the inbox is open)."""
 
     def __init__(self, settings: Settings, *, poll: float = 5.0) -> None:
-        prefect_client(settings)  # refuses to go on without a Prefect API URL, before serving
+        require_prefect_api_url(settings)  # refused before serving; the client is made once served
         self.settings = settings
         self.poll = poll
         self.dispatcher: Dispatcher | None = None
