@@ -384,51 +384,65 @@ async def _move_due_date(action: MoveDueDate, employee_id: int, today: date, who
 async def _cancel_offboarding(
     action: CancelOffboarding, employee_id: int, subtask_keys: list[str], onboarded: bool, who: str
 ) -> str:
-    keys = [action.issue_key, *subtask_keys]
-    for key in keys:
-        # Idempotent as it is: the issue's transitions are read first, and none leads from
-        # Cancelled to Cancelled.
-        await jira.transition_issue(key, "Cancelled", who)
-    await _retire_work_labels(action.issue_key, "offboarding", employee_id, who)
-    guard = await _comment_once(employee_id, action.issue_key, action.comment, who)
-    await store.record_effect(
+    return await _cancel(
+        "offboarding",
+        action.issue_key,
+        subtask_keys,
+        action.comment,
         employee_id,
-        EffectAction.transition,
         who,
-        issue_key=action.issue_key,
-        detail={"to": "Cancelled", "issues": keys},
+        detail={},
         link_update=lifecycle.offboarding_cancelled(onboarded=onboarded),
     )
-    await store.settle_writes(employee_id, [guard], who)
-    return action.issue_key
 
 
 @action_task("cancel onboarding", "cancel onboarding {action.issue_key} · {who}")
 async def _cancel_onboarding(
     action: CancelOnboarding, employee_id: int, subtask_keys: list[str], who: str
 ) -> str:
-    keys = [action.issue_key, *subtask_keys]
+    return await _cancel(
+        "onboarding",
+        action.issue_key,
+        subtask_keys,
+        action.comment,
+        employee_id,
+        who,
+        detail={"why": action.why},
+        link_update=lifecycle.onboarding_cancelled(),
+    )
+
+
+async def _cancel(
+    kind: str,
+    issue_key: str,
+    subtask_keys: list[str],
+    comment: str,
+    employee_id: int,
+    who: str,
+    *,
+    detail: dict[str, Any],
+    link_update: lifecycle.LinkChange,
+) -> str:
+    """Move the issue and its subtasks to Cancelled, retire its work labels, say why, record."""
+    keys = [issue_key, *subtask_keys]
     for key in keys:
-        # Idempotent as `_cancel_offboarding` is: no transition leads from Cancelled to itself.
+        # Idempotent as it is: the issue's transitions are read first, and none leads from
+        # Cancelled to Cancelled.
         await jira.transition_issue(key, "Cancelled", who)
-    await _retire_work_labels(action.issue_key, "onboarding", employee_id, who)
-    guard = await _comment_once(employee_id, action.issue_key, action.comment, who)
+    # Before the cancel is recorded: a run that dies in between cancels again, and retires the
+    # labels then (both steps are idempotent).
+    await jira.retire_work_labels(issue_key, work_label_prefix(kind, employee_id), who)
+    guard = await _comment_once(employee_id, issue_key, comment, who)
     await store.record_effect(
         employee_id,
         EffectAction.transition,
         who,
-        issue_key=action.issue_key,
-        detail={"to": "Cancelled", "issues": keys, "why": action.why},
-        link_update=lifecycle.onboarding_cancelled(),
+        issue_key=issue_key,
+        detail={"to": "Cancelled", "issues": keys, **detail},
+        link_update=link_update,
     )
     await store.settle_writes(employee_id, [guard], who)
-    return action.issue_key
-
-
-async def _retire_work_labels(issue_key: str, kind: str, employee_id: int, who: str) -> None:
-    """Before the cancel is recorded: a run that dies in between cancels again, and retires
-    the labels then (both steps are idempotent)."""
-    await jira.retire_work_labels(issue_key, work_label_prefix(kind, employee_id), who)
+    return issue_key
 
 
 @action_task("relink issue", "relink {action.kind} issue {action.new_key} · {who}")
