@@ -185,22 +185,23 @@ async def _find_or_create(
 ) -> tuple[str, bool]:
     """The parent issue's key, and whether it was created now (else found, to be adopted).
 
-    An issue labelled with the guard that was made long ago (a crash before any announcement
-    was kept) is found by search. A create announced and never settled may have happened
-    seconds ago, where search may not show it yet: then Jira is read by key instead."""
-    if await store.write_in_doubt(employee_id, action.guard_label, who):
-        found = await jira.find_created_issue(action.project, action.guard_label, who)
-    else:
-        found = await jira.find_issue_by_label(action.guard_label, who)
-    if found is not None:
-        return found, False
-    await store.announce_write(
+    The create is announced first (settled once recorded, found or made). An issue labelled
+    with the guard that was made long ago (a crash before any announcement was kept) is found
+    by search. A create announced before and never settled may have happened seconds ago,
+    where search may not show it yet: then Jira is read by key instead."""
+    in_doubt = await store.announce_write(
         employee_id,
         "create_issue",
         action.guard_label,
         who,
         detail={"kind": action.kind, "project": action.project, "summary": action.summary},
     )
+    if in_doubt:
+        found = await jira.find_created_issue(action.project, action.guard_label, who)
+    else:
+        found = await jira.find_issue_by_label(action.guard_label, who)
+    if found is not None:
+        return found, False
     created = await jira.create_issue(
         action, who, _assignee_id(action.assignee, accounts), accounts
     )
@@ -322,11 +323,9 @@ async def _comment_once(employee_id: int, issue_key: str, text: str, who: str) -
     """Add a comment, unless an earlier attempt announced it and Jira has it (read with the
     issue, so current); returns the guard to settle once the effect is recorded."""
     guard = _comment_guard(issue_key, text)
-    if await store.write_in_doubt(employee_id, guard, who) and await jira.find_comment(
-        issue_key, text, who
-    ):
+    in_doubt = await store.announce_write(employee_id, "comment", guard, who, issue_key=issue_key)
+    if in_doubt and await jira.find_comment(issue_key, text, who):
         return guard
-    await store.announce_write(employee_id, "comment", guard, who, issue_key=issue_key)
     await jira.add_comment(issue_key, text, who)
     return guard
 
