@@ -117,25 +117,34 @@ class RetryPolicy:
                 retry += 1
 
     def __call__(
-        self, name: str, *, confirm: Callable[P, Awaitable[R | None]] | None = None
+        self, name: str, *, confirm: Callable[..., Awaitable[R | None]] | None = None
     ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]:
         """Decorate a coroutine function so that each call is retried by this policy; `name` is
         a template of its parameters (`"find Jira user · {who}"`) for the log lines.
 
-        `confirm` (for a write that is not idempotent) takes the same arguments as the
-        function: see `call`."""
+        `confirm` (for a write that is not idempotent; see `call`) declares the parameters of
+        the function it needs, by name, and is handed their values of the same call."""
 
         def decorate(
             function: Callable[P, Coroutine[Any, Any, R]],
         ) -> Callable[P, Coroutine[Any, Any, R]]:
             signature = inspect.signature(function)
+            wanted = list(inspect.signature(confirm).parameters) if confirm is not None else []
+            if unknown := [p for p in wanted if p not in signature.parameters]:
+                raise TypeError(f"{name!r} has no parameters {unknown} to confirm with")
 
             @functools.wraps(function)
             async def retried(*args: P.args, **kwargs: P.kwargs) -> R:
+                def confirming() -> Awaitable[R | None]:
+                    assert confirm is not None
+                    bound = signature.bind(*args, **kwargs)
+                    bound.apply_defaults()
+                    return confirm(**{p: bound.arguments[p] for p in wanted})
+
                 return await self.call(
                     _describe(name, signature, args, kwargs),
                     lambda: function(*args, **kwargs),
-                    (lambda: confirm(*args, **kwargs)) if confirm is not None else None,
+                    confirming if confirm is not None else None,
                 )
 
             return retried

@@ -185,22 +185,23 @@ async def _find_or_create(
 ) -> tuple[str, bool]:
     """The parent issue's key, and whether it was created now (else found, to be adopted).
 
-    An issue labelled with the guard that was made long ago (a crash before any announcement
-    was kept) is found by search. A create announced and never settled may have happened
-    seconds ago, where search may not show it yet: then Jira is read by key instead."""
-    if await store.write_in_doubt(employee_id, action.guard_label, who):
-        found = await jira.find_created_issue(action.project, action.guard_label, who)
-    else:
-        found = await jira.find_issue_by_label(action.guard_label, who)
-    if found is not None:
-        return found, False
-    await store.announce_write(
+    The create is announced first (settled once recorded, found or made). An issue labelled
+    with the guard that was made long ago (a crash before any announcement was kept) is found
+    by search. A create announced before and never settled may have happened seconds ago,
+    where search may not show it yet: then Jira is read by key instead."""
+    in_doubt = await store.announce_write(
         employee_id,
         "create_issue",
         action.guard_label,
         who,
         detail={"kind": action.kind, "project": action.project, "summary": action.summary},
     )
+    if in_doubt:
+        found = await jira.find_created_issue(action.project, action.guard_label, who)
+    else:
+        found = await jira.find_issue_by_label(action.guard_label, who)
+    if found is not None:
+        return found, False
     created = await jira.create_issue(
         action, who, _assignee_id(action.assignee, accounts), accounts
     )
@@ -322,11 +323,9 @@ async def _comment_once(employee_id: int, issue_key: str, text: str, who: str) -
     """Add a comment, unless an earlier attempt announced it and Jira has it (read with the
     issue, so current); returns the guard to settle once the effect is recorded."""
     guard = _comment_guard(issue_key, text)
-    if await store.write_in_doubt(employee_id, guard, who) and await jira.find_comment(
-        issue_key, text, who
-    ):
+    in_doubt = await store.announce_write(employee_id, "comment", guard, who, issue_key=issue_key)
+    if in_doubt and await jira.find_comment(issue_key, text, who):
         return guard
-    await store.announce_write(employee_id, "comment", guard, who, issue_key=issue_key)
     await jira.add_comment(issue_key, text, who)
     return guard
 
@@ -384,51 +383,65 @@ async def _move_due_date(action: MoveDueDate, employee_id: int, today: date, who
 async def _cancel_offboarding(
     action: CancelOffboarding, employee_id: int, subtask_keys: list[str], onboarded: bool, who: str
 ) -> str:
-    keys = [action.issue_key, *subtask_keys]
-    for key in keys:
-        # Idempotent as it is: the issue's transitions are read first, and none leads from
-        # Cancelled to Cancelled.
-        await jira.transition_issue(key, "Cancelled", who)
-    await _retire_work_labels(action.issue_key, "offboarding", employee_id, who)
-    guard = await _comment_once(employee_id, action.issue_key, action.comment, who)
-    await store.record_effect(
+    return await _cancel(
+        "offboarding",
+        action.issue_key,
+        subtask_keys,
+        action.comment,
         employee_id,
-        EffectAction.transition,
         who,
-        issue_key=action.issue_key,
-        detail={"to": "Cancelled", "issues": keys},
+        detail={},
         link_update=lifecycle.offboarding_cancelled(onboarded=onboarded),
     )
-    await store.settle_writes(employee_id, [guard], who)
-    return action.issue_key
 
 
 @action_task("cancel onboarding", "cancel onboarding {action.issue_key} · {who}")
 async def _cancel_onboarding(
     action: CancelOnboarding, employee_id: int, subtask_keys: list[str], who: str
 ) -> str:
-    keys = [action.issue_key, *subtask_keys]
+    return await _cancel(
+        "onboarding",
+        action.issue_key,
+        subtask_keys,
+        action.comment,
+        employee_id,
+        who,
+        detail={"why": action.why},
+        link_update=lifecycle.onboarding_cancelled(),
+    )
+
+
+async def _cancel(
+    kind: str,
+    issue_key: str,
+    subtask_keys: list[str],
+    comment: str,
+    employee_id: int,
+    who: str,
+    *,
+    detail: dict[str, Any],
+    link_update: lifecycle.LinkChange,
+) -> str:
+    """Move the issue and its subtasks to Cancelled, retire its work labels, say why, record."""
+    keys = [issue_key, *subtask_keys]
     for key in keys:
-        # Idempotent as `_cancel_offboarding` is: no transition leads from Cancelled to itself.
+        # Idempotent as it is: the issue's transitions are read first, and none leads from
+        # Cancelled to Cancelled.
         await jira.transition_issue(key, "Cancelled", who)
-    await _retire_work_labels(action.issue_key, "onboarding", employee_id, who)
-    guard = await _comment_once(employee_id, action.issue_key, action.comment, who)
+    # Before the cancel is recorded: a run that dies in between cancels again, and retires the
+    # labels then (both steps are idempotent).
+    await jira.retire_work_labels(issue_key, work_label_prefix(kind, employee_id), who)
+    guard = await _comment_once(employee_id, issue_key, comment, who)
     await store.record_effect(
         employee_id,
         EffectAction.transition,
         who,
-        issue_key=action.issue_key,
-        detail={"to": "Cancelled", "issues": keys, "why": action.why},
-        link_update=lifecycle.onboarding_cancelled(),
+        issue_key=issue_key,
+        detail={"to": "Cancelled", "issues": keys, **detail},
+        link_update=link_update,
     )
     await store.settle_writes(employee_id, [guard], who)
-    return action.issue_key
-
-
-async def _retire_work_labels(issue_key: str, kind: str, employee_id: int, who: str) -> None:
-    """Before the cancel is recorded: a run that dies in between cancels again, and retires
-    the labels then (both steps are idempotent)."""
-    await jira.retire_work_labels(issue_key, work_label_prefix(kind, employee_id), who)
+    return issue_key
 
 
 @action_task("relink issue", "relink {action.kind} issue {action.new_key} · {who}")

@@ -183,9 +183,7 @@ async def issue_key(key: str) -> str | None:
     return await current().jira.current_key(key)
 
 
-async def _issue_created(
-    action: CreateIssue, who: str, assignee_id: str | None, account_ids: dict[str, str | None]
-) -> str | None:
+async def _issue_created(action: CreateIssue, who: str) -> str | None:
     return await find_created_issue(action.project, action.guard_label, who)
 
 
@@ -240,14 +238,7 @@ class SubtaskOutcome:
 
 
 async def _subtasks_created(
-    parent_key: str,
-    project: str,
-    subtask_type: str,
-    subtasks: list[Subtask],
-    assignee_ids: list[str | None],
-    labels: list[str],
-    count: int,
-    who: str,
+    parent_key: str, subtasks: list[Subtask], who: str
 ) -> SubtaskOutcome | None:
     """What a bulk create whose answer was lost made: the requested subtasks the parent now
     lists (read by key, so current); None when it made none of them."""

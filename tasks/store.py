@@ -65,11 +65,13 @@ async def announce_write(
     *,
     issue_key: str | None = None,
     detail: Mapping[str, Any] | None = None,
-) -> None:
+) -> bool:
     """Record, before sending it, that the Jira write `guard` is about to be made (committed
-    first: a process killed after the send leaves this behind). A retry after a lost answer
-    records it twice, which says the same."""
-    await Intents(current().store.engine).announce(
+    first: a process killed after the send leaves this behind). True when it was announced
+    before and never settled: it may have happened without being recorded, and only a strongly
+    consistent read of Jira can tell. A retry after a lost answer records it twice, which says
+    the same."""
+    return await Intents(current().store.engine).announce(
         employee_id,
         operation,
         guard,
@@ -77,13 +79,6 @@ async def announce_write(
         flow_run_id=_flow_run_id(),
         detail=detail,
     )
-
-
-@STORE_CALL("read writes in doubt · {who}")
-async def write_in_doubt(employee_id: int, guard: str, who: str) -> bool:
-    """True when the write `guard` was announced and never settled: it may have happened
-    without being recorded, and only a strongly consistent read of Jira can tell."""
-    return bool(await Intents(current().store.engine).open(employee_id, guard))
 
 
 @STORE_CALL("settle writes · {who}")

@@ -764,13 +764,12 @@ class JiraClient(ApiClient):
         max_results: int = 100,
         *,
         properties: Sequence[str] | None = None,
-        reconcile: Sequence[int] = (),
     ) -> AsyncIterator[dict[str, Any]]:
         """Every issue matching a bounded `jql`, page by page (`POST /search/jql`).
 
         `fields=None` asks for Jira's navigable fields (the endpoint alone would return ids
         only). Results are eventually consistent: an issue created or changed seconds ago may
-        be missing or stale, except those whose ids are in `reconcile` (at most 50).
+        be missing or stale.
         """
         body: dict[str, Any] = {
             "jql": jql,
@@ -779,8 +778,6 @@ class JiraClient(ApiClient):
         }
         if properties:
             body["properties"] = list(properties)
-        if reconcile:
-            body["reconcileIssues"] = [int(issue_id) for issue_id in reconcile]
         while True:
             response = await self._request("POST", "search/jql", json=body)
             page = read_answer(SERVICE, "search", response, answers.SEARCH_PAGE)

@@ -62,8 +62,10 @@ class Intents:
         issue_key: str | None = None,
         flow_run_id: str | None = None,
         detail: Mapping[str, Any] | None = None,
-    ) -> JiraIntent:
-        """Record that the write `guard` is about to be sent (committed before it is)."""
+    ) -> bool:
+        """Record that the write `guard` is about to be sent (committed before it is). True when
+        the same write was announced before and is still open: it may have happened already.
+        One transaction for both, as every create and comment asks both."""
         intent = JiraIntent(
             employee_id=employee_id,
             guard=guard,
@@ -72,9 +74,13 @@ class Intents:
             flow_run_id=flow_run_id,
             detail=to_json_value(dict(detail or {})),
         )
+        earlier = sa.exists().where(
+            col(JiraIntent.employee_id) == employee_id, col(JiraIntent.guard) == guard
+        )
         async with self._sessions.begin() as session:
+            in_doubt = bool(await session.scalar(sa.select(earlier)))
             session.add(intent)
-        return intent
+        return in_doubt
 
     async def open(self, employee_id: int, guard: str) -> list[JiraIntent]:
         """The employee's intents for this write still in doubt, oldest first."""

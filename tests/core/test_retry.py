@@ -233,3 +233,25 @@ async def test_a_decorated_write_is_confirmed_with_its_own_arguments() -> None:
         "bad gateway); reading whether it did in 0.0s, before anything is sent again",
         "create Onboarding · 1042 Ada: it had happened; not sent again",
     ]
+
+
+async def test_a_confirm_is_handed_only_the_parameters_it_names() -> None:
+    flaky = Flaky(lost())
+    asked: list[str] = []
+
+    async def already(who: str) -> str | None:
+        asked.append(who)
+        return "HR-9"
+
+    @CONFIRMING("create {summary} · {who}", confirm=already)
+    async def create(summary: str, who: str, assignee: str | None = None) -> str:
+        return await flaky()
+
+    assert await create("Onboarding", "1042 Ada") == "HR-9"
+    assert asked == ["1042 Ada"]
+
+    async def unrelated(employee: int) -> str | None:
+        return None
+
+    with pytest.raises(TypeError, match="employee"):
+        CONFIRMING("create", confirm=unrelated)(create)

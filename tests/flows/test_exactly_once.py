@@ -204,6 +204,20 @@ def crash_before_recording(world: World, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(world.services.store, "record_effect", killed)
 
 
+async def rerun_onboards_once(world: World, employee_id: int, parent: SimIssue) -> None:
+    """The rerun after a crash ends well with the one parent the crashed run made and its whole
+    checklist, and the link knows them."""
+    (outcome,) = await onboarding([employee_id])
+
+    assert outcome.error is None
+    assert world.parents_of(employee_id) == [parent]
+    assert len(subtasks_of(world, parent)) == 3
+    link = await world.services.store.get(employee_id)
+    assert link is not None
+    assert link.onboarding_issue_key == parent.key
+    assert len(link.onboarding_subtask_keys) == 3
+
+
 async def test_killed_between_the_creates_and_their_record_the_rerun_adopts(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -222,15 +236,7 @@ async def test_killed_between_the_creates_and_their_record_the_rerun_adopts(
     # The guard search alone would create a second one: it does not show the first yet.
     assert await jira_tasks.find_issue_by_label(guard, "test") is None
 
-    (outcome,) = await onboarding([person.id])
-
-    assert outcome.error is None
-    assert world.parents_of(person.id) == [parent]
-    assert len(subtasks_of(world, parent)) == 3
-    link = await world.services.store.get(person.id)
-    assert link is not None
-    assert link.onboarding_issue_key == parent.key
-    assert len(link.onboarding_subtask_keys) == 3
+    await rerun_onboards_once(world, person.id, parent)
     assert await effects(world, person.id) == [
         EffectAction.adopt_existing,
         EffectAction.create_subtask,
@@ -255,14 +261,7 @@ async def test_killed_after_the_parent_before_its_subtasks_the_rerun_completes_t
     (parent,) = world.parents_of(person.id)
     assert subtasks_of(world, parent) == []
 
-    (outcome,) = await onboarding([person.id])
-
-    assert outcome.error is None
-    assert world.parents_of(person.id) == [parent]
-    assert len(subtasks_of(world, parent)) == 3
-    link = await world.services.store.get(person.id)
-    assert link is not None
-    assert len(link.onboarding_subtask_keys) == 3
+    await rerun_onboards_once(world, person.id, parent)
 
 
 async def test_killed_between_a_comment_and_its_record_the_rerun_comments_no_more(

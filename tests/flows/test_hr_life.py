@@ -11,6 +11,13 @@ from flows.sync import sync_employees
 from tests.fixtures_flows import World
 
 
+async def assert_converged(world: World, employee_id: int) -> None:
+    """One more run changes nothing in Jira."""
+    writes = world.jira.state.writes
+    await sync_employees([employee_id])
+    assert world.jira.state.writes == writes
+
+
 @pytest.mark.parametrize(
     ("hired_in", "leaves_in", "lifecycle"),
     [
@@ -59,9 +66,7 @@ async def test_a_hire_withdrawn_before_day_one_cancels_the_onboarding(world: Wor
     effects = [effect.action for effect in await world.services.store.effects(person.id)]
     assert effects[-1] == EffectAction.transition
 
-    writes = world.jira.state.writes
-    await sync_employees([person.id])  # converged: nothing more
-    assert world.jira.state.writes == writes
+    await assert_converged(world, person.id)
     assert len(parent.comments) == 1
 
 
@@ -95,9 +100,7 @@ async def test_a_termination_applied_again_after_its_revert_recreates_the_offboa
     link = await world.services.store.get(person.id)
     assert link is not None
     assert (link.lifecycle, link.offboarding_issue_key) == (Lifecycle.offboarding, fresh.key)
-    writes = world.jira.state.writes
-    await sync_employees([person.id])
-    assert world.jira.state.writes == writes
+    await assert_converged(world, person.id)
 
 
 async def test_a_withdrawn_hire_reinstated_gets_a_fresh_onboarding(world: World) -> None:

@@ -9,10 +9,11 @@ async def test_announced_writes_stay_open_per_employee_and_guard_until_settled(
     store: MappingStore,
 ) -> None:
     intents = Intents(store.engine)
-    await intents.announce(7, "create_issue", "pf-onboarding-7-20270104", detail={"kind": "x"})
-    await intents.announce(7, "create_issue", "pf-onboarding-7-20270104")  # a retry says it again
-    await intents.announce(7, "comment", "comment:HR-1:abc", issue_key="HR-1")
-    await intents.announce(8, "create_issue", "pf-onboarding-8-20270104")
+    guard = "pf-onboarding-7-20270104"
+    assert not await intents.announce(7, "create_issue", guard, detail={"kind": "x"})
+    assert await intents.announce(7, "create_issue", guard)  # a retry says it again: in doubt
+    assert not await intents.announce(7, "comment", "comment:HR-1:abc", issue_key="HR-1")
+    assert not await intents.announce(8, "create_issue", "pf-onboarding-8-20270104")
 
     (first, again) = await intents.open(7, "pf-onboarding-7-20270104")
     assert (first.operation, first.detail, again.detail) == ("create_issue", {"kind": "x"}, {})
@@ -27,3 +28,4 @@ async def test_announced_writes_stay_open_per_employee_and_guard_until_settled(
         "pf-onboarding-8-20270104",
     ]
     assert await intents.settle(7, []) == 0
+    assert not await intents.announce(7, "create_issue", guard)  # settled: no longer in doubt
