@@ -84,6 +84,13 @@ def prefect_api_url(
     return str(settings.prefect_api_url).rstrip("/")
 
 
+def prefect_api_url_or_local(settings: Settings) -> str:
+    """PREFECT_API_URL, or the Prefect server `pf-jira-sync up` starts on this host."""
+    if settings.prefect_api_url:
+        return str(settings.prefect_api_url).rstrip("/")
+    return f"http://127.0.0.1:{settings.prefect_server_port}/api"
+
+
 def describe_prefect_error(error: Exception, api_url: str) -> str:
     """One line for what went wrong talking to the Prefect server."""
     from prefect.exceptions import PrefectHTTPStatusError

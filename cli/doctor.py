@@ -14,7 +14,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.app import app, console, describe_prefect_error, load_settings, read_settings
+from cli.app import (
+    app,
+    console,
+    describe_prefect_error,
+    load_settings,
+    prefect_api_url_or_local,
+    read_settings,
+)
 from core.errors import ApiError, AuthenticationError, ForbiddenError
 from core.logging import configure_logging, redact
 from core.rules import Rules, RulesError, load_rules
@@ -250,11 +257,7 @@ async def check_prefect(settings: Settings) -> CheckResult:
     gateway, `deploy`, `worker`) refuse to start without it, and `reconcile` uses the server
     `up` starts on this host, which is asked here in its place."""
     configured = settings.prefect_api_url
-    api_url = (
-        str(configured).rstrip("/")
-        if configured
-        else f"http://127.0.0.1:{settings.prefect_server_port}/api"
-    )
+    api_url = prefect_api_url_or_local(settings)
     started = time.monotonic()
     try:
         if not configured:  # nothing listening: say so without loading Prefect's client

@@ -14,7 +14,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.app import app, console, errors, fail, load_settings, run_on_prefect, run_on_store
+from cli.app import (
+    app,
+    console,
+    errors,
+    fail,
+    load_settings,
+    prefect_api_url_or_local,
+    run_on_prefect,
+    run_on_store,
+)
 from cli.doctor import explain
 from core.errors import ApiError
 from core.names import (
@@ -328,13 +337,6 @@ def preview_rules_command(
         print_no_store_note(settings)
 
 
-def reconcile_api_url(settings: Settings) -> str:
-    """PREFECT_API_URL, or the Prefect server `pf-jira-sync up` starts on this host."""
-    if settings.prefect_api_url:
-        return str(settings.prefect_api_url).rstrip("/")
-    return f"http://127.0.0.1:{settings.prefect_server_port}/api"
-
-
 async def run_reconcile_deployment(force: bool, full: bool) -> Any:
     """Start a run of the reconcile deployment and follow it to its end, printing its states."""
     from prefect import get_client
@@ -414,7 +416,7 @@ def reconcile_command(
         return
     try:
         run = run_on_prefect(
-            reconcile_api_url(settings), lambda: run_reconcile_deployment(force, full)
+            prefect_api_url_or_local(settings), lambda: run_reconcile_deployment(force, full)
         )
     except KeyboardInterrupt:
         errors.print("stopped following; the run goes on (see the Prefect UI)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
@@ -16,9 +16,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.app import app, console, errors, fail, load_settings, run_on_store
+from cli.app import (
+    app,
+    console,
+    errors,
+    fail,
+    load_settings,
+    prefect_api_url_or_local,
+    run_on_store,
+)
 from cli.inbox import open_inbox_database, parse_age
-from cli.reconcile import reconcile_api_url
 from core import one_host
 from core.settings import mask_url
 
@@ -41,16 +48,14 @@ class Story:
     effects: list[JiraEffect]
 
 
-def _table(columns: Sequence[str], rows: Sequence[Mapping[str, str]], wraps: str) -> Table:
-    """A borderless table as wide as the terminal: only the `wraps` column folds."""
+def _table(columns: Sequence[str], wraps: str) -> Table:
+    """A borderless, empty table as wide as the terminal: only the `wraps` column folds."""
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", expand=False)
     for column in columns:
         if column == wraps:
             table.add_column(column, overflow="fold", ratio=1)
         else:
             table.add_column(column, no_wrap=True)
-    for row in rows:
-        table.add_row(*(escape(row[column]) for column in columns))
     return table
 
 
@@ -95,14 +100,14 @@ def why(
         fail(f"nothing about employee {story.employee_id} in {mask_url(url)}", code=1)
     run_ids = {event.flow_run_id for event in story.events if event.flow_run_id}
     run_ids |= {effect.flow_run_id for effect in story.effects if effect.flow_run_id}
-    api_url = reconcile_api_url(settings)
+    api_url = prefect_api_url_or_local(settings)
     runs, problem = read_flow_runs(api_url, story.employee_id, sorted(run_ids))
     from core.render import TIMELINE_COLUMNS, prefect_ui_url, timeline_rows
 
     rows = timeline_rows(story.events, story.effects, runs, prefect_ui_url(api_url))
     about = f"Jira {issue_key} belongs to employee" if issue_key else "employee"
     console.print(f"{about} {story.employee_id}, oldest first:", highlight=False)
-    table = _table(TIMELINE_COLUMNS, [], "text")
+    table = _table(TIMELINE_COLUMNS, "text")
     for row in rows:
         text = escape(row["text"])
         if link := row["link"]:

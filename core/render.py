@@ -543,6 +543,16 @@ EVENT_COLUMNS = ("ref", "received", "employee", "event", "status", "outcome")
 EVENT_OUTCOME_MAX = 240
 
 
+def _one_line(text: str) -> str:
+    """`text` with every run of whitespace (newlines too) one space: a table cell's line."""
+    return " ".join(text.split())
+
+
+def _local_time(at: datetime) -> str:
+    """An instant in this host's zone, as the `events` and `why` tables show it."""
+    return at.astimezone().strftime("%m-%d %H:%M:%S")
+
+
 def event_outcome(
     run_name: str, jira_keys: Sequence[str], *, state: str = "Completed", message: str = ""
 ) -> str:
@@ -562,7 +572,7 @@ def work_failure(who: str, error: str, advice: str | None) -> str:
     """What failed in one employee's work, as the flow records it on their webhook events
     (`1042 Ada Lovelace: Jira 400 ...: customfield_10050. What to do: fix what it names`)."""
     text = f"{who}: {error}. What to do: {advice or 'Retry'}"
-    return printable(" ".join(text.split()), EVENT_OUTCOME_MAX)
+    return printable(_one_line(text), EVENT_OUTCOME_MAX)
 
 
 def event_retry_outcome(
@@ -570,7 +580,7 @@ def event_retry_outcome(
 ) -> str:
     """An event of a run that crashed or failed for a passing cause, back to work: `Crashed in
     flow run sync · 3 employees (attempt 1 of 5): <why>; worked again from 10:42:13 UTC`."""
-    reason = f": {' '.join(why.split())}" if why.strip() else ""
+    reason = f": {_one_line(why)}" if why.strip() else ""
     text = (
         f"{state} in flow run {run_name} (attempt {attempt} of {attempts}){reason}; "
         f"worked again from {again_at:%H:%M:%S} UTC"
@@ -583,7 +593,7 @@ def event_failed_outcome(
 ) -> str:
     """An event that ends failed: for good (`failed for good in flow run ...: <why>`) or
     after its last attempt (`gave up after 5 attempts, the last Crashed in flow run ...`)."""
-    reason = f": {' '.join(why.split())}" if why.strip() else ""
+    reason = f": {_one_line(why)}" if why.strip() else ""
     if attempts is None:
         text = f"failed for good ({state} in flow run {run_name}){reason}"
     else:
@@ -595,7 +605,7 @@ def event_row(event: WebhookEvent) -> dict[str, str]:
     """One `events` row, keyed by `EVENT_COLUMNS`, each cell on one line."""
     status = EventStatus(event.status).value
     if event.outcome:
-        outcome = " ".join(event.outcome.split())
+        outcome = _one_line(event.outcome)
     elif event.flow_run_id:
         outcome = f"in flow run {event.flow_run_id}"
     elif status == "pending":
@@ -609,7 +619,7 @@ def event_row(event: WebhookEvent) -> dict[str, str]:
     outcome = printable(outcome, EVENT_OUTCOME_MAX)
     return {
         "ref": event.ref,
-        "received": event.received_at.astimezone().strftime("%m-%d %H:%M:%S"),
+        "received": _local_time(event.received_at),
         "employee": str(event.employee_id) if event.employee_id is not None else "-",
         # The employee column says whom: `update`, `terminate` (other topics keep their name).
         "event": printable(event.action.removeprefix("employee_") or event.action, NAME_LIMIT),
@@ -795,7 +805,7 @@ def effect_text(action: str, detail: Mapping[str, object]) -> str:
     created = detail.get("created")
     if isinstance(created, list) and created:
         parts.append(f"created {', '.join(str(key) for key in created)}")
-    return printable(" ".join(" ".join(str(part) for part in parts).split()), EVENT_OUTCOME_MAX)
+    return printable(_one_line(" ".join(str(part) for part in parts)), EVENT_OUTCOME_MAX)
 
 
 def timeline_rows(
@@ -816,7 +826,7 @@ def timeline_rows(
     first_seen: dict[str, datetime] = {}
     for event in events:
         status = EventStatus(event.status).value
-        outcome = " ".join((event.outcome or "").split())
+        outcome = _one_line(event.outcome or "")
         text = f"{event.action}: {status}" + (f"; {outcome}" if outcome else "")
         add(
             event.received_at, "webhook", f"webhook {event.ref}", printable(text, EVENT_OUTCOME_MAX)
@@ -828,7 +838,7 @@ def timeline_rows(
             seen = first_seen.get(effect.flow_run_id)
             first_seen[effect.flow_run_id] = min(seen, effect.at) if seen else effect.at
         if why := effect.detail.get("why"):
-            add(effect.at, "plan", "plan", printable(" ".join(str(why).split()), EVENT_OUTCOME_MAX))
+            add(effect.at, "plan", "plan", printable(_one_line(str(why)), EVENT_OUTCOME_MAX))
         key = f" {effect.issue_key}" if effect.issue_key else ""
         add(effect.at, "jira", f"Jira{key}", effect_text(effect.action, effect.detail))
     for run_id in dict.fromkeys([*first_seen, *runs]):
@@ -845,7 +855,7 @@ def timeline_rows(
     entries.sort(key=lambda entry: entry[:3])
     return [
         {
-            "time": at.astimezone().strftime("%m-%d %H:%M:%S"),
+            "time": _local_time(at),
             "source": source,
             "text": text,
             "link": link,
@@ -880,7 +890,7 @@ def stuck_event_row(event: WebhookEvent, now: datetime, program: str) -> dict[st
     does Prefect answer?); dispatched: its run said nothing for that long (died, or stuck)."""
     status = EventStatus(event.status).value
     since = event.updated_at if status == "dispatched" else event.received_at
-    detail = " ".join((event.outcome or "").split())
+    detail = _one_line(event.outcome or "")
     if status == "dispatched":
         state = f"dispatched to flow run {event.flow_run_id}, no word since"
     else:
@@ -899,7 +909,7 @@ def stuck_event_row(event: WebhookEvent, now: datetime, program: str) -> dict[st
 def stuck_failed_row(event: WebhookEvent, now: datetime, program: str) -> dict[str, str]:
     """An employee whose latest event ended failed or set aside: their last work is not done."""
     status = EventStatus(event.status).value
-    detail = " ".join((event.outcome or "").split())
+    detail = _one_line(event.outcome or "")
     return {
         "age": age_text(now - event.updated_at),
         "what": f"employee {event.employee_id} ({event.ref} {event.action})",

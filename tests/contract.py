@@ -17,6 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
 from openapi_core import Config, OpenAPI
 from openapi_core.datatypes import RequestParameters
 from werkzeug.datastructures import Headers, ImmutableMultiDict
@@ -109,6 +111,22 @@ class SpecContract:
                 parameters = tuple(self._resolve(p) for p in declared)
                 return Operation(method.upper(), template, definition, parameters)
         raise self._violate(f"{method} {path}: no such operation in {self.name}")
+
+    def served_operations(self, api: APIRouter) -> list[Operation]:
+        """The operation of each (method, path) `api` serves (a simulator's), each checked to
+        be in the spec under the very path template the route has."""
+        served = {
+            (method, route.path)
+            for route in api.routes
+            if isinstance(route, APIRoute)
+            for method in route.methods or ()
+        }
+        operations = []
+        for method, template in sorted(served):
+            operation = self.operation(method, template)
+            assert operation.template == template, f"{method} {template} is {operation.template}"
+            operations.append(operation)
+        return operations
 
     def _resolve(self, node: dict[str, Any]) -> dict[str, Any]:
         return resolve_ref(self.spec, node)

@@ -3,7 +3,6 @@ planned with the example rules and with a proposed change; what appears and disa
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,12 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
 from sandbox.seed import SeedPerson
 from sandbox.stack import Simulators
-from tests.paths import ROOT
-
-EXAMPLE = ROOT / "rules.example.toml"
+from tests.cli.test_cli import cli_env
+from tests.paths import RULES_EXAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +23,9 @@ def simulators() -> Iterator[Simulators]:
 
 
 def preview(proposed: Path, simulators: Simulators, cwd: Path) -> subprocess.CompletedProcess[str]:
-    names = {name.upper() for name in Settings.model_fields}
-    env = {k: v for k, v in os.environ.items() if k not in names}
-    env |= {"PYTHONPATH": str(ROOT), "COLUMNS": "250", **simulators.environment()}
-    env["RULES_FILE"] = str(EXAMPLE)
     return subprocess.run(
         [sys.executable, "-m", "cli", "preview-rules", str(proposed)],
-        env=env,
+        env=cli_env(**{**simulators.environment(), "RULES_FILE": str(RULES_EXAMPLE)}),
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -43,7 +36,7 @@ def preview(proposed: Path, simulators: Simulators, cwd: Path) -> subprocess.Com
 
 def proposed_rules(tmp_path: Path, old: str, new: str) -> Path:
     """The example rules with one change."""
-    text = EXAMPLE.read_text()
+    text = RULES_EXAMPLE.read_text()
     assert old in text
     path = tmp_path / "proposed.toml"
     path.write_text(text.replace(old, new, 1))
@@ -118,7 +111,7 @@ def test_a_changed_project_moves_the_route_s_creations(
 
 def test_identical_rules_say_no_difference(simulators: Simulators, tmp_path: Path) -> None:
     same = tmp_path / "same.toml"
-    same.write_text(EXAMPLE.read_text())
+    same.write_text(RULES_EXAMPLE.read_text())
     result = preview(same, simulators, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[0] == (
