@@ -72,19 +72,16 @@ from typing import Any
 
 import httpx
 
+from bench.stack_throughput import READY_LINE, ROOT, SETTING_NAMES, utc
 from core.jira.adf import adf_to_text
 from core.names import WEBHOOK_PATH
 from core.peopleforce.signature import SIGNATURE_HEADER
 from core.rules import Rules, load_rules
-from core.settings import Settings
 from deployments.stack import descendants
 from sandbox.server import free_port
 from sandbox.stack import Simulators
 
-ROOT = Path(__file__).resolve().parents[1]
 RULES_FILE = ROOT / "rules.example.toml"
-SETTING_NAMES = {name.upper() for name in Settings.model_fields}
-READY_LINE = "Ctrl-C stops everything."
 
 # Issue 15, "Done means".
 MAX_QUIET_SECONDS = 120.0
@@ -142,10 +139,6 @@ GATEWAY_DIES = {"gateway-kill", "power-cut"}
 ISSUE_KEY = re.compile(r"\b[A-Z][A-Z0-9_]*-\d+\b")
 EMPLOYEE_LABEL = re.compile(r"^pf-employee-(\d+)$")
 KINDS = ("onboarding", "offboarding", "record")
-
-
-def utc(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp()
 
 
 STARTED = time.monotonic()
@@ -809,6 +802,20 @@ class Deployment:
     def jira(self) -> str:
         return self.simulators.jira_url
 
+    def hire(self, first_name: str, last_name: str, department: str, hired_on: date) -> int:
+        """Hire someone in the PeopleForce simulator (which sends its webhook); their id."""
+        answer = self.http.post(
+            f"{self.control}/employees",
+            json={
+                "first_name": first_name,
+                "last_name": last_name,
+                "department": department,
+                "hired_on": str(hired_on),
+            },
+        )
+        answer.raise_for_status()
+        return answer.json()["id"]
+
     def today(self) -> date:
         return date.fromisoformat(self.http.get(f"{self.control}/clock").json()["today"])
 
@@ -892,18 +899,10 @@ def burst(
     http = deployment.http
 
     def hire(n: int, department: str) -> None:
-        person = http.post(
-            f"{control}/employees",
-            json={
-                "first_name": f"Fault{n}",
-                "last_name": "Burst",
-                "department": department,
-                "hired_on": str(today + timedelta(days=HIRE_AHEAD_DAYS)),
-            },
+        employee = deployment.hire(
+            f"Fault{n}", "Burst", department, today + timedelta(days=HIRE_AHEAD_DAYS)
         )
-        person.raise_for_status()
         with lock:
-            employee = person.json()["id"]
             people.append(Person(employee, department, time.time()))
             actions.setdefault(employee, []).append("hire")
 
@@ -1076,17 +1075,9 @@ def script(
     actions: dict[int, list[str]] = {}
     for n in range(people):
         department = rng.choice(["Engineering", "Sales", "Marketing", "IT"])
-        answer = http.post(
-            f"{control}/employees",
-            json={
-                "first_name": f"Same{n}",
-                "last_name": "Person",
-                "department": department,
-                "hired_on": str(today + timedelta(days=HIRE_AHEAD_DAYS + n % 5)),
-            },
+        employee = deployment.hire(
+            f"Same{n}", "Person", department, today + timedelta(days=HIRE_AHEAD_DAYS + n % 5)
         )
-        answer.raise_for_status()
-        employee = answer.json()["id"]
         hired.append(Person(employee, department, time.time()))
         actions[employee] = ["hire"]
     for person in rng.sample(hired, k=people * 3 // 5):

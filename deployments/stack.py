@@ -1009,13 +1009,11 @@ class Stack:
             f"{DEPLOYMENTS_READY_TIMEOUT:.0f} s; runs wait until it does (see {self.log_dir / 'deployments.log'})"
         )
 
-    def _polled_deployments(
-        self, since: datetime, *, timeout: float | None = None
-    ) -> list[dict[str, Any]]:
+    def _polled_deployments(self, since: datetime) -> list[dict[str, Any]]:
         """The deployments a runner polled for runs after `since`."""
         return [
             deployment
-            for deployment in self._post_json("/deployments/filter", {"limit": 200}, timeout)
+            for deployment in self._post_json("/deployments/filter", {"limit": 200})
             if deployment.get("last_polled")
             and datetime.fromisoformat(deployment["last_polled"]) >= since
         ]

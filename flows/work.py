@@ -20,9 +20,9 @@ from prefect.client.orchestration import PrefectClient
 from prefect.runtime import flow_run
 
 from core import render
-from core.errors import is_permanent
+from core.errors import ApiError, is_permanent
 from core.names import process_tag
-from core.peopleforce.models import Employee
+from core.peopleforce.models import AssetsRead, Employee
 from core.plan import (
     ALL_PROCESSES,
     AddComment,
@@ -77,6 +77,9 @@ async def work_employee(
     checked = prefetched.jira if prefetched else None
     outcome.name = employee.display_name if employee else None
     who, notes = outcome.who, outcome.notes
+    # Read at most once: a re-plan (after a drift, or the onboarding applied first) plans the
+    # same offboarding, with the same equipment, and need not ask PeopleForce again.
+    read_assets = _once(lambda: peopleforce.read_assets(employee_id, who))
 
     async def plan_now(
         checked: IssueCheck | None,
@@ -88,7 +91,7 @@ async def work_employee(
             Facts(employee_id, employee, link, previous, jira=checked),
             services.rules,
             today,
-            lambda: peopleforce.read_assets(employee_id, who),
+            read_assets,
         )
         if facts.assets_unread:
             # Degraded, not failed: the offboarding goes ahead with a check by hand.
@@ -129,6 +132,24 @@ async def work_employee(
         link, previous, result = await plan_now(None)
     await apply_plan(result, employee, link, previous, processes, today, outcome)
     return outcome
+
+
+def _once(read: Callable[[], Awaitable[AssetsRead]]) -> Callable[[], Awaitable[AssetsRead]]:
+    """`read`, called at most once: each later call gives its answer, or its API error, again."""
+    answers: list[AssetsRead] = []
+    failures: list[ApiError] = []
+
+    async def once() -> AssetsRead:
+        if not (answers or failures):
+            try:
+                answers.append(await read())
+            except ApiError as error:
+                failures.append(error)
+        if failures:
+            raise failures[0]
+        return answers[0]
+
+    return once
 
 
 async def _drift(

@@ -333,13 +333,23 @@ async def test_reconcile_waits_while_a_webhook_run_holds_the_employee(
 
 
 async def test_hired_and_leaving_at_once_the_offboarding_names_the_onboarding(
-    company: World, settings: Settings
+    company: World, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One plan for both: the onboarding is applied first and the offboarding planned again, so
-    that it reads as it does when the webhook path created the onboarding first."""
+    that it reads as it does when the webhook path created the onboarding first (the asset
+    list read once for both plans)."""
     person = company.hire("Fixed", "Term", in_days=5)
     company.peopleforce.state.terminate(person.id, effective_on=company.days(40))
+    asset_reads: list[int] = []
+    read_assets = PeopleForceClient.read_assets
+
+    async def counted(client: PeopleForceClient, employee_id: int) -> Any:
+        asset_reads.append(employee_id)
+        return await read_assets(client, employee_id)
+
+    monkeypatch.setattr(PeopleForceClient, "read_assets", counted)
     result = await reconcile()
+    assert asset_reads == [person.id]
     assert result["actions"] == {"create_issue (onboarding)": 1, "create_issue (offboarding)": 1}
     onboarding_issue, offboarding_issue = company.parents_of(person.id)
     assert offboarding_issue.summary.startswith("Offboarding")
