@@ -195,11 +195,10 @@ async def read_company(
     inbox's backlog into `acknowledged`); `then(sources, company)`, if given, goes on reading
     with the same clients and its result is returned instead of the company plan."""
     from core.company import (
-        BACKLOG_LIMIT,
-        BACKLOG_STATUSES,
         ClientSources,
         acknowledged_by_employee,
         plan_reconciliation,
+        read_backlog,
     )
     from core.jira.client import JiraClient
     from core.peopleforce.client import PeopleForceClient
@@ -212,8 +211,7 @@ async def read_company(
         async with await MappingStore.open(url) as store:
             # As the run does: the inbox's backlog first, so that the safeguard reads alike.
             inbox = InboxRepository(store.engine)
-            for status in BACKLOG_STATUSES:
-                backlog += await inbox.recent(BACKLOG_LIMIT, status)
+            backlog = await read_backlog(inbox)
             links = [link async for link in store.all_links()]
     acknowledged.update(acknowledged_by_employee(backlog))
     async with (

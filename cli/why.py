@@ -98,10 +98,14 @@ def why(
         fail(f"no employee in {mask_url(url)} has Jira issue {issue_key}", code=1)
     if not story.events and not story.effects:
         fail(f"nothing about employee {story.employee_id} in {mask_url(url)}", code=1)
-    run_ids = {event.flow_run_id for event in story.events if event.flow_run_id}
-    run_ids |= {effect.flow_run_id for effect in story.effects if effect.flow_run_id}
+    # Oldest first, as the store has them, so that the newest are kept past `MAX_RUNS`.
+    named = sorted(
+        [(event.received_at, event.flow_run_id) for event in story.events if event.flow_run_id]
+        + [(effect.at, effect.flow_run_id) for effect in story.effects if effect.flow_run_id]
+    )
+    run_ids = list(dict.fromkeys(run_id for _at, run_id in named))
     api_url = prefect_api_url_or_local(settings)
-    runs, problem = read_flow_runs(api_url, story.employee_id, sorted(run_ids))
+    runs, problem = read_flow_runs(api_url, story.employee_id, run_ids)
     from core.render import TIMELINE_COLUMNS, prefect_ui_url, timeline_rows
 
     rows = timeline_rows(story.events, story.effects, runs, prefect_ui_url(api_url))

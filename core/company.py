@@ -47,7 +47,7 @@ from core.plan import (
 )
 from core.retry import INTERACTIVE_READ
 from core.rules import Rules
-from core.store.inbox import EventStatus, WebhookEvent
+from core.store.inbox import EventStatus, InboxRepository, WebhookEvent
 from core.store.models import EmployeeLink
 from core.store.repository import normalize_email, previous_link
 
@@ -504,6 +504,14 @@ BACKLOG_LIMIT = 10_000
 # the reconciliation only once older than this before its read (PeopleForce's API may answer a
 # moment behind the webhooks it sends).
 PENDING_STALE_AFTER = timedelta(minutes=1)
+
+
+async def read_backlog(inbox: InboxRepository) -> list[WebhookEvent]:
+    """The inbox's backlog, newest first, at most `BACKLOG_LIMIT` of each status (the rest
+    waits for the next reconciliation): what the run and its dry run read alike."""
+    return [
+        event for status in BACKLOG_STATUSES for event in await inbox.recent(BACKLOG_LIMIT, status)
+    ]
 
 
 @dataclass(frozen=True)

@@ -880,7 +880,6 @@ def age_text(age: timedelta) -> str:
 
 
 # `stuck`'s rows: `stuck_*_row` keys.
-STUCK_COLUMNS = ("age", "what", "state", "re-drive")
 
 
 def stuck_event_row(event: WebhookEvent, now: datetime, program: str) -> dict[str, str]:

@@ -165,7 +165,7 @@ async def _newest_number(project: str, who: str) -> int:
     return 0
 
 
-@API_CALL("read {keys[0]} and the keys after it · {who}")
+@API_CALL("read issues by key from {keys[0]} · {who}")
 async def _issues_at(keys: list[str], who: str) -> list[Issue]:
     """The issues answering under `keys`, with their labels (those Jira has)."""
     return await current().jira.get_issues(keys, fields=["labels"])

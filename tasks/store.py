@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect.runtime import flow_run
 
-from core.company import BACKLOG_LIMIT, BACKLOG_STATUSES
+from core.company import read_backlog
 from core.retry import STORE_CALL
 from core.store import (
     EmployeeLink,
@@ -130,10 +130,7 @@ def _flow_run_id() -> str | None:
 async def read_inbox_backlog() -> list[WebhookEvent]:
     """Acknowledged events no run has done (failed, or not dispatched), newest first, at most
     `BACKLOG_LIMIT` of each status (the rest waits for the next reconciliation)."""
-    inbox = InboxRepository(current().store.engine)
-    return [
-        event for status in BACKLOG_STATUSES for event in await inbox.recent(BACKLOG_LIMIT, status)
-    ]
+    return await read_backlog(InboxRepository(current().store.engine))
 
 
 @STORE_CALL("close the inbox events the reconciliation repaired")

@@ -812,7 +812,7 @@ class Dispatching:
             return False
         error = await asyncio.wait_for(
             self.dispatcher.client.api_healthcheck(),
-            timeout=self.settings.dispatch_prefect_timeout_seconds,
+            timeout=self.dispatcher.recovery.prefect_timeout,
         )
         if error is not None:
             raise error
