@@ -191,6 +191,7 @@ class LinkChange:
     offboarding_issue_key: str | Keep | None = KEEP
     offboarding_subtask_keys: tuple[str, ...] | Keep = KEEP
     termination_on: date | Keep | None = KEEP
+    hired_on: date | Keep | None = KEEP
     # The mapped fields as now written to Jira; their hash is set with them.
     synced_fields: Mapping[str, Any] | Keep = KEEP
 
@@ -233,8 +234,10 @@ def onboarding_created(
     *,
     snapshot: Mapping[str, Any] | None = None,
     previous_employee_id: int | None = None,
+    hired_on: date | None = None,
 ) -> LinkChange:
-    """The onboarding issue `key` exists (created, or found by its guard label).
+    """The onboarding issue `key` exists (created, or found by its guard label), made for the
+    first day `hired_on`.
 
     A rehire starts over: a former offboarding is history (kept in the audit), and a rehire
     under a new id remembers the former id.
@@ -248,6 +251,7 @@ def onboarding_created(
             offboarding_issue_key=None,
             offboarding_subtask_keys=(),
             termination_on=None,
+            hired_on=hired_on,
             previous_employee_id=KEEP if previous_employee_id is None else previous_employee_id,
             synced_fields=_snapshot(snapshot),
         ),
@@ -294,12 +298,16 @@ def issue_created(
     previous_employee_id: int | None = None,
 ) -> LinkChange:
     """The parent issue of `kind` exists: `onboarding_created`, `offboarding_created` or
-    `record_created`. An offboarding needs its `due_date`; `previous_employee_id` is for an
-    onboarding only."""
+    `record_created`. An offboarding needs its `due_date` (an onboarding's is the first day);
+    `previous_employee_id` is for an onboarding only."""
     match kind:
         case "onboarding":
             return onboarding_created(
-                key, person, snapshot=snapshot, previous_employee_id=previous_employee_id
+                key,
+                person,
+                snapshot=snapshot,
+                previous_employee_id=previous_employee_id,
+                hired_on=due_date,
             )
         case "offboarding":
             if due_date is None:

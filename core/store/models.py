@@ -149,6 +149,8 @@ class EmployeeLink(StoreModel, table=True):
     )
     # The termination date the offboarding work was planned for: a changed date means re-planning.
     termination_on: date | None = None
+    # The hire date the onboarding work was planned for (None: made before it was kept).
+    hired_on: date | None = None
     # A rehire's earlier PeopleForce id. No foreign key: the earlier record may predate the store.
     previous_employee_id: int | None = None
 

@@ -49,7 +49,7 @@ async def test_migrate_from_empty_database_to_head(database_url: str) -> None:
     await migrate(database_url)
     await migrate(database_url)  # a second run finds nothing to do
 
-    assert await current_revision(database_url) == head_revision() == HEAD_REVISION == "0006"
+    assert await current_revision(database_url) == head_revision() == HEAD_REVISION == "0007"
     assert await table_names(database_url) == STORE_TABLES | {VERSION_TABLE}
 
 
@@ -120,7 +120,10 @@ async def test_migrated_schema_matches_the_models(database_url: str) -> None:
 
     await migrate(database_url, "0001")
     # The comparison does see a schema behind the models...
-    missing = {(diff[0], diff[1].name) for diff in await schema_differences()}
+    missing = {
+        (diff[0], diff[3].name if diff[0] == "add_column" else diff[1].name)
+        for diff in await schema_differences()
+    }
     assert missing == {
         ("add_table", "jira_effect"),
         ("add_index", "ix_jira_effect_employee_id"),
@@ -131,6 +134,7 @@ async def test_migrated_schema_matches_the_models(database_url: str) -> None:
         ("add_table", "employee_lease"),
         ("add_table", "jira_intent"),
         ("add_index", "ix_jira_intent_employee_id"),
+        ("add_column", "hired_on"),
     }
 
     await migrate(database_url)
