@@ -3,6 +3,8 @@ PeopleForce simulator changes, the sync flow runs, the Jira simulator shows what
 
 from __future__ import annotations
 
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +13,10 @@ from core.jira.adf import adf_to_text
 from core.rules import Rules
 from core.store import Lifecycle
 from flows.sync import sync_employees
+from sandbox.stack import Simulators
+from tests.cli.test_cli import run_cli
 from tests.fixtures_flows import World
+from tests.paths import RULES_EXAMPLE
 
 CONTRACTORS = {"exclude": [{"name": "contractors", "employment_type": "Contractor"}]}
 GITHUB = "customfield_10053"  # a text field of the Jira simulator; the tests map the login to it
@@ -164,6 +169,30 @@ async def test_someone_onboarded_here_who_leaves_out_of_scope_is_offboarded(
     offboarding = next(i for i in world.parents_of(person.id) if i.key != onboarding.key)
     assert offboarding.duedate == world.days(10).isoformat()
     await assert_converged(world, person.id)
+
+
+def test_plan_says_why_nothing_is_done_for_someone_out_of_scope(tmp_path: Path) -> None:
+    """`pf-jira-sync plan ID` shows the scope among the inputs and the entry that left them out."""
+    rules = tmp_path / "rules.toml"
+    exclude = '\n[[scope.exclude]]\nname = "contractors"\nemployment_type = "Contractor"\n'
+    rules.write_text(RULES_EXAMPLE.read_text().replace('on_leaving_scope = "nothing"\n', exclude))
+    with Simulators() as simulators:
+        state = simulators.peopleforce_state
+        person = state.hire(
+            first_name="Sam",
+            last_name="Rivera",
+            employment_type="Contractor",
+            hired_on=state.today + timedelta(days=5),
+        )
+        result = run_cli(
+            "plan", str(person.id), cwd=tmp_path, RULES_FILE=str(rules), **simulators.environment()
+        )
+        assert simulators.jira_state.writes == 0
+    assert result.returncode == 0, result.stderr
+    left_out = 'scope.exclude.0 "contractors" matches (employment_type Contractor)'
+    assert f"  scope                  out of scope: {left_out}\n" in result.stdout
+    assert "Actions\n  none: this employee is out of scope (see the notes)\n" in result.stdout
+    assert f"  - out of scope: {left_out}; no onboarding, no offboarding" in result.stdout
 
 
 # --- field map policies ---------------------------------------------------------------------
