@@ -204,7 +204,7 @@ Values = Annotated[
 ]
 
 
-def matches(wanted: tuple[str, ...], actual: str | None) -> bool:
+def _one_of(wanted: tuple[str, ...], actual: str | None) -> bool:
     """Whether a PeopleForce value is one of `wanted` (exact, case-insensitive; none: no)."""
     return actual is not None and actual.casefold() in {name.casefold() for name in wanted}
 
@@ -227,7 +227,9 @@ class FieldMapping(_Strict):
     @model_validator(mode="after")
     def _default_goes_with_its_policy(self) -> FieldMapping:
         if self.default is not None and self.when_empty != "default":
-            raise ValueError('a default is used only with when_empty = "default"; add it')
+            raise ValueError(
+                'a default is used only with when_empty = "default": add that, or drop the default'
+            )
         if self.default is None and self.when_empty == "default":
             raise ValueError('when_empty = "default" needs a default = "<value>"')
         if self.default is not None and self.type == FieldType.date:
@@ -243,7 +245,7 @@ class FieldMapping(_Strict):
 
     def applies(self, read: Callable[[str], str | None]) -> bool:
         """Whether `when` holds for a person (`read` gives their value of a source)."""
-        return all(matches(wanted, read(source)) for source, wanted in (self.when or {}).items())
+        return all(_one_of(wanted, read(source)) for source, wanted in (self.when or {}).items())
 
 
 # --- Scope: who this service works for ---------------------------------------------------
@@ -278,7 +280,7 @@ class ScopeMatch(_Strict):
         return keys | custom
 
     def matches(self, read: Callable[[str], str | None]) -> bool:
-        return all(matches(names, read(source)) for source, names in self.wanted.items())
+        return all(_one_of(names, read(source)) for source, names in self.wanted.items())
 
 
 class Scope(_Strict):
