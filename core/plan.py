@@ -758,9 +758,8 @@ def _asset_comments(facts: Facts) -> tuple[str, ...]:
     asset list could not be read, or some of its items could not."""
     if facts.assets_unread:
         return (
-            f"The asset list must be checked by hand: {facts.assets_unread}. This offboarding "
-            "has no subtask for the equipment to collect until someone looks it up in "
-            "PeopleForce.",
+            f"The asset list must be checked by hand: {facts.assets_unread}. This issue lists "
+            "no equipment to collect: look it up in PeopleForce before the last day.",
         )
     if facts.asset_notes:
         notes = "\n".join(f"- {note}" for note in facts.asset_notes)

@@ -56,9 +56,8 @@ async def test_a_tenant_without_the_assets_module_still_gets_the_offboarding(
     # The people working the issue read it there too, and why.
     by_hand = [
         "The asset list must be checked by hand: PeopleForce answered 404 Not Found for this "
-        "employee's assets (the assets module may not be enabled for the company). This "
-        "offboarding has no subtask for the equipment to collect until someone looks it up in "
-        "PeopleForce."
+        "employee's assets (the assets module may not be enabled for the company). This issue "
+        "lists no equipment to collect: look it up in PeopleForce before the last day."
     ]
     assert comments_on_offboarding(world, person.id) == by_hand
     effects = [effect.action for effect in await world.services.store.effects(person.id)]
