@@ -1,5 +1,5 @@
 """`sandbox`: run the local PeopleForce and Jira simulators, and drive the PeopleForce one
-(`hire`, `update`, `terminate`, `revert`, `start`), which sends the signed webhooks."""
+(`hire`, `update`, `terminate`, `revert`, `start`, `delete`), which sends the signed webhooks."""
 
 from __future__ import annotations
 
@@ -181,6 +181,10 @@ def sandbox_update(
     location: Annotated[str | None, typer.Option()] = None,
     employment_type: Annotated[str | None, typer.Option()] = None,
     manager_id: Annotated[int | None, typer.Option()] = None,
+    hired_on: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], metavar="YYYY-MM-DD", help="A new first day."),
+    ] = None,
 ) -> None:
     """Change an employee's profile in the simulator: `employee_update`."""
     given = {
@@ -189,12 +193,13 @@ def sandbox_update(
         "location": location,
         "employment_type": employment_type,
         "manager_id": manager_id,
+        "hired_on": hired_on.date().isoformat() if hired_on else None,
     }
     changes = {name: value for name, value in given.items() if value is not None}
     if not changes:
         fail(
-            "nothing to change: give --department, --position, --location, --employment-type "
-            "or --manager-id",
+            "nothing to change: give --department, --position, --location, --employment-type, "
+            "--manager-id or --hired-on",
             2,
         )
     with SandboxControl(load_settings()) as control:
@@ -225,6 +230,13 @@ def sandbox_revert(employee_id: Annotated[int, typer.Argument(metavar="ID")]) ->
     """Cancel a termination (or reactivate a leaver): `employee_termination_revert`."""
     with SandboxControl(load_settings()) as control:
         control.change("POST", f"/employees/{employee_id}/revert")
+
+
+@sandbox_app.command("delete")
+def sandbox_delete(employee_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """Delete an employee (a hire entered by mistake): PeopleForce sends no webhook for it."""
+    with SandboxControl(load_settings()) as control:
+        control.change("DELETE", f"/employees/{employee_id}")
 
 
 @sandbox_app.command("start")

@@ -420,13 +420,12 @@ async def plan_reconciliation(
     records |= await read_records(sources, sorted(wanted), peopleforce, reads, progress)
     by_link = {link.employee_id: link for link in links}
     facts, plans = plan_company(by_id, records, by_link, checks, rules, today)
-    # Planned from a list item and calling for work: read in full, plan again.
+    # Planned from a list item and calling for work, or from their absence from the list (a
+    # hire deleted before day one is cancelled): read in full, plan again.
     unsure = [
         employee_id
         for employee_id, p in plans.items()
-        if employee_id not in records
-        and employee_id in by_id
-        and needs_full_record(p, facts[employee_id], rules, today)
+        if employee_id not in records and needs_full_record(p, facts[employee_id], rules, today)
     ]
     if unsure:
         records |= await read_records(sources, unsure, peopleforce, reads, progress)
@@ -593,9 +592,7 @@ def owed_to_webhooks(employee_plan: Plan, acknowledged: Acknowledged | None) -> 
     if acknowledged is None or employee_plan.is_empty:
         return False
     for action in employee_plan.actions:
-        leaving = isinstance(action, MoveDueDate) or (
-            isinstance(action, CreateIssue) and action.kind == "offboarding"
-        )
+        leaving = isinstance(action, (CreateIssue, MoveDueDate)) and action.kind == "offboarding"
         if leaving and not acknowledged.announces_termination:
             return False
         if isinstance(action, CancelOffboarding) and not acknowledged.announces_revert:

@@ -341,6 +341,24 @@ def due_date_moved(new: date, today: date) -> LinkChange:
     return LinkChange(lifecycle=_leaving_state(new, today), termination_on=new)
 
 
+def first_day_moved(new: date) -> LinkChange:
+    """The onboarding issue's due date moved to the first day `new`. The lifecycle does not
+    move: the person is still to start (or started), whichever day that is."""
+    return LinkChange(hired_on=new)
+
+
+def issue_date_moved(
+    kind: Literal["onboarding", "offboarding"], new: date, *, today: date
+) -> LinkChange:
+    """The `kind` issue's due date moved to `new`: `first_day_moved` for the onboarding,
+    `due_date_moved` for the offboarding."""
+    match kind:
+        case "onboarding":
+            return first_day_moved(new)
+        case "offboarding":
+            return due_date_moved(new, today)
+
+
 def offboarding_cancelled(*, onboarded: bool) -> LinkChange:
     """The offboarding was cancelled (the termination was reverted): back to `onboarding` when
     this service onboarded the person, else to `pending`."""

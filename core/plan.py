@@ -110,6 +110,7 @@ class CreateIssue(_Action):
     subtasks: tuple[Subtask, ...] = ()
     related_issue_key: str | None = None  # rehire: the former record's issue
     snapshot: dict[str, str | None] = Field(default_factory=dict)  # mapped fields, as synced
+    comments: tuple[str, ...] = ()  # posted on the new issue, each once (what to do by hand)
 
 
 class UpdateFields(_Action):
@@ -127,12 +128,17 @@ class AddComment(_Action):
 
 
 class MoveDueDate(_Action):
-    """The termination date moved: the offboarding issue follows it."""
+    """The day an issue is due on moved in PeopleForce, and the issue follows it: the
+    offboarding issue the last day, the onboarding issue the first day (its summary too, when
+    the summary names the day). The comment tells the people working the issue."""
 
     action: Literal["move_due_date"] = "move_due_date"
+    kind: Literal["onboarding", "offboarding"]
     issue_key: str
     old: date | None
     new: date
+    summary: str | None = None  # the issue's summary from now on; None: it stays as it is
+    comment: str
 
 
 class CancelOffboarding(_Action):
@@ -387,6 +393,11 @@ def _follow_jira(facts: Facts, rules: Rules) -> tuple[Facts, list, set[str]]:
 
 def _plan(facts: Facts, rules: Rules, today: date) -> Plan:
     employee, link = facts.employee, facts.link
+    if employee is None and (cancel := _deleted_before_day_one(link, today)):
+        assert link is not None
+        return Plan(
+            employee_id=facts.employee_id, employee_name=link.display_name, actions=(cancel,)
+        )
     if employee is None:
         reason = (
             "mapped, but PeopleForce no longer returns this employee; nothing changed in Jira"
@@ -520,6 +531,28 @@ def _withdrawn_before_day_one(facts: Facts, employee: Employee, leaving_on: date
     )
 
 
+def _deleted_before_day_one(link: EmployeeLink | None, today: date) -> CancelOnboarding | None:
+    """A hire deleted from PeopleForce before their first day (PeopleForce no longer returns
+    them) is withdrawn too: their onboarding is cancelled, nobody is offboarded. Deleted on or
+    after the first day (or with no first day known), the person did start: nothing is
+    cancelled on a guess, the run reports them."""
+    if not (
+        link
+        and link.lifecycle == Lifecycle.onboarding
+        and link.onboarding_issue_key
+        and link.hired_on is not None
+        and link.hired_on > today
+    ):
+        return None
+    name = link.display_name or f"employee {link.employee_id}"
+    return CancelOnboarding(
+        why=f"the hire was deleted in PeopleForce before day one (first day {link.hired_on})",
+        issue_key=link.onboarding_issue_key,
+        comment=f"{name} was deleted in PeopleForce before day one (first day "
+        f"{link.hired_on}): onboarding cancelled. Remove any account or access already prepared.",
+    )
+
+
 def _withdrawn(facts: Facts, employee: Employee, leaving_on: date) -> tuple[list, list[str]]:
     """A hire withdrawn before day one: the onboarding, if made, is cancelled; no offboarding
     (there is nobody to offboard: nothing was handed over, no day was worked)."""
@@ -564,8 +597,38 @@ def _staying(facts: Facts, employee: Employee, rules: Rules, today: date) -> tup
             *_field_sync(facts, employee, rules),
         ], []
     if link and link.onboarding_issue_key and not rehired:
-        return _field_sync(facts, employee, rules), []
+        return [*_first_day_moved(link, employee, rules), *_field_sync(facts, employee, rules)], []
     return _onboarding(facts, employee, rules, today, rehired=rehired)
+
+
+def _first_day_moved(link: EmployeeLink, employee: Employee, rules: Rules) -> list:
+    """The hire date moved after the onboarding was made: its issue follows the new first day,
+    wherever it falls (later, earlier, beyond the lead time, or already past). A link made
+    before this service kept the hire date (`hired_on` None) has nothing to compare with."""
+    old, new = link.hired_on, employee.hired_on
+    if (
+        link.lifecycle != Lifecycle.onboarding
+        or not link.onboarding_issue_key
+        or old is None
+        or new is None
+        or old == new
+    ):
+        return []
+    values = template_values(employee)
+    summary = _render(rules.onboarding.summary, values)
+    # The summary as it read with the old date: changed only when the template names the day.
+    before = _render(rules.onboarding.summary, values | {"hired_on": old.isoformat()})
+    return [
+        MoveDueDate(
+            why=f"the first day moved from {old} to {new}",
+            kind="onboarding",
+            issue_key=link.onboarding_issue_key,
+            old=old,
+            new=new,
+            summary=summary if summary and summary != before else None,
+            comment=f"The first day moved from {old} to {new}.",
+        )
+    ]
 
 
 def _onboarding(
@@ -577,10 +640,11 @@ def _onboarding(
     if hired_on is None:
         return [], ["no hire date in PeopleForce: onboarding waits for one"]
     starts_in = (hired_on - today).days
-    if starts_in > rules.prehire_lead_days:
-        due = hired_on - timedelta(days=rules.prehire_lead_days)
+    lead_days = prehire_lead_days(employee, rules)
+    if starts_in > lead_days:
+        due = hired_on - timedelta(days=lead_days)
         return [], [
-            f"starts {hired_on}, beyond the {rules.prehire_lead_days}-day lead time: onboarding from {due}"
+            f"starts {hired_on}, beyond the {lead_days}-day lead time: onboarding from {due}"
         ]
     if -starts_in > rules.onboard_started_within_days and not rehired:
         return [], [
@@ -606,6 +670,23 @@ def _onboarding(
     return actions, []
 
 
+def prehire_lead_days(employee: Employee, rules: Rules) -> int:
+    """How many days before the hire date the onboarding is made: the employee's route's lead
+    time, else the rules' own."""
+    route = _route(employee, rules)
+    if route is not None and route.prehire_lead_days is not None:
+        return route.prehire_lead_days
+    return rules.prehire_lead_days
+
+
+def _route(employee: Employee, rules: Rules) -> Route | None:
+    return rules.route_for(
+        department=_name(employee.department),
+        division=_name(employee.division),
+        location=_name(employee.location),
+    )
+
+
 def _leaving(
     facts: Facts, employee: Employee, rules: Rules, leaving_on: date, today: date
 ) -> tuple[list, list[str]]:
@@ -619,9 +700,11 @@ def _leaving(
             return [
                 MoveDueDate(
                     why=f"the last day moved from {link.termination_on} to {leaving_on}",
+                    kind="offboarding",
                     issue_key=link.offboarding_issue_key,
                     old=link.termination_on,
                     new=leaving_on,
+                    comment=f"The last day moved from {link.termination_on} to {leaving_on}.",
                 )
             ], []
         return [], [
@@ -725,11 +808,7 @@ def _create(
     why: str,
     related: str | None,
 ) -> CreateIssue:
-    route: Route | None = rules.route_for(
-        department=_name(employee.department),
-        division=_name(employee.division),
-        location=_name(employee.location),
-    )
+    route = _route(employee, rules)
     values = template_values(employee)
     checklist: tuple[ChecklistItem, ...] = issue_rules.checklist
     assignee_spec = issue_rules.assignee
@@ -784,17 +863,31 @@ def _create(
         subtasks=tuple(subtasks),
         related_issue_key=related,
         snapshot=snapshot,
+        comments=_asset_comments(facts) if kind == "offboarding" else (),
     )
+
+
+def _asset_comments(facts: Facts) -> tuple[str, ...]:
+    """What the people offboarding must look up by hand about the equipment, and why: the
+    asset list could not be read, or some of its items could not."""
+    if facts.assets_unread:
+        return (
+            f"The asset list must be checked by hand: {facts.assets_unread}. This issue lists "
+            "no equipment to collect: look it up in PeopleForce before the last day.",
+        )
+    if facts.asset_notes:
+        notes = "\n".join(f"- {note}" for note in facts.asset_notes)
+        return (
+            "The asset list was read only in part: check these assets by hand in PeopleForce.\n"
+            + notes,
+        )
+    return ()
 
 
 def _create_record(employee: Employee, rules: Rules) -> CreateIssue:
     values = template_values(employee)
     fields, snapshot = mapped_fields(employee, rules)
-    route = rules.route_for(
-        department=_name(employee.department),
-        division=_name(employee.division),
-        location=_name(employee.location),
-    )
+    route = _route(employee, rules)
     project = rules.record.project or (route.project if route else None) or rules.default_project
     guard = f"pf-record-{employee.id}"
     return CreateIssue(
@@ -824,9 +917,11 @@ ALL_PROCESSES: frozenset[Process] = frozenset({"onboarding", "offboarding", "fie
 def process_of(action: Action) -> Process | None:
     """Which business process an action belongs to (None: a report, any process may give it)."""
     match action:
-        case CreateIssue(kind="onboarding") | CancelOnboarding():
+        case CreateIssue(kind="onboarding") | MoveDueDate(kind="onboarding") | CancelOnboarding():
             return "onboarding"
-        case CreateIssue(kind="offboarding") | MoveDueDate() | CancelOffboarding():
+        case (
+            CreateIssue(kind="offboarding") | MoveDueDate(kind="offboarding") | CancelOffboarding()
+        ):
             return "offboarding"
         case CreateIssue(kind="record") | UpdateFields() | AddComment():
             return "field-sync"

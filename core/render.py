@@ -43,6 +43,7 @@ from core.plan import (
     Report,
     UpdateFields,
     linked_issues,
+    prehire_lead_days,
     source_value,
 )
 from core.rules import Rules
@@ -94,7 +95,11 @@ def describe_action(action: Action) -> str:
     match action:
         case CreateIssue():
             due = f", due {action.due_date}" if action.due_date else ""
-            return f"{action.project}: {action.summary!r}{due}, {len(action.subtasks)} subtask(s)"
+            comments = f", {len(action.comments)} comment(s)" if action.comments else ""
+            return (
+                f"{action.project}: {action.summary!r}{due}, {len(action.subtasks)} subtask(s)"
+                + comments
+            )
         case UpdateFields():
             return f"{action.issue_key}: " + ", ".join(
                 f"{source} {old or '(none)'} -> {new or '(none)'}"
@@ -103,7 +108,9 @@ def describe_action(action: Action) -> str:
         case AddComment():
             return f"{action.issue_key}: comment"
         case MoveDueDate():
-            return f"{action.issue_key}: due {action.old} -> {action.new}"
+            day = "first" if action.kind == "onboarding" else "last"
+            summary = f", summary {action.summary!r}" if action.summary else ""
+            return f"{action.issue_key}: due {action.old} -> {action.new} (the {day} day){summary}"
         case CancelOffboarding():
             return f"{action.issue_key}: to Cancelled, with a comment"
         case CancelOnboarding():
@@ -167,7 +174,10 @@ def describe_inputs(facts: Facts, rules: Rules, today: date) -> list[tuple[str, 
     else:
         lines.append(("mapping", f"lifecycle {link.lifecycle.value}"))
         for kind, key in linked_issues(link).items():
-            extra = f", last day {link.termination_on}" if kind == "offboarding" else ""
+            extra = {
+                "offboarding": f", last day {link.termination_on}",
+                "onboarding": f", first day {link.hired_on}" if link.hired_on else "",
+            }.get(kind, "")
             lines.append((f"{kind} issue", f"{key}{extra}{_jira_state(facts.jira, key)}"))
         if link.synced_fields:
             synced = ", ".join(f"{k}={v}" for k, v in sorted(link.synced_fields.items()))
@@ -176,10 +186,11 @@ def describe_inputs(facts: Facts, rules: Rules, today: date) -> list[tuple[str, 
         lines.append(("former record (rehire)", str(facts.previous.employee_id)))
     if facts.assets:
         lines.append(("assets", ", ".join(asset.name or str(asset.id) for asset in facts.assets)))
+    lead_days = prehire_lead_days(employee, rules) if employee else rules.prehire_lead_days
     lines.append(
         (
             "rules",
-            f"onboarding from {rules.prehire_lead_days} days before the hire date; none for "
+            f"onboarding from {lead_days} days before the hire date; none for "
             f"people who started over {rules.onboard_started_within_days} days ago or left "
             f"over {rules.offboard_left_within_days} days ago unknown to this service; "
             f"missing issues: {rules.missing_issue}",
@@ -437,7 +448,8 @@ def applied_line(action: Action, key: str) -> str:
         case AddComment():
             return f"commented on {key}"
         case MoveDueDate():
-            return f"moved the last day on {key} from {action.old or 'none'} to {action.new}"
+            day = "first" if action.kind == "onboarding" else "last"
+            return f"moved the {day} day on {key} from {action.old or 'none'} to {action.new}"
         case CancelOffboarding():
             return f"cancelled offboarding {key} (termination reverted)"
         case CancelOnboarding():

@@ -136,6 +136,10 @@ class OffboardingRules(IssueRules):
     asset_subtask: AssetTemplate | None = "Collect {asset_name} from {full_name}"
 
 
+# How many days before the hire date onboarding work is made (0: on the day).
+LeadDays = Annotated[int, Field(ge=0, le=365)]
+
+
 class RouteMatch(_Strict):
     """Exact, case-insensitive names; every given key must match."""
 
@@ -154,6 +158,9 @@ class Route(_Strict):
     name: str
     match: RouteMatch
     project: str | None = Field(None, pattern=r"^[A-Z][A-Z0-9_]+$")
+    # Onboarding work for this route's hires starts this many days before the hire date;
+    # None: the rules' `prehire_lead_days`.
+    prehire_lead_days: LeadDays | None = None
     onboarding_assignee: Assignee | None = None
     offboarding_assignee: Assignee | None = None
     onboarding_checklist: tuple[ChecklistItem, ...] = ()
@@ -324,7 +331,7 @@ class RecordIssue(_Strict):
 
 class Rules(_Strict):
     timezone: str = "UTC"
-    prehire_lead_days: int = Field(14, ge=0, le=365)
+    prehire_lead_days: LeadDays = 14
     # Employees who started longer ago than this get no onboarding when first seen: they were
     # onboarded before this service existed.
     onboard_started_within_days: int = Field(30, ge=0)

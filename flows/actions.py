@@ -164,19 +164,26 @@ async def _create_issue(
     accounts = await _account_ids(emails, who)
     key, created_now = await _find_or_create(action, employee.id, accounts, who)
     subtasks = SubtasksMade()
+    comments: list[str] = []  # the guards of the comments posted
     try:
         if action.subtasks:
             await _create_subtasks(
                 action, key, accounts, who, parent_is_new=created_now, made=subtasks
             )
+        # Before the issue is recorded: once it is, no later run plans this create again, so
+        # a comment not yet posted would never be. A run that dies in between adopts the
+        # issue, and finds the comments it posted (announced, then read by key).
+        comments += [await _comment_once(employee.id, key, t, who) for t in action.comments]
     finally:
         # Recorded whether the subtasks all came or not: what exists is never forgotten.
         await _record_created(
             action, employee, key, created_now, subtasks, accounts, previous_employee_id, today, who
         )
+    for _ in comments:
+        await store.record_effect(employee.id, EffectAction.comment, who, issue_key=key)
     # Only once the whole action is done: a retry of it (core.retry.ACTION, with the plan it
     # had) still finds the create in doubt, and reads Jira by key rather than search.
-    await store.settle_writes(employee.id, [action.guard_label], who)
+    await store.settle_writes(employee.id, [action.guard_label, *comments], who)
     return key
 
 
@@ -360,20 +367,18 @@ async def _update_fields(action: UpdateFields, employee_id: int, who: str) -> st
 
 @action_task("move due date", "move due date of {action.issue_key} · {who}")
 async def _move_due_date(action: MoveDueDate, employee_id: int, today: date, who: str) -> str:
-    await jira.set_due_date(action.issue_key, action.new, who)
-    guard = await _comment_once(
-        employee_id,
-        action.issue_key,
-        f"The last day moved from {action.old} to {action.new}.",
-        who,
-    )
+    await jira.set_due_date(action.issue_key, action.new, who, summary=action.summary)
+    guard = await _comment_once(employee_id, action.issue_key, action.comment, who)
+    detail: dict[str, Any] = {"kind": action.kind, "duedate": [str(action.old), str(action.new)]}
+    if action.summary:
+        detail["summary"] = action.summary
     await store.record_effect(
         employee_id,
         EffectAction.update_fields,
         who,
         issue_key=action.issue_key,
-        detail={"duedate": [str(action.old), str(action.new)]},
-        link_update=lifecycle.due_date_moved(action.new, today),
+        detail=detail,
+        link_update=lifecycle.issue_date_moved(action.kind, action.new, today=today),
     )
     await store.settle_writes(employee_id, [guard], who)
     return action.issue_key

@@ -306,6 +306,7 @@ class PeopleForceState:
             self.people: dict[int, SeedPerson] = {
                 p.id: p for p in copy.deepcopy(self._initial_people)
             }
+            self.deleted: set[int] = set()  # ids of people deleted (see `delete`)
             self.target = self._initial_target.model_copy()
             self.page_size = self._initial_page_size
             self.fixed_today = self._initial_today
@@ -389,7 +390,8 @@ class PeopleForceState:
                 else (department_head.id if department_head else None)
             )
             self._check_manager(None, manager_id)
-            person_id = max(self.people, default=1000) + 1
+            # Ids are never given again, not even those of people deleted.
+            person_id = max([*self.people, *self.deleted], default=1000) + 1
             if "email" in new.model_fields_set and not new.email:
                 email = None  # hired without a work email (it comes later, or never)
             else:
@@ -514,6 +516,24 @@ class PeopleForceState:
             person.updated_at = self._now()
             events = [self._webhook("employee_termination_revert", person)]
         self._send_all(events)
+        return person
+
+    def delete(self, employee_id: int) -> SeedPerson:
+        """Delete the employee, as an admin may (a hire entered by mistake, or withdrawn): the
+        API answers 404 for them from now on. No webhook: PeopleForce documents no topic for a
+        deletion. Someone who manages others is refused, as their reports would point nowhere."""
+        with self.lock:
+            person = self.get(employee_id)
+            reports = sorted(p.id for p in self.people.values() if p.manager_id == employee_id)
+            if reports:
+                raise SandboxError(
+                    422,
+                    f"employee {employee_id} manages {', '.join(map(str, reports))}: give them "
+                    "another manager first",
+                )
+            del self.people[employee_id]
+            self.deleted.add(employee_id)
+            self.asset_answers.pop(employee_id, None)
         return person
 
     def run_nightly(self) -> list[tuple[str, int]]:
@@ -1059,6 +1079,10 @@ def _control_router(state: PeopleForceState) -> APIRouter:
     @router.patch("/employees/{employee_id}")
     def update(employee_id: int, changes: EmployeeChanges) -> dict[str, Any]:
         return person_json(state.update(employee_id, **changes.model_dump(exclude_unset=True)))
+
+    @router.delete("/employees/{employee_id}")
+    def delete(employee_id: int) -> dict[str, Any]:
+        return person_json(state.delete(employee_id))  # as they were
 
     @router.post("/employees/{employee_id}/start")
     def start(employee_id: int) -> dict[str, Any]:

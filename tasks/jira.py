@@ -360,8 +360,10 @@ async def transition_issue(issue_key: str, status: str, who: str) -> bool:
 
 
 @API_CALL("set due date of {issue_key} · {who}")
-async def set_due_date(issue_key: str, due: date, who: str) -> None:
-    await current().jira.edit_issue(issue_key, fields={"duedate": due.isoformat()})
+async def set_due_date(issue_key: str, due: date, who: str, summary: str | None = None) -> None:
+    """Set the issue's due date, and its summary when one is given (one edit: idempotent)."""
+    fields = {"duedate": due.isoformat()} | ({"summary": summary} if summary else {})
+    await current().jira.edit_issue(issue_key, fields=fields)
 
 
 def _description(action: CreateIssue) -> str | None:

@@ -246,6 +246,27 @@ def test_sandbox_update_terminate_revert_and_start_send_their_webhooks(
     assert f"leaves on {simulators.peopleforce_state.today.isoformat()}" in result.stdout
 
 
+def test_sandbox_moves_a_first_day_and_deletes_a_hire(
+    simulators: Simulators, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    hired = sandbox_cli(simulators, tmp_path, "hire", "Niklaus Wirth", "--in-days", "10")
+    employee_id = employee_id_in(hired.stdout)
+    before = len(receiver.deliveries)
+    moved = sandbox_cli(
+        simulators, tmp_path, "update", str(employee_id), "--hired-on", "2031-04-07"
+    )
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert receiver.since(before) == [("employee_update", employee_id)]
+    assert simulators.peopleforce_state.get(employee_id).hired_on == date(2031, 4, 7)
+    before = len(receiver.deliveries)
+    deleted = sandbox_cli(simulators, tmp_path, "delete", str(employee_id))
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert f"employee {employee_id} Niklaus Wirth" in deleted.stdout
+    assert "no webhook sent: PeopleForce sends none for this change" in deleted.stdout
+    assert receiver.since(before) == []
+    assert employee_id in simulators.peopleforce_state.deleted
+
+
 def test_sandbox_command_reports_a_refused_webhook_and_exits_non_zero(
     simulators: Simulators, receiver: WebhookReceiver, tmp_path: Path
 ) -> None:

@@ -406,6 +406,28 @@ def hire_plan(employee_id: int) -> Plan:
     return plans[employee_id]
 
 
+def first_day_plan(employee_id: int) -> Plan:
+    first_day = TODAY + timedelta(days=5)
+    link = link_for(full(employee_id, hired_on=first_day.isoformat()), hired_on=first_day)
+    moved = full(employee_id, hired_on=(first_day + timedelta(days=7)).isoformat())
+    _, plans = plan_company({}, {employee_id: moved}, {employee_id: link}, {}, RULES, TODAY)
+    assert plans[employee_id].actions[0].action == "move_due_date"
+    return plans[employee_id]
+
+
+def last_day_plan(employee_id: int) -> Plan:
+    leaving = full(employee_id, termination_effective_on=(TODAY + timedelta(days=34)).isoformat())
+    link = link_for(
+        leaving,
+        lifecycle=Lifecycle.offboarding,
+        offboarding_issue_key="HR-9",
+        termination_on=TODAY + timedelta(days=20),
+    )
+    _, plans = plan_company({}, {employee_id: leaving}, {employee_id: link}, {}, RULES, TODAY)
+    assert plans[employee_id].actions[0].action == "move_due_date"
+    return plans[employee_id]
+
+
 def cancel_plan(employee_id: int) -> Plan:
     action = CancelOffboarding(why="reverted", issue_key="HR-1", comment="reverted")
     return Plan(employee_id=employee_id, employee_name=None, actions=(action,))
@@ -424,6 +446,10 @@ def cancel_plan(employee_id: int) -> Plan:
         (offboarding_plan, [event(1, 1, "employee_update")], False),
         (offboarding_plan, [event(1, 1, "employee_create")], False),
         (cancel_plan, [event(1, 1, "employee_termination_revert")], True),
+        # A moved first day is no leaving: any event about the employee asks for it.
+        (first_day_plan, [event(1, 1, "employee_update")], True),
+        (last_day_plan, [event(1, 1, "employee_update")], False),
+        (last_day_plan, [event(1, 1, leaving_on="2026-12-30")], True),
         (cancel_plan, [event(1, 1, "employee_update")], False),
     ],
 )
@@ -608,3 +634,36 @@ async def test_the_rules_preview_shows_the_work_an_exclude_takes_away() -> None:
     assert preview_summary(differences, 2) == (
         "1 of 2 employees would change: 0 line(s) appear (+), 4 disappear (-)"
     )
+
+
+class ListMissing(MemorySources):
+    """A list that leaves out `missing`, whether or not PeopleForce still has them by id."""
+
+    def __init__(self, people: list[Employee], missing: AbstractSet[int], **kwargs: Any) -> None:
+        super().__init__(people, **kwargs)
+        self.missing = missing
+
+    async def employees_page(self, page: int, updated_since: datetime | None) -> Page:
+        read = await super().employees_page(page, updated_since)
+        return Page(read.number, [i for i in read.items if i.id not in self.missing], read.pages)
+
+
+@pytest.mark.parametrize(
+    ("by_id", "expected"),
+    [(False, "cancel_onboarding"), (True, None)],
+    ids=["deleted: 404 by id too", "only left out of the list: still there by id"],
+)
+async def test_a_hire_gone_from_the_list_is_read_by_id_before_the_onboarding_is_cancelled(
+    by_id: bool, expected: str | None
+) -> None:
+    first_day = TODAY + timedelta(days=5)
+    hire = full(3, hired_on=first_day.isoformat())
+    link = link_for(hire, hired_on=first_day, display_name="Person 3")
+    people = [hire] if by_id else []
+    sources = ListMissing(people, missing={3}, issues={"HR-3": ["pf-employee-3"]})
+    company = await reconcile_memory(sources, [link])
+    assert sources.calls["employee"] == 1
+    assert [a.action for a in company.plans[3].actions if not isinstance(a, Report)] == (
+        [expected] if expected else []
+    )
+    assert company.needs_work == ([3] if expected else [])

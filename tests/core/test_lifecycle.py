@@ -166,6 +166,18 @@ EFFECTS = [
         id="due date moved beyond today after it passed",
     ),
     pytest.param(
+        lifecycle.first_day_moved(LATER),
+        L.onboarding,
+        {"hired_on": LATER},
+        id="first day moved, the onboarding follows",
+    ),
+    pytest.param(
+        lifecycle.first_day_moved(EARLIER),
+        L.onboarding,
+        {"hired_on": EARLIER},
+        id="first day moved to a day already past: still onboarding",
+    ),
+    pytest.param(
         lifecycle.offboarding_cancelled(onboarded=True),
         L.offboarding,
         {
@@ -259,6 +271,8 @@ BUSINESS_MOVES = [
     ),
     # A hire withdrawn before day one: their onboarding cancelled.
     (lifecycle.onboarding_cancelled(), L.onboarding),
+    # The first day moved, before or after it came.
+    *((lifecycle.first_day_moved(day), L.onboarding) for day in (LATER, EARLIER)),
 ]
 
 
@@ -351,6 +365,20 @@ def test_issue_created_picks_the_effect_of_its_kind(
     made = lifecycle.issue_created(kind, "HR-1", ADA, today=TODAY, snapshot=SNAPSHOT, **extra)
 
     assert made == expected
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("onboarding", lifecycle.first_day_moved(LATER)),
+        ("offboarding", lifecycle.due_date_moved(LATER, TODAY)),
+    ],
+)
+def test_issue_date_moved_picks_the_effect_of_its_kind(
+    kind: lifecycle.SubtaskKind, expected: LinkChange
+) -> None:
+    assert lifecycle.issue_date_moved(kind, LATER, today=TODAY) == expected
+    assert lifecycle.first_day_moved(LATER).changed() == {"hired_on": LATER}
 
 
 def test_an_offboarding_needs_its_last_day() -> None:

@@ -476,16 +476,28 @@ LAPTOP = Asset(id=7, name="Laptop", serial_number="C02XK1")
 SKIPPED = "asset 'Monitor' (item 2 of the list) skipped: PeopleForce gave it in a form that cannot be read"
 
 
+BY_HAND = "The asset list must be checked by hand: "
+IN_PART = "The asset list was read only in part: check these assets by hand in PeopleForce.\n- "
+
+
 @pytest.mark.parametrize(
-    ("answer", "asset_subtasks", "check_by_hand", "notes"),
+    ("answer", "asset_subtasks", "check_by_hand", "notes", "comment"),
     [
-        (AssetsRead(assets=(LAPTOP,)), ["Collect Laptop (C02XK1) from Zoë Łukasiewicz"], None, []),
+        (
+            AssetsRead(assets=(LAPTOP,)),
+            ["Collect Laptop (C02XK1) from Zoë Łukasiewicz"],
+            None,
+            [],
+            None,
+        ),
         (
             NotFoundError("peopleforce", "Not Found", status=404),
             [],
             "PeopleForce answered 404 Not Found for this employee's assets (the assets module "
             "may not be enabled for the company)",
             ["the asset list could not be read: PeopleForce answered 404 Not Found"],
+            BY_HAND + "PeopleForce answered 404 Not Found for this employee's assets (the assets "
+            "module may not be enabled for the company). ",
         ),
         (
             UnexpectedAnswerError("peopleforce", "no list of assets (`data`)", status=200),
@@ -493,18 +505,21 @@ SKIPPED = "asset 'Monitor' (item 2 of the list) skipped: PeopleForce gave it in 
             "PeopleForce's answer 200 for the asset list could not be used (no list of assets "
             "(`data`))",
             ["the asset list could not be read: PeopleForce's answer 200"],
+            BY_HAND + "PeopleForce's answer 200 for the asset list could not be used",
         ),
         (
             ServerError("peopleforce", "Service Unavailable", status=503),
             [],
             "PeopleForce did not answer for the asset list, tried again (Service Unavailable)",
             ["the asset list could not be read: PeopleForce did not answer"],
+            BY_HAND + "PeopleForce did not answer for the asset list",
         ),
         (
             AssetsRead(assets=(LAPTOP,), notes=(SKIPPED,)),
             ["Collect Laptop (C02XK1) from Zoë Łukasiewicz"],
             None,
             [SKIPPED],
+            IN_PART + SKIPPED,
         ),
     ],
     ids=[
@@ -520,6 +535,7 @@ async def test_an_offboarding_is_planned_whatever_becomes_of_the_asset_list(
     asset_subtasks: list[str],
     check_by_hand: str | None,
     notes: list[str],
+    comment: str | None,
 ) -> None:
     emp = employee(termination_effective_on=days(10))
 
@@ -545,6 +561,12 @@ async def test_an_offboarding_is_planned_whatever_becomes_of_the_asset_list(
     assert len(result.notes) == len(notes)
     for note, start in zip(result.notes, notes, strict=True):
         assert note.startswith(start)
+    # The people working the issue are told too, in a comment on it (one, whatever the cause).
+    expected = [comment] if comment else []
+    assert len(create.comments) == len(expected)
+    for text, start in zip(create.comments, expected, strict=True):
+        assert text.startswith(start)
+    assert render.describe_action(create).endswith(", 1 comment(s)") == bool(comment)
 
 
 def test_mover_comment_lists_old_and_new() -> None:
@@ -1315,3 +1337,213 @@ def test_a_field_skipped_while_empty_is_not_written_back_when_it_returns() -> No
     for fields in (NO_GITHUB, OCTOCAT, NO_GITHUB):
         emp = employee(fields=fields)
         assert plan(Facts(emp.id, emp, link), rules, TODAY).actions == ()
+
+
+# --- the first day moves, or the hire is deleted before it (issue 16) ---------------------
+
+FIRST_DAY = date.fromisoformat(days(10))
+
+
+def onboarded_for(first_day: date | None, **changes: Any) -> EmployeeLink:
+    """Onboarded when the hire date was `FIRST_DAY`; the link keeps `first_day` as the date
+    (None: made before the link kept it)."""
+    return onboarded(employee(hired_on=FIRST_DAY.isoformat()), hired_on=first_day, **changes)
+
+
+# The example rules map hired_on to a Jira field too: the field sync follows the move.
+MOVED = ["move_due_date", "update_fields", "add_comment"]
+
+HIRE_DATE_CASES = [
+    # (name, employee changes (None: PeopleForce no longer returns them), link, expected, note)
+    ("first day moved later", {"hired_on": days(12)}, onboarded_for(FIRST_DAY), MOVED, None),
+    ("first day moved earlier", {"hired_on": days(5)}, onboarded_for(FIRST_DAY), MOVED, None),
+    (
+        "first day moved beyond the lead time after the onboarding was made",
+        {"hired_on": days(40)},
+        onboarded_for(FIRST_DAY),
+        MOVED,
+        None,
+    ),
+    (
+        "first day moved to a day already past",
+        {"hired_on": days(-3)},
+        onboarded_for(FIRST_DAY),
+        MOVED,
+        None,
+    ),
+    ("first day as before", {"hired_on": days(10)}, onboarded_for(FIRST_DAY), [], None),
+    (
+        "first day moved while still beyond the lead time: no issue yet, nothing to move",
+        {"hired_on": days(40)},
+        None,
+        [],
+        "beyond the 14-day lead time",
+    ),
+    (
+        "first day moved, link made before the hire date was kept: no move",
+        {"hired_on": days(12)},
+        onboarded_for(None),
+        ["update_fields", "add_comment"],
+        None,
+    ),
+    (
+        "deleted in PeopleForce before day one",
+        None,
+        onboarded_for(FIRST_DAY),
+        ["cancel_onboarding"],
+        None,
+    ),
+    (
+        "deleted in PeopleForce on day one",
+        None,
+        onboarded_for(TODAY),
+        ["report"],
+        None,
+    ),
+    (
+        "deleted in PeopleForce after day one",
+        None,
+        onboarded_for(date.fromisoformat(days(-20))),
+        ["report"],
+        None,
+    ),
+    (
+        "deleted in PeopleForce, first day not known",
+        None,
+        onboarded_for(None),
+        ["report"],
+        None,
+    ),
+    (
+        "deleted in PeopleForce before day one, onboarding already cancelled",
+        None,
+        onboarded_for(FIRST_DAY, lifecycle=Lifecycle.withdrawn, onboarding_issue_key=None),
+        ["report"],
+        None,
+    ),
+    (
+        "deleted in PeopleForce before day one of a fixed term with its offboarding made",
+        None,
+        onboarded_for(FIRST_DAY, lifecycle=Lifecycle.offboarding, offboarding_issue_key="HR-9"),
+        ["report"],
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "link", "expected", "note"),
+    [case[1:] for case in HIRE_DATE_CASES],
+    ids=[case[0] for case in HIRE_DATE_CASES],
+)
+def test_the_onboarding_follows_the_first_day(
+    changes: dict | None, link: EmployeeLink | None, expected: list[str], note: str | None
+) -> None:
+    emp = None if changes is None else employee(**changes)
+    result = plan(Facts(501, emp, link), RULES, TODAY)
+    assert kinds(result) == expected
+    if note:
+        assert note in " ".join(result.notes)
+
+
+def test_a_moved_first_day_moves_the_due_date_summary_and_says_so() -> None:
+    emp = employee(hired_on=days(12))
+    move = plan(Facts(501, emp, onboarded_for(FIRST_DAY)), RULES, TODAY).actions[0]
+    assert isinstance(move, MoveDueDate)
+    assert (move.kind, move.issue_key, move.old, move.new) == (
+        "onboarding",
+        "HR-1",
+        FIRST_DAY,
+        date.fromisoformat(days(12)),
+    )
+    assert move.summary == f"Onboarding: Zoë Łukasiewicz ({days(12)})"  # the template names it
+    assert move.comment == f"The first day moved from {days(10)} to {days(12)}."
+    assert move.why == f"the first day moved from {days(10)} to {days(12)}"
+    assert process_of(move) == "onboarding"
+    assert render.applied_line(move, "HR-1") == (
+        f"moved the first day on HR-1 from {days(10)} to {days(12)}"
+    )
+
+
+def test_a_summary_that_does_not_name_the_first_day_stays() -> None:
+    onboarding = RULES.onboarding.model_copy(update={"summary": "Onboarding: {full_name}"})
+    rules = RULES.model_copy(update={"onboarding": onboarding})
+    emp = employee(hired_on=days(12))
+    move = plan(Facts(501, emp, onboarded_for(FIRST_DAY)), rules, TODAY).actions[0]
+    assert isinstance(move, MoveDueDate)
+    assert move.summary is None
+
+
+def test_a_moved_last_day_is_still_the_offboarding_s() -> None:
+    emp = employee(termination_effective_on=days(30))
+    (move,) = plan(Facts(501, emp, make_link("offboarding", emp)), RULES, TODAY).actions
+    assert isinstance(move, MoveDueDate)
+    assert (move.kind, move.summary) == ("offboarding", None)
+    assert move.comment == f"The last day moved from {days(20)} to {days(30)}."
+    assert process_of(move) == "offboarding"
+
+
+def test_a_hire_deleted_before_day_one_cancels_the_onboarding_and_says_why() -> None:
+    (cancel,) = plan(Facts(501, None, onboarded_for(FIRST_DAY)), RULES, TODAY).actions
+    assert isinstance(cancel, CancelOnboarding)
+    assert cancel.issue_key == "HR-1"
+    assert process_of(cancel) == "onboarding"
+    assert cancel.why == (
+        f"the hire was deleted in PeopleForce before day one (first day {days(10)})"
+    )
+    assert cancel.comment == (
+        f"Zoë Łukasiewicz was deleted in PeopleForce before day one (first day {days(10)}): "
+        "onboarding cancelled. Remove any account or access already prepared."
+    )
+    after_day_one = plan(Facts(501, None, onboarded_for(TODAY)), RULES, TODAY)
+    assert "no longer returns this employee; nothing changed in Jira" in (
+        after_day_one.actions[0].why
+    )
+
+
+# --- the lead time per route --------------------------------------------------------------
+
+ENGINEERING = {"id": 1, "name": "Engineering"}
+FINANCE = {"id": 2, "name": "Finance"}
+
+LEAD_TIME_CASES = [
+    # (name, the Engineering route's lead time, department, starts in, expected, note)
+    ("route's lead time: within it", 21, ENGINEERING, 20, ["create_issue:onboarding"], None),
+    ("route's lead time: at it", 21, ENGINEERING, 21, ["create_issue:onboarding"], None),
+    ("route's lead time: beyond it", 21, ENGINEERING, 22, [], "beyond the 21-day lead time"),
+    ("route's lead time shorter than the global", 3, ENGINEERING, 5, [], "the 3-day lead time"),
+    ("route's lead time 0: on the day", 0, ENGINEERING, 0, ["create_issue:onboarding"], None),
+    ("route's lead time 0: not the day before", 0, ENGINEERING, 1, [], "the 0-day lead time"),
+    ("route without one: the global", None, ENGINEERING, 15, [], "the 14-day lead time"),
+    (
+        "route without one: within the global",
+        None,
+        ENGINEERING,
+        14,
+        ["create_issue:onboarding"],
+        None,
+    ),
+    ("no route: the global, not the route's", 21, FINANCE, 20, [], "the 14-day lead time"),
+]
+
+
+@pytest.mark.parametrize(
+    ("route_lead", "department", "starts_in", "expected", "note"),
+    [case[1:] for case in LEAD_TIME_CASES],
+    ids=[case[0] for case in LEAD_TIME_CASES],
+)
+def test_a_route_may_have_its_own_lead_time(
+    route_lead: int | None,
+    department: dict,
+    starts_in: int,
+    expected: list[str],
+    note: str | None,
+) -> None:
+    raw = RULES.model_dump()
+    raw["routes"][0]["prehire_lead_days"] = route_lead  # "engineering"
+    rules = Rules.model_validate(raw)
+    emp = employee(hired_on=days(starts_in), department=department)
+    result = plan(Facts(emp.id, emp), rules, TODAY)
+    assert kinds(result) == expected
+    if note:
+        assert note in " ".join(result.notes)

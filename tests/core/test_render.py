@@ -37,6 +37,7 @@ from core.plan import (
     Subtask,
     UpdateFields,
 )
+from core.rules import Rules
 from core.store.lease import LeaseTimeout
 from core.store.models import EmployeeLink, Lifecycle
 from flows.outcome import EmployeeOutcome
@@ -70,7 +71,23 @@ UPDATE = UpdateFields(
     snapshot={},
 )
 COMMENT = AddComment(why="asset list changed", issue_key="HR-3", text="hello")
-MOVE = MoveDueDate(why="last day moved", issue_key="HR-4", old=None, new=date(2026, 12, 9))
+MOVE = MoveDueDate(
+    why="last day moved",
+    kind="offboarding",
+    issue_key="HR-4",
+    old=None,
+    new=date(2026, 12, 9),
+    comment="The last day moved from None to 2026-12-09.",
+)
+FIRST_DAY = MoveDueDate(
+    why="first day moved",
+    kind="onboarding",
+    issue_key="HR-1",
+    old=date(2026, 12, 1),
+    new=date(2026, 12, 9),
+    summary="Onboarding: Ada Lovelace (2026-12-09)",
+    comment="The first day moved from 2026-12-01 to 2026-12-09.",
+)
 CANCEL = CancelOffboarding(why="termination reverted", issue_key="HR-5", comment="back")
 RELINK = RelinkIssue(why="moved in Jira", kind="onboarding", old_key="HR-6", new_key="IT-6")
 GONE = Report(why="PeopleForce no longer returns this employee")
@@ -154,7 +171,13 @@ def outcomes() -> list[EmployeeOutcome]:
             "HR-2: position Accountant -> Auditor, fields.github (none) -> ada",
         ),
         (COMMENT, "add_comment", "HR-3: comment"),
-        (MOVE, "move_due_date", "HR-4: due None -> 2026-12-09"),
+        (MOVE, "move_due_date", "HR-4: due None -> 2026-12-09 (the last day)"),
+        (
+            FIRST_DAY,
+            "move_due_date",
+            "HR-1: due 2026-12-01 -> 2026-12-09 (the first day), summary "
+            "'Onboarding: Ada Lovelace (2026-12-09)'",
+        ),
         (CANCEL, "cancel_offboarding", "HR-5: to Cancelled, with a comment"),
         (RELINK, "relink_issue", "onboarding issue HR-6 -> IT-6 (store only)"),
         (GONE, "report", "nothing changes"),
@@ -342,6 +365,19 @@ SYNCED = ("fields as last synced", "fields.github=p7, position=Accountant")
 )
 def test_inputs_say_what_the_plan_read(facts: Facts, lines: list[tuple[str, str]]) -> None:
     assert render.describe_inputs(facts, RULES, TODAY) == [TODAY_LINE, *lines, RULES_LINE]
+
+
+def test_inputs_name_the_first_day_and_the_lead_time_of_the_route() -> None:
+    raw = RULES.model_dump()
+    raw["routes"][0]["prehire_lead_days"] = 21  # "engineering"
+    rules = Rules.model_validate(raw)
+    engineer = employee(department={"id": 1, "name": "Engineering"})
+    link = mapped(hired_on=date(2020, 2, 3))
+    inputs = render.describe_inputs(Facts(7, engineer, link), rules, TODAY)
+    assert ("onboarding issue", "HR-7, first day 2020-02-03") in inputs
+    assert inputs[-1][1].startswith("onboarding from 21 days before the hire date;")
+    # Someone the route does not take: the rules' own lead time.
+    assert render.describe_inputs(Facts(7, employee(), link), rules, TODAY)[-1] == RULES_LINE
 
 
 # --- the reconciliation: verdict, log, CLI, artifacts --------------------------------------
@@ -641,6 +677,7 @@ def test_routing_markdown(
         (UPDATE, "HR-2", "updated position, fields.github on HR-2"),
         (COMMENT, "HR-3", "commented on HR-3"),
         (MOVE, "HR-4", "moved the last day on HR-4 from none to 2026-12-09"),
+        (FIRST_DAY, "HR-1", "moved the first day on HR-1 from 2026-12-01 to 2026-12-09"),
         (CANCEL, "HR-5", "cancelled offboarding HR-5 (termination reverted)"),
         (RELINK, "IT-6", "followed the onboarding issue HR-6 to its new key IT-6"),
     ],

@@ -78,6 +78,10 @@ def test_route_with_several_keys_needs_all_of_them() -> None:
             "prehire_lead_days: Input should be greater than or equal to 0",
         ),
         (
+            ("# prehire_lead_days = 21", "prehire_lead_days = 400"),
+            "routes.0.prehire_lead_days: Input should be less than or equal to 365",
+        ),
+        (
             ('default_project = "HR"', 'default_project = "hr team"'),
             "default_project: String should match pattern",
         ),
@@ -224,6 +228,16 @@ def test_mistakes_name_the_file_and_the_field(
     message = str(raised.value)
     assert message.startswith(f"{path}: ")
     assert complaint.replace("Value error, ", "") in message
+
+
+def test_a_route_s_lead_time_is_its_own_or_the_rules(tmp_path: Path) -> None:
+    assert [
+        route.prehire_lead_days for route in load_rules(ROOT / "rules.example.toml").routes
+    ] == [None, None]
+    path = write(tmp_path, EXAMPLE.replace("# prehire_lead_days = 21", "prehire_lead_days = 21"))
+    rules = load_rules(path)
+    assert [route.prehire_lead_days for route in rules.routes] == [21, None]
+    assert rules.prehire_lead_days == 14
 
 
 def test_missing_file_and_bad_toml(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from tasks import store as store_tasks
 from tasks.services import Services, use
 from tests.contract import SpecContract
 from tests.fixtures_flows import World
+from tests.flows.test_assets_degrade import leaving
 
 SEARCH_LAG = 5.0
 
@@ -287,6 +288,56 @@ async def test_killed_between_a_comment_and_its_record_the_rerun_comments_no_mor
     link = await world.services.store.get(person.id)
     assert link is not None
     assert link.termination_on == world.days(12)
+    assert await open_intents(world) == []
+
+
+async def test_killed_between_a_moved_first_day_and_its_record_the_rerun_comments_no_more(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    person = world.hire("Lise", "Moved", in_days=4, department="Finance")
+    await onboarding([person.id])
+    world.peopleforce.state.update(person.id, hired_on=world.days(8))
+    with monkeypatch.context() as patch:
+        crash_before_recording(world, patch)
+        with pytest.raises(EmployeesFailed):
+            await onboarding([person.id])
+    (parent,) = world.parents_of(person.id)
+    assert parent.duedate == world.days(8).isoformat()
+    assert len(comments_on(parent)) == 1
+
+    (outcome,) = await onboarding([person.id])
+
+    assert outcome.error is None
+    assert comments_on(parent) == [f"The first day moved from {world.days(4)} to {world.days(8)}."]
+    link = await world.services.store.get(person.id)
+    assert link is not None
+    assert link.hired_on == world.days(8)
+    assert await open_intents(world) == []
+
+
+async def test_killed_after_the_asset_comment_the_rerun_adopts_and_comments_no_more(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.jira.state.set_faults(Faults(search_lag_seconds=600))
+    person = leaving(world, "Hedy", "Lamarr", "not_found")
+    with monkeypatch.context() as patch:
+        crash_before_recording(world, patch)
+        with pytest.raises(EmployeesFailed):
+            await offboarding([person.id])
+    (parent,) = world.parents_of(person.id)
+    (comment,) = comments_on(parent)
+    assert comment.startswith("The asset list must be checked by hand: ")
+
+    (outcome,) = await offboarding([person.id])
+
+    assert outcome.error is None
+    assert world.parents_of(person.id) == [parent]
+    assert comments_on(parent) == [comment]
+    assert await effects(world, person.id) == [
+        EffectAction.adopt_existing,
+        EffectAction.create_subtask,
+        EffectAction.comment,
+    ]
     assert await open_intents(world) == []
 
 

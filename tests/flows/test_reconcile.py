@@ -158,6 +158,24 @@ async def test_reverted_termination_cancels_the_offboarding(
     assert (link.lifecycle, link.offboarding_issue_key) == (Lifecycle.onboarding, None)
 
 
+async def test_a_hire_deleted_before_day_one_has_the_onboarding_cancelled(
+    company: World, settings: Settings
+) -> None:
+    person = company.hire("Ada", "Byron", in_days=6, department="Finance")
+    (outcome,) = await onboarding([person.id])
+    assert outcome.error is None
+    company.peopleforce.state.delete(person.id)  # no webhook: only the reconciliation sees it
+    result = await reconcile()
+    assert result["actions"] == {"cancel_onboarding": 1}
+    (issue,) = company.parents_of(person.id)
+    assert issue.status == "Cancelled"
+    assert "deleted in PeopleForce before day one" in adf_to_text(issue.comments[-1].body)
+    link = await company.services.store.get(person.id)
+    assert link is not None
+    assert link.lifecycle == Lifecycle.withdrawn
+    assert (await reconcile())["need_work"] == 0
+
+
 async def test_drifted_fields_are_updated_with_a_comment(
     company: World, settings: Settings
 ) -> None:

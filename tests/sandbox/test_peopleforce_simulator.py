@@ -17,7 +17,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 
-from core.errors import RateLimitedError, ServerError, is_transient
+from core.errors import NotFoundError, RateLimitedError, ServerError, is_transient
 from core.peopleforce import SIGNATURE_HEADER, PeopleForceClient, WebhookEnvelope, sign, verify
 from sandbox.peopleforce import create_app
 from sandbox.seed import SeedPerson, seed_people
@@ -204,6 +204,42 @@ async def test_control_endpoints_send_signed_webhooks(
     assert record.position.name == "SRE"
     assert start.data.meta is not None
     assert record.updated_at == start.data.meta.updated_at
+
+
+async def test_a_deleted_employee_is_gone_from_the_api_silently_and_for_good(
+    receiver: Receiver, peopleforce_sim: PeopleForceSandbox, peopleforce: PeopleForceClient
+) -> None:
+    control = peopleforce_sim.url + "/_sandbox"
+    async with httpx.AsyncClient(base_url=control, trust_env=False) as http:
+        hired = await http.post(
+            "/employees",
+            json={
+                "first_name": "Mis",
+                "last_name": "Take",
+                "hired_on": str(PEOPLEFORCE_TODAY + timedelta(days=5)),
+            },
+        )
+        gone_id = hired.json()["id"]
+        deleted = await http.delete(f"/employees/{gone_id}")
+        again = await http.delete(f"/employees/{gone_id}")
+        manager = hired.json()["manager_id"]
+        refused = await http.delete(f"/employees/{manager}")  # they manage others
+        next_hire = await http.post("/employees", json={"first_name": "Next", "last_name": "One"})
+
+    assert (deleted.status_code, deleted.json()["id"], deleted.json()["status"]) == (
+        200,
+        gone_id,
+        "hired",
+    )
+    assert again.status_code == 404
+    assert refused.status_code == 422
+    assert "manages" in refused.text
+    # None for the delete (the second hire starts today: create and start).
+    assert receiver.actions() == ["employee_create", "employee_create", "employee_start"]
+    with pytest.raises(NotFoundError):
+        await peopleforce.get_employee(gone_id)
+    assert gone_id not in [e.id async for e in peopleforce.iter_employees()]
+    assert next_hire.json()["id"] == gone_id + 1  # an id is never given again
 
 
 def test_hire_starting_today_also_sends_employee_start(
