@@ -71,7 +71,7 @@ def held() -> None:
         row = hold_row(hold, state.held_events.get(hold.employee_id, 0))
         table.add_row(*(escape(row[column]) for column in HOLD_COLUMNS))
     console.print(table, highlight=False)
-    console.print(escape(breaker_advice()) + ".", highlight=False)
+    console.print(escape(breaker_advice(listing=False)) + ".", highlight=False)
 
 
 def chosen(employees: Sequence[str] | None, everything: bool, command: str) -> list[int] | None:

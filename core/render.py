@@ -691,17 +691,26 @@ def hold_row(hold: BreakerHold, events: int) -> dict[str, str]:
     }
 
 
-def breaker_advice(program: str = PROGRAM) -> str:
-    """What an operator does about what the breaker holds."""
-    return (
-        f"`{program} held` lists it; `{program} release --all` (or `--employee ID`) sends it to "
-        f"Jira, `{program} drop --all --yes` (or `--employee ID`) drops it"
+def breaker_advice(*, listing: bool = True) -> str:
+    """What an operator does about what the breaker holds (`listing`: and where to see it)."""
+    decide = (
+        f"`{PROGRAM} release --all` (or `--employee ID`) sends it to Jira, "
+        f"`{PROGRAM} drop --all --yes` (or `--employee ID`) drops it"
     )
+    return f"`{PROGRAM} held` lists what is held; {decide}" if listing else decide
 
 
-def _counts(counts: Mapping[Counted, int]) -> str:
+# What `COUNT_NAMES` calls each count, for one.
+_ONE = {"offboarding": "offboarding", "creation": "onboarding or employee record"}
+
+
+def _counts(counts: Mapping[Counted, int], *, all_of_them: bool = True) -> str:
+    """`3 offboardings and 1 onboarding or employee record`; without `all_of_them`, the
+    counts that are not 0 only."""
     return " and ".join(
-        f"{counts.get(counted, 0)} {what}" for counted, (what, _) in COUNT_NAMES.items()
+        f"{n} {_ONE[counted] if n == 1 else what}"
+        for counted, (what, _) in COUNT_NAMES.items()
+        if (n := counts.get(counted, 0)) or all_of_them
     )
 
 
@@ -721,7 +730,8 @@ def breaker_headline(state: BreakerState, limits: Limits) -> str:
     events = sum(state.held_events.get(hold.employee_id, 0) for hold in state.holds)
     return (
         f"circuit breaker open since {_utc(first.tripped_at)}: {first.reason}. "
-        f"{len(state.holds)} employee(s) held ({_counts(state.held_by_count)}), "
+        f"{len(state.holds)} employee(s) held "
+        f"({_counts(state.held_by_count, all_of_them=False)}), "
         f"{events} webhook event(s) kept in the inbox, nothing sent to Jira for them; "
         f"{admitted}"
     )
