@@ -1014,6 +1014,16 @@ def run_burst_fault(fault: str, args: argparse.Namespace, data_dir: Path) -> Row
             row.quiet_seconds = quiet_after(deployment.journal, outcome.ended_at)
         row.gateway_back_seconds = outcome.gateway_back_seconds
         row.notes += outcome.notes
+        unanswered = Counter(
+            delivery.get("error") or f"HTTP {delivery.get('status_code')}"
+            for delivery in deliveries
+            if not 200 <= (delivery.get("status_code") or 0) < 300
+        )
+        if unanswered:
+            row.notes.append(
+                "not acknowledged: "
+                + "; ".join(f"{count}x {why}" for why, count in unanswered.most_common(3))
+            )
         if fault in JIRA_FAULTS:
             stats = deployment.http.get(f"{deployment.jira}/_sandbox/stats").json()
             row.notes.append(

@@ -139,7 +139,12 @@ def plan_employee(
         console.print(f"  {label:<{width}}  {escape(value)}", highlight=False, soft_wrap=True)
     console.print("[bold]Actions[/]")
     if not result.actions:
-        console.print("  none: Jira is in step for this employee", highlight=False)
+        none = (
+            "this employee is out of scope (see the notes)"
+            if result.out_of_scope
+            else "Jira is in step for this employee"
+        )
+        console.print(f"  none: {none}", highlight=False)
     for number, action in enumerate(result.actions, 1):
         console.print(
             f"  {number}. {action_label(action)}: {escape(describe_action(action))}",

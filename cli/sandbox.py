@@ -132,6 +132,9 @@ def sandbox_hire(
     department: Annotated[str | None, typer.Option(help="e.g. Engineering, Sales")] = None,
     position: Annotated[str | None, typer.Option(help="default: Software Engineer")] = None,
     location: Annotated[str | None, typer.Option(help="default: Remote")] = None,
+    employment_type: Annotated[
+        str | None, typer.Option(help="default: Full-Time (also Part-Time, Contractor ...)")
+    ] = None,
     hired_on: Annotated[
         datetime | None,
         typer.Option(formats=["%Y-%m-%d"], metavar="YYYY-MM-DD", help="default: today"),
@@ -157,6 +160,7 @@ def sandbox_hire(
         "department": department,
         "position": position,
         "location": location,
+        "employment_type": employment_type,
         "manager_id": manager_id,
         "email": email,
     }
@@ -175,6 +179,7 @@ def sandbox_update(
     department: Annotated[str | None, typer.Option()] = None,
     position: Annotated[str | None, typer.Option()] = None,
     location: Annotated[str | None, typer.Option()] = None,
+    employment_type: Annotated[str | None, typer.Option()] = None,
     manager_id: Annotated[int | None, typer.Option()] = None,
 ) -> None:
     """Change an employee's profile in the simulator: `employee_update`."""
@@ -182,11 +187,16 @@ def sandbox_update(
         "department": department,
         "position": position,
         "location": location,
+        "employment_type": employment_type,
         "manager_id": manager_id,
     }
     changes = {name: value for name, value in given.items() if value is not None}
     if not changes:
-        fail("nothing to change: give --department, --position, --location or --manager-id", 2)
+        fail(
+            "nothing to change: give --department, --position, --location, --employment-type "
+            "or --manager-id",
+            2,
+        )
     with SandboxControl(load_settings()) as control:
         control.change("PATCH", f"/employees/{employee_id}", changes)
 

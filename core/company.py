@@ -46,7 +46,7 @@ from core.plan import (
     plan,
 )
 from core.retry import INTERACTIVE_READ
-from core.rules import Rules
+from core.rules import Rules, Scope
 from core.store.inbox import EventStatus, InboxRepository, WebhookEvent
 from core.store.models import EmployeeLink
 from core.store.repository import normalize_email, previous_link
@@ -145,6 +145,17 @@ def as_employee(summary: EmployeeSummary, link: EmployeeLink | None) -> Employee
     if data.get("status") is None and summary.active is False:
         data["status"] = "terminated"
     return Employee.model_validate(data)
+
+
+def needs_full_record(planned: Plan, facts: Facts, rules: Rules, today: date) -> bool:
+    """Whether a plan made from a list item must be made again from the full record before
+    anything is done: it calls for work, or the scope left the person out while it reads custom
+    fields (which the list lacks) and they would have work in scope."""
+    if not planned.is_empty:
+        return True
+    if planned.out_of_scope is None or not rules.scope.reads_custom_fields:
+        return False
+    return not plan(facts, rules.model_copy(update={"scope": Scope()}), today).is_empty
 
 
 def plan_company(
@@ -413,7 +424,9 @@ async def plan_reconciliation(
     unsure = [
         employee_id
         for employee_id, p in plans.items()
-        if not p.is_empty and employee_id not in records and employee_id in by_id
+        if employee_id not in records
+        and employee_id in by_id
+        and needs_full_record(p, facts[employee_id], rules, today)
     ]
     if unsure:
         records |= await read_records(sources, unsure, peopleforce, reads, progress)
@@ -726,9 +739,9 @@ async def preview_rules(
     unsure = sorted(
         employee_id
         for employee_id, p in plans.items()
-        if not p.is_empty
-        and employee_id not in company.read_in_full
+        if employee_id not in company.read_in_full
         and facts[employee_id].employee is not None
+        and needs_full_record(p, facts[employee_id], proposed, company.today)
     )
     before = dict(company.plans)
     if unsure:

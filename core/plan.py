@@ -12,6 +12,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
+from functools import partial
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
@@ -21,7 +22,7 @@ from core.errors import ApiError, ForbiddenError, NotFoundError, is_transient
 from core.lifecycle import ISSUE_KINDS, IssueKind, Lifecycle, apply, issue_key, issue_relinked
 from core.names import employee_label, work_label
 from core.peopleforce.models import Asset, AssetsRead, Employee
-from core.rules import ChecklistItem, FieldType, IssueRules, Route, Rules
+from core.rules import ChecklistItem, FieldType, IssueRules, Route, Rules, Scope
 from core.store.models import EmployeeLink
 
 
@@ -189,6 +190,7 @@ class Plan(BaseModel):
     employee_name: str | None
     actions: tuple[Action, ...] = ()
     notes: tuple[str, ...] = ()  # why nothing (more) is needed
+    out_of_scope: str | None = None  # why the rules' scope leaves this person out
 
     @property
     def is_empty(self) -> bool:
@@ -244,19 +246,38 @@ def source_value(employee: Employee, source: str) -> str | None:
     return str(value) or None
 
 
+def written_fields(employee: Employee, rules: Rules) -> dict[str, str | None]:
+    """The mapped fields as their policies write them, by source (None: written empty). A
+    field left as it is in Jira (its `when` does not hold, or it is empty and the policy says
+    "skip") is left out."""
+    read = partial(source_value, employee)
+    written: dict[str, str | None] = {}
+    for source, mapping in sorted(rules.field_map.items()):
+        if not mapping.applies(read):
+            continue
+        value = read(source)
+        if value is None and mapping.when_empty == "skip":
+            continue
+        # Empty: "clear" writes it empty (its default is None), "default" writes the default.
+        written[source] = mapping.default if value is None else value
+    return written
+
+
 def mapped_fields(
     employee: Employee, rules: Rules
 ) -> tuple[tuple[FieldValue, ...], dict[str, str | None]]:
+    """The mapped fields to write (skipped ones left out), and the snapshot they make."""
+    snapshot = written_fields(employee, rules)
     values = tuple(
         FieldValue(
             source=source,
-            jira_field=mapping.jira_field,
-            type=mapping.type,
-            value=source_value(employee, source),
+            jira_field=rules.field_map[source].jira_field,
+            type=rules.field_map[source].type,
+            value=value,
         )
-        for source, mapping in sorted(rules.field_map.items())
+        for source, value in snapshot.items()
     )
-    return values, {value.source: value.value for value in values}
+    return values, snapshot
 
 
 def _name(ref: object) -> str | None:
@@ -377,6 +398,8 @@ def _plan(facts: Facts, rules: Rules, today: date) -> Plan:
             employee_name=link.display_name if link else None,
             actions=(Report(why=reason),),
         )
+    if (left_out := rules.scope.left_out_by(partial(source_value, employee))) is not None:
+        return _out_of_scope(facts, employee, rules, today, left_out)
     name = employee.display_name
     leaving_on = employee.termination_effective_on
     if leaving_on is None and employee.status == "terminated":
@@ -399,6 +422,90 @@ def _plan(facts: Facts, rules: Rules, today: date) -> Plan:
     return Plan(
         employee_id=employee.id, employee_name=name, actions=tuple(actions), notes=tuple(notes)
     )
+
+
+def _out_of_scope(
+    facts: Facts, employee: Employee, rules: Rules, today: date, left_out: str
+) -> Plan:
+    """Someone the rules' scope leaves out: nothing new is started for them (no onboarding,
+    no record issue, no field sync), but what this service made is seen through. An existing
+    offboarding follows its termination, a withdrawn hire's onboarding is cancelled, and
+    someone onboarded here who leaves is offboarded: their access must be revoked. With
+    `on_leaving_scope = "offboard"`, someone onboarded here is offboarded on leaving the scope,
+    and that offboarding then stays as it is while they are out of scope."""
+    link = facts.link
+    onboarded_here = bool(
+        link and (link.onboarding_issue_key or link.lifecycle == Lifecycle.onboarding)
+    )
+    offboarding_key = (
+        link.offboarding_issue_key
+        if link and link.lifecycle in (Lifecycle.offboarding, Lifecycle.offboarded)
+        else None
+    )
+    note = f"out of scope: {left_out}"
+
+    def done(actions: Sequence[Action], *notes: str) -> Plan:
+        return Plan(
+            employee_id=employee.id,
+            employee_name=employee.display_name,
+            actions=tuple(actions),
+            notes=(note + (f"; {notes[0]}" if notes else ""), *notes[1:]),
+            out_of_scope=left_out,
+        )
+
+    if not onboarded_here and offboarding_key is None:
+        return done([], "no onboarding, no offboarding")
+    # The plan as if in scope, without field sync, then only what sees existing work through.
+    seen_through = _plan(facts, rules.model_copy(update={"scope": Scope(), "field_map": {}}), today)
+    offboards = rules.scope.on_leaving_scope == "offboard" and onboarded_here
+    actions: list[Action] = []
+    for action in seen_through.actions:
+        match action:
+            case CreateIssue(kind="offboarding") if onboarded_here:
+                why = f"{action.why}; out of scope, but onboarded here: access must be revoked"
+                actions.append(action.model_copy(update={"why": why}))
+            case CreateIssue():
+                pass  # nothing new: no onboarding, no record, no offboarding of a stranger
+            case MoveDueDate() | CancelOffboarding() if offboards:
+                pass  # out of scope, they would be offboarded again: the offboarding stays
+            case _:
+                actions.append(action)
+    leaving = employee.termination_effective_on is not None or employee.status == "terminated"
+    later = seen_through.notes if leaving else ()
+    unsynced = "fields are not synced while out of scope"
+    if offboarding_key and offboards:
+        stays = f'offboarding {offboarding_key} stays as it is (on_leaving_scope = "offboard")'
+        return done(actions, f"{stays}; {unsynced}", *later)
+    if offboarding_key:
+        seen = f"offboarding {offboarding_key} is seen through, nothing new is started"
+        return done(actions, f"{seen}; {unsynced}", *later)
+    if any(isinstance(a, CreateIssue) for a in actions):
+        return done(actions, f"onboarded here, so their offboarding applies; {unsynced}", *later)
+    if any(isinstance(a, CancelOnboarding) for a in actions):
+        return done(actions, unsynced, *later)
+    if offboards:
+        offboarding = _scope_offboarding(facts, employee, rules, today, left_out)
+        return done([*actions, offboarding], unsynced, *later)
+    return done(
+        actions,
+        'onboarded here: the rules say on_leaving_scope = "nothing", so no offboarding until '
+        f"they leave; {unsynced}",
+        *later,
+    )
+
+
+def _scope_offboarding(
+    facts: Facts, employee: Employee, rules: Rules, today: date, left_out: str
+) -> CreateIssue:
+    """The offboarding of someone onboarded here who left the scope: as for a termination
+    effective today (its templates read today as the last day)."""
+    leaving = employee.model_copy(update={"termination_effective_on": today})
+    why = (
+        f'left the scope ({left_out}); the rules say on_leaving_scope = "offboard": '
+        "offboarding as for a termination effective today"
+    )
+    related = facts.link.onboarding_issue_key if facts.link else None
+    return _create(facts, leaving, rules, "offboarding", rules.offboarding, today, why, related)
 
 
 def _withdrawn_before_day_one(facts: Facts, employee: Employee, leaving_on: date | None) -> bool:
@@ -551,15 +658,22 @@ def _field_sync(facts: Facts, employee: Employee, rules: Rules) -> list:
     if not rules.field_map or not issue_key:
         return []
     # The plain values first: most employees changed nothing (reconciliation plans thousands).
-    snapshot = {source: source_value(employee, source) for source in sorted(rules.field_map)}
+    written = written_fields(employee, rules)
     before = link.synced_fields or {}
     changes = tuple(
         (source, before.get(source), new)
-        for source, new in snapshot.items()
+        for source, new in written.items()
         if before.get(source) != new
     )
     if not changes:
         return []
+    # A skipped field keeps what was last written (Jira still has it), so that it neither
+    # looks changed on every run nor hides a later change back to that value.
+    snapshot = {
+        source: written[source] if source in written else before[source]
+        for source in sorted(rules.field_map)
+        if source in written or source in before
+    }
     values, _ = mapped_fields(employee, rules)
     changed = {source for source, _, _ in changes}
     lines = "\n".join(

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import partial
 from typing import Protocol
 
 from core.company import Acknowledged, CompanyPlan, RulesPreview, Verdict
@@ -42,6 +43,7 @@ from core.plan import (
     Report,
     UpdateFields,
     linked_issues,
+    source_value,
 )
 from core.rules import Rules
 from core.store import BreakerHold, BreakerState, EventStatus, JiraEffect, Limits, WebhookEvent
@@ -161,6 +163,9 @@ def describe_inputs(facts: Facts, rules: Rules, today: date) -> list[tuple[str, 
             ("location", _name(employee.location)),
             ("manager", (manager.email or manager.full_name or "?") if manager else "(none)"),
         ]
+        if rules.scope.include or rules.scope.exclude:
+            left_out = rules.scope.left_out_by(partial(source_value, employee))
+            lines.append(("scope", f"out of scope: {left_out}" if left_out else "in scope"))
     if link is None:
         lines.append(("mapping", "none: this service has done nothing for them yet"))
     else:

@@ -9,6 +9,9 @@
 - A run that touched Jira has a link artifact per issue (keyed `jira-<issue key>`, so the
   Artifacts page lists every run that touched an issue); a run of many employees also gets a
   summary artifact.
+- Each employee whose work touched Jira or failed gets `why`'s timeline as a Markdown artifact
+  keyed `why-employee-<id>`: the run shows the story up to it, and the Artifacts page keeps the
+  latest (with every earlier version) per employee.
 
 Artifacts and tags are best effort: failing to write them is logged and fails no run.
 """
@@ -25,10 +28,20 @@ from loguru import logger
 from prefect.artifacts import LinkArtifact, MarkdownArtifact
 from prefect.client.orchestration import PrefectClient
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
 from core.names import employee_tags, process_tag
-from core.render import browse_url, link_description, routing_markdown, summary_markdown
+from core.render import (
+    browse_url,
+    link_description,
+    prefect_ui_url,
+    routing_markdown,
+    summary_markdown,
+    timeline_markdown,
+    timeline_rows,
+)
 from core.settings import get_settings
+from tasks import store
 from tasks.services import current
 
 if TYPE_CHECKING:
@@ -90,6 +103,15 @@ def jira_site() -> str | None:
     return None if "api.atlassian.com" in base else base.rstrip("/")
 
 
+def ui_base_url() -> str | None:
+    """The Prefect UI's address, as this run's client knows it (PREFECT_UI_URL, else beside
+    PREFECT_API_URL)."""
+    if ui := PREFECT_UI_URL.value():
+        return str(ui).rstrip("/")
+    api = PREFECT_API_URL.value()
+    return prefect_ui_url(str(api)) if api else None
+
+
 def artifact_key(issue_key: str) -> str:
     """`jira-it-42`: artifact keys take lowercase letters, digits and dashes only."""
     return "jira-" + re.sub(r"[^a-z0-9-]+", "-", issue_key.lower()).strip("-")
@@ -128,6 +150,28 @@ class RunArtifacts:
         )
         async with self._bound:
             await self._best_effort(artifact.acreate(self._client), f"the link artifact of {key}")
+
+    async def timeline(self, outcome: EmployeeOutcome) -> None:
+        """`why`'s timeline of this employee, when their work touched Jira or failed (a run
+        that found nothing to do adds nothing to the story)."""
+        if self._client is None or not (outcome.jira_keys or outcome.error):
+            return
+        try:
+            events, effects = await store.read_story(outcome.employee_id, outcome.who)
+        except Exception as error:
+            logger.warning("could not read the story of {}: {}", outcome.who, error)
+            return
+        # Flow runs by id and link: asking Prefect for each one's name and state is for `why`.
+        rows = timeline_rows(events, effects, {}, ui_base_url())
+        artifact = MarkdownArtifact(
+            key=f"why-employee-{outcome.employee_id}",
+            markdown=timeline_markdown(outcome.employee_id, rows),
+            description=f"why: {outcome.who}, oldest first",
+        )
+        async with self._bound:
+            await self._best_effort(
+                artifact.acreate(self._client), f"the timeline artifact of {outcome.who}"
+            )
 
     async def summary(self, markdown: str, description: str, *, key: str | None = None) -> None:
         if self._client is not None:

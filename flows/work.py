@@ -343,6 +343,7 @@ async def run_process(
             async def done(outcome: EmployeeOutcome) -> None:
                 await artifacts.links(outcome)
                 await report_to_inbox(outcome, event_keys)
+                await artifacts.timeline(outcome)
 
             outcomes = await work_employees(
                 employee_ids,

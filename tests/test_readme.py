@@ -62,3 +62,17 @@ def test_the_backup_one_liner_uses_the_venv_python() -> None:
     line = next(line for line in README.splitlines() if "sqlite3.connect(" in line)
     assert "`.venv/bin/python -c" in line
     assert Path(ROOT / ".venv" / "bin" / "python").exists()
+
+
+def test_the_rules_the_readme_shows_are_valid() -> None:
+    """Each TOML block of the README, put in the example rules in place of its tables, loads."""
+    import tomllib
+
+    from core.rules import Rules
+
+    example = tomllib.loads((ROOT / "rules.example.toml").read_text())
+    blocks = re.findall(r"^```toml\n(.*?)^```", README, re.DOTALL | re.MULTILINE)
+    assert len(blocks) >= 2
+    for block in blocks:
+        rules = Rules.model_validate(example | tomllib.loads(block))
+        assert rules.scope.exclude or "fields.github" in rules.field_map

@@ -177,6 +177,7 @@ def test_sandbox_hire_creates_the_employee_and_the_signed_webhooks_arrive(
         "hire", "Grace Brewster Hopper",
         "--department", "Engineering", "--position", "Staff Engineer", "--location", "Berlin",
         "--manager-id", "1001", "--email", "grace.hopper@example.com",
+        "--employment-type", "Contractor",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     employee_id = employee_id_in(result.stdout)
@@ -196,6 +197,7 @@ def test_sandbox_hire_creates_the_employee_and_the_signed_webhooks_arrive(
     )
     assert (person.department, person.position, person.location) == ("Engineering", "Staff Engineer", "Berlin")  # fmt: skip
     assert (person.manager_id, person.email) == (1001, "grace.hopper@example.com")
+    assert person.employment_type == "Contractor"
     assert person.hired_on == simulators.peopleforce_state.today
 
 
@@ -225,6 +227,7 @@ def test_sandbox_update_terminate_revert_and_start_send_their_webhooks(
     employee_id = employee_id_in(hired.stdout)
     steps: list[tuple[list[str], list[str]]] = [
         (["update", str(employee_id), "--position", "Principal Engineer", "--location", "Boston"], ["employee_update"]),
+        (["update", str(employee_id), "--employment-type", "Part-Time"], ["employee_update"]),
         (["start", str(employee_id)], ["employee_start"]),
         (["terminate", str(employee_id), "--on", "2099-12-31"], ["employee_update"]),  # scheduled
         (["revert", str(employee_id)], ["employee_termination_revert"]),
@@ -238,6 +241,7 @@ def test_sandbox_update_terminate_revert_and_start_send_their_webhooks(
         assert receiver.since(before) == [(action, employee_id) for action in actions], args
     person = simulators.peopleforce_state.get(employee_id)
     assert (person.position, person.location) == ("Principal Engineer", "Boston")
+    assert person.employment_type == "Part-Time"
     assert simulators.peopleforce_state.status_of(person) == "terminated"
     assert f"leaves on {simulators.peopleforce_state.today.isoformat()}" in result.stdout
 

@@ -45,7 +45,7 @@ from core.plan import (
     today_in,
 )
 from core.render import explain
-from core.rules import load_rules
+from core.rules import Rules, load_rules
 from core.store import EventStatus, WebhookEvent
 from core.store.models import EmployeeLink, Lifecycle
 from tests.paths import RULES_EXAMPLE
@@ -542,3 +542,69 @@ async def test_the_rules_preview_plans_both_rules_from_the_same_full_record() ->
     assert (employee_id, name, gone) == (4, "Person 4", [])
     assert new[0].startswith("create_issue (onboarding): HR: 'Onboarding: Person 4")
     assert [line.split(": ", 1)[0] for line in new[1:]] == ["subtask of onboarding"] * 3
+
+
+# --- the scope ------------------------------------------------------------------------------
+
+
+def scoped(**scope: Any) -> Rules:
+    return Rules.model_validate({**RULES.model_dump(), "scope": scope})
+
+
+async def test_a_scope_on_a_custom_field_reads_in_full_whom_it_leaves_out_with_work() -> None:
+    """The list carries no custom fields: a hire it would leave out on one is read in full, and
+    onboarded when the full record puts them in scope; nobody else is read for it."""
+    rules = scoped(include=[{"fields": {"onboarding_by_it": "yes"}}])
+    soon = (TODAY + timedelta(days=3)).isoformat()
+    quiet = full(1)  # started long ago, onboarded here: no work in scope or out
+    hire = full(3, hired_on=soon, fields={"onboarding_by_it": {"value": "yes"}})
+    stranger = full(5, hired_on=soon)
+    sources = MemorySources([quiet, hire, stranger], issues={"HR-1": ["pf-employee-1"]})
+    company = await plan_reconciliation(
+        sources, [link_for(quiet)], rules, TODAY, now=NOW, concurrency=3, lookback_days=3
+    )
+    assert sources.calls["employee"] == 2  # the hire and the stranger, not the quiet one
+    assert created_kinds(company.plans[3]) == ["onboarding"]
+    assert company.plans[5].actions == ()
+    assert (
+        company.plans[5]
+        .notes[0]
+        .startswith("out of scope: no scope.include matches (fields.onboarding_by_it (none))")
+    )
+    assert company.needs_work == [3]
+
+
+async def test_a_scope_on_plain_fields_plans_from_the_list() -> None:
+    rules = scoped(exclude=[{"employment_type": "Contractor"}])
+    contractor = full(
+        3,
+        hired_on=(TODAY + timedelta(days=3)).isoformat(),
+        employment_type={"id": 5, "name": "Contractor"},
+    )
+    sources = MemorySources([full(1), contractor], issues={"HR-1": ["pf-employee-1"]})
+    company = await plan_reconciliation(
+        sources, [link_for(full(1))], rules, TODAY, now=NOW, concurrency=3, lookback_days=3
+    )
+    assert sources.calls["employee"] == 0
+    assert company.plans[3].out_of_scope == "scope.exclude.0 matches (employment_type Contractor)"
+
+
+async def test_the_rules_preview_shows_the_work_an_exclude_takes_away() -> None:
+    from core.render import preview_differences, preview_summary
+
+    contractor = full(
+        3,
+        hired_on=(TODAY + timedelta(days=3)).isoformat(),
+        employment_type={"id": 5, "name": "Contractor"},
+    )
+    sources = MemorySources([full(1), contractor], issues={"HR-1": ["pf-employee-1"]})
+    company = await reconcile_memory(sources, [link_for(full(1))])
+    proposed = scoped(exclude=[{"name": "contractors", "employment_type": "Contractor"}])
+    preview = await preview_rules(sources, company, proposed, RULES, concurrency=3)
+    ((employee_id, _, gone, new),) = differences = preview_differences(preview)
+    assert (employee_id, new) == (3, [])
+    assert gone[0].startswith("create_issue (onboarding): HR: 'Onboarding: Person 3")
+    assert len(gone) == 4  # the onboarding and its three subtasks
+    assert preview_summary(differences, 2) == (
+        "1 of 2 employees would change: 0 line(s) appear (+), 4 disappear (-)"
+    )

@@ -735,3 +735,583 @@ def test_a_missing_issue_report_says_what_the_rules_say() -> None:
     assert isinstance(report, Report)
     assert "HR-1 no longer answers in Jira" in report.why
     assert "the rules say report: not created again" in report.why
+
+
+# --- the scope: who this service works for ------------------------------------------------
+
+
+def scoped(**scope: Any) -> Rules:
+    return Rules.model_validate({**RULES.model_dump(), "scope": scope})
+
+
+CONTRACTORS = {"exclude": [{"name": "contractors", "employment_type": "Contractor"}]}
+CONTRACTOR = {"employment_type": {"id": 5, "name": "contractor"}}
+
+
+def scope_link(kind: str | None, emp: Employee) -> EmployeeLink | None:
+    """`make_link`'s kinds, and two that only the scope needs."""
+    if kind == "offboarded on leaving the scope":  # the offboarding made when they left it
+        return onboarded(
+            employee(),
+            lifecycle=Lifecycle.offboarded,
+            offboarding_issue_key="HR-9",
+            termination_on=TODAY,
+        )
+    if kind == "offboarded, never onboarded":  # a leaver first seen with their termination
+        return EmployeeLink(
+            employee_id=emp.id,
+            email=emp.email,
+            lifecycle=Lifecycle.offboarding,
+            offboarding_issue_key="HR-9",
+            termination_on=date.fromisoformat(days(20)),
+        )
+    return make_link(kind, emp)
+
+
+SCOPE_CASES = [
+    # (name, scope, employee changes, link kind, expected action kinds, note fragment)
+    # Each filter, on a new hire due for onboarding.
+    (
+        "employment type excluded",
+        CONTRACTORS,
+        {**CONTRACTOR, "hired_on": days(3)},
+        None,
+        [],
+        'out of scope: scope.exclude.0 "contractors" matches (employment_type contractor); '
+        "no onboarding, no offboarding",
+    ),
+    (
+        "employment type not excluded",
+        CONTRACTORS,
+        {"hired_on": days(3)},
+        None,
+        ["create_issue:onboarding"],
+        None,
+    ),
+    (
+        "department not included",
+        {"include": [{"department": ["Engineering", "IT"]}]},
+        {"hired_on": days(3)},
+        None,
+        [],
+        "out of scope: no scope.include matches (department Finance)",
+    ),
+    (
+        "department included, any case",
+        {"include": [{"department": ["Engineering", "IT"]}]},
+        {"hired_on": days(3), "department": {"id": 1, "name": "engineering"}},
+        None,
+        ["create_issue:onboarding"],
+        None,
+    ),
+    (
+        "division excluded",
+        {"exclude": [{"division": "R&D"}]},
+        {"hired_on": days(3), "division": {"id": 4, "name": "R&D"}},
+        None,
+        [],
+        "scope.exclude.0 matches (division R&D)",
+    ),
+    (
+        "location not included",
+        {"include": [{"location": "Lviv"}]},
+        {"hired_on": days(3)},
+        None,
+        [],
+        "no scope.include matches (location Kyiv)",
+    ),
+    (
+        "position excluded, one of a list",
+        {"exclude": [{"position": ["Intern", "Accountant"]}]},
+        {"hired_on": days(3)},
+        None,
+        [],
+        "scope.exclude.0 matches (position Accountant)",
+    ),
+    (
+        "custom field excluded, one of a list",
+        {"exclude": [{"fields": {"agency": ["Acme", "Globex"]}}]},
+        {"hired_on": days(3), "fields": {"agency": {"value": "GLOBEX"}}},
+        None,
+        [],
+        "scope.exclude.0 matches (fields.agency GLOBEX)",
+    ),
+    (
+        "custom field included, not set",
+        {"include": [{"fields": {"onboarding_by_it": "yes"}}]},
+        {"hired_on": days(3)},
+        None,
+        [],
+        "no scope.include matches (fields.onboarding_by_it (none))",
+    ),
+    (
+        "custom field included, a TOML boolean against a JSON one",
+        {"include": [{"fields": {"remote": True}}]},
+        {"hired_on": days(3), "fields": {"remote": {"value": True}}},
+        None,
+        ["create_issue:onboarding"],
+        None,
+    ),
+    (
+        "an entry needs every key it names",
+        {"exclude": [{"department": "Finance", "location": "Lviv"}]},
+        {"hired_on": days(3)},
+        None,
+        ["create_issue:onboarding"],
+        None,
+    ),
+    (
+        "any include will do",
+        {"include": [{"department": "Sales"}, {"location": "Kyiv"}]},
+        {"hired_on": days(3)},
+        None,
+        ["create_issue:onboarding"],
+        None,
+    ),
+    (
+        "an exclude wins over an include",
+        {"include": [{"department": "Finance"}], **CONTRACTORS},
+        {**CONTRACTOR, "hired_on": days(3)},
+        None,
+        [],
+        'scope.exclude.0 "contractors" matches',
+    ),
+    # Never onboarded here: nothing at all, whatever happens.
+    (
+        "never onboarded, leaving",
+        CONTRACTORS,
+        {**CONTRACTOR, "hired_on": "2019-03-04", "termination_effective_on": days(3)},
+        None,
+        [],
+        "no onboarding, no offboarding",
+    ),
+    (
+        "never onboarded, hire withdrawn",
+        CONTRACTORS,
+        {**CONTRACTOR, "hired_on": days(5), "termination_effective_on": days(3)},
+        "withdrawn",
+        [],
+        "no onboarding, no offboarding",
+    ),
+    # Onboarded here, then out of the scope (moved to contractor).
+    (
+        "left the scope: nothing",
+        CONTRACTORS,
+        CONTRACTOR,
+        "onboarded",
+        [],
+        'on_leaving_scope = "nothing", so no offboarding until they leave; fields are not synced',
+    ),
+    (
+        "left the scope: nothing, and fields changed",
+        CONTRACTORS,
+        {**CONTRACTOR, "position": {"id": 4, "name": "Controller"}},
+        "onboarded",
+        [],
+        "fields are not synced while out of scope",
+    ),
+    (
+        "left the scope: offboard",
+        {**CONTRACTORS, "on_leaving_scope": "offboard"},
+        CONTRACTOR,
+        "onboarded",
+        ["create_issue:offboarding"],
+        "fields are not synced while out of scope",
+    ),
+    (
+        "left the scope: offboard, the run after",
+        {**CONTRACTORS, "on_leaving_scope": "offboard"},
+        CONTRACTOR,
+        "offboarded on leaving the scope",
+        [],
+        'offboarding HR-9 stays as it is (on_leaving_scope = "offboard")',
+    ),
+    (
+        "left the scope: offboard, then a termination",
+        {**CONTRACTORS, "on_leaving_scope": "offboard"},
+        {**CONTRACTOR, "termination_effective_on": days(40)},
+        "offboarded on leaving the scope",
+        [],
+        "offboarding HR-9 stays as it is",
+    ),
+    (
+        "left the scope: offboard, no second offboarding for a withdrawn hire",
+        {**CONTRACTORS, "on_leaving_scope": "offboard"},
+        {**CONTRACTOR, "hired_on": days(5), "termination_effective_on": days(2)},
+        "onboarded",
+        ["cancel_onboarding"],
+        None,
+    ),
+    # Out of scope, what was made here is seen through: a leaver's access is revoked.
+    (
+        "onboarded here, out of scope, leaving: nothing",
+        CONTRACTORS,
+        {**CONTRACTOR, "termination_effective_on": days(20)},
+        "onboarded",
+        ["create_issue:offboarding"],
+        "onboarded here, so their offboarding applies",
+    ),
+    (
+        "onboarded here, out of scope, leaving: offboard",
+        {**CONTRACTORS, "on_leaving_scope": "offboard"},
+        {**CONTRACTOR, "termination_effective_on": days(20)},
+        "onboarded",
+        ["create_issue:offboarding"],
+        None,
+    ),
+    (
+        "out of scope, last day moved: nothing",
+        CONTRACTORS,
+        {**CONTRACTOR, "termination_effective_on": days(30)},
+        "offboarding",
+        ["move_due_date"],
+        "offboarding HR-9 is seen through",
+    ),
+    (
+        "out of scope, last day moved: offboard",
+        {**CONTRACTORS, "on_leaving_scope": "offboard"},
+        {**CONTRACTOR, "termination_effective_on": days(30)},
+        "offboarding",
+        [],
+        "offboarding HR-9 stays as it is",
+    ),
+    (
+        "out of scope, same last day",
+        CONTRACTORS,
+        {**CONTRACTOR, "termination_effective_on": days(20)},
+        "offboarding",
+        [],
+        "already covers the last day",
+    ),
+    (
+        "out of scope, termination reverted: nothing",
+        CONTRACTORS,
+        CONTRACTOR,
+        "offboarding",
+        ["cancel_offboarding"],
+        None,
+    ),
+    (
+        "out of scope, termination reverted: offboard",
+        {**CONTRACTORS, "on_leaving_scope": "offboard"},
+        CONTRACTOR,
+        "offboarding",
+        [],
+        "stays as it is",
+    ),
+    (
+        "out of scope, reverted termination of someone never onboarded: offboard",
+        {**CONTRACTORS, "on_leaving_scope": "offboard"},
+        CONTRACTOR,
+        "offboarded, never onboarded",
+        ["cancel_offboarding"],
+        None,
+    ),
+    (
+        "out of scope, hire withdrawn after onboarding",
+        CONTRACTORS,
+        {**CONTRACTOR, "hired_on": days(5), "termination_effective_on": days(2)},
+        "onboarded",
+        ["cancel_onboarding"],
+        None,
+    ),
+    (
+        "out of scope, rehired under the same id",
+        CONTRACTORS,
+        {**CONTRACTOR, "hired_on": days(5)},
+        "offboarded",
+        [],
+        "offboarding HR-9 is seen through",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("scope", "changes", "link_kind", "expected", "note"),
+    [case[1:] for case in SCOPE_CASES],
+    ids=[case[0] for case in SCOPE_CASES],
+)
+def test_scope_cases(
+    scope: dict, changes: dict, link_kind: str | None, expected: list[str], note: str | None
+) -> None:
+    emp = employee(**changes)
+    result = plan(Facts(emp.id, emp, scope_link(link_kind, emp)), scoped(**scope), TODAY)
+    assert kinds(result) == expected
+    notes = " ".join(result.notes)
+    if note:
+        assert note in notes
+    out = result.out_of_scope is not None
+    assert out == notes.startswith("out of scope: ")
+    assert not any(process_of(action) == "field-sync" for action in result.actions)
+
+
+def test_a_scope_that_leaves_nobody_out_plans_as_no_scope() -> None:
+    everyone = scoped(
+        include=[{"department": ["Finance", "Sales"]}], exclude=[{"location": "Mars"}]
+    )
+    for changes, link_kind in [case[1:3] for case in CASES]:
+        emp = employee(**changes)
+        facts = Facts(emp.id, emp, make_link(link_kind, emp))
+        assert plan(facts, everyone, TODAY) == plan(facts, RULES, TODAY)
+
+
+def test_leaving_the_scope_offboards_as_for_a_termination_effective_today() -> None:
+    rules = scoped(**CONTRACTORS, on_leaving_scope="offboard")
+    emp = employee(**CONTRACTOR)
+    result = plan(Facts(emp.id, emp, onboarded(employee())), rules, TODAY)
+    (create,) = result.actions
+    assert isinstance(create, CreateIssue)
+    assert (create.kind, create.due_date, create.related_issue_key) == (
+        "offboarding",
+        TODAY,
+        "HR-1",
+    )
+    assert create.summary == f"Offboarding: Zoë Łukasiewicz (last day {TODAY})"
+    assert create.why == (
+        'left the scope (scope.exclude.0 "contractors" matches (employment_type contractor)); '
+        'the rules say on_leaving_scope = "offboard": offboarding as for a termination '
+        "effective today"
+    )
+    assert (
+        result.out_of_scope == 'scope.exclude.0 "contractors" matches (employment_type contractor)'
+    )
+    assert create.fields == ()
+
+
+async def test_leaving_the_scope_offboards_with_the_assets() -> None:
+    rules = scoped(**CONTRACTORS, on_leaving_scope="offboard")
+    emp = employee(**CONTRACTOR)
+
+    async def read_assets() -> list[Asset]:
+        return [LAPTOP]
+
+    _, result = await plan_with_assets(
+        Facts(emp.id, emp, onboarded(employee())), rules, TODAY, read_assets
+    )
+    (create,) = result.actions
+    assert isinstance(create, CreateIssue)
+    assert "Collect Laptop (C02XK1) from Zoë Łukasiewicz" in [s.summary for s in create.subtasks]
+
+
+def test_a_leaver_onboarded_here_is_offboarded_out_of_scope_and_says_why() -> None:
+    emp = employee(**CONTRACTOR, termination_effective_on=days(20))
+    (create,) = plan(
+        Facts(emp.id, emp, onboarded(employee())), scoped(**CONTRACTORS), TODAY
+    ).actions
+    assert isinstance(create, CreateIssue)
+    assert create.due_date == date.fromisoformat(days(20))
+    assert create.why == (
+        f"termination effective {days(20)}; out of scope, but onboarded here: access must be "
+        "revoked"
+    )
+
+
+def test_the_plan_inputs_say_whether_the_person_is_in_scope() -> None:
+    emp = employee(**CONTRACTOR)
+    inputs = dict(render.describe_inputs(Facts(emp.id, emp), scoped(**CONTRACTORS), TODAY))
+    assert inputs["scope"] == (
+        'out of scope: scope.exclude.0 "contractors" matches (employment_type contractor)'
+    )
+    inputs = dict(render.describe_inputs(Facts(emp.id, employee()), scoped(**CONTRACTORS), TODAY))
+    assert inputs["scope"] == "in scope"
+    assert "scope" not in dict(render.describe_inputs(Facts(emp.id, emp), RULES, TODAY))
+
+
+# --- field map policies: when PeopleForce's value is empty, and `when` ---------------------
+
+
+def with_github(**policy: Any) -> Rules:
+    """The example rules, mapping the GitHub login too with `policy`."""
+    mapping = {"jira_field": "customfield_10060", **policy}
+    return Rules.model_validate(
+        {
+            **RULES.model_dump(),
+            "field_map": {**RULES.model_dump()["field_map"], "fields.github": mapping},
+        }
+    )
+
+
+ENGINEERING = {"id": 1, "name": "Engineering"}
+SALES = {"id": 7, "name": "Sales"}
+NO_GITHUB: dict[str, Any] = {}
+OCTOCAT = {"github": {"value": "octocat"}}
+ABSENT = object()  # not written to Jira at all
+
+CREATE_CASES = [
+    # (name, policy, employee changes, what the onboarding writes to customfield_10060)
+    ("clear (the default): empty is written empty", {}, {"fields": NO_GITHUB}, None),
+    ("clear: a value is written", {"when_empty": "clear"}, {"fields": OCTOCAT}, "octocat"),
+    ("skip: empty is not written", {"when_empty": "skip"}, {"fields": NO_GITHUB}, ABSENT),
+    ("skip: a value is written", {"when_empty": "skip"}, {"fields": OCTOCAT}, "octocat"),
+    (
+        "default: empty writes the default",
+        {"when_empty": "default", "default": "none yet"},
+        {"fields": {"github": {"value": ""}}},
+        "none yet",
+    ),
+    (
+        "default: a value is written",
+        {"when_empty": "default", "default": "none yet"},
+        {"fields": OCTOCAT},
+        "octocat",
+    ),
+    (
+        "when holds",
+        {"when": {"department": "engineering"}},
+        {"fields": OCTOCAT, "department": ENGINEERING},
+        "octocat",
+    ),
+    (
+        "when holds, one of a list",
+        {"when": {"department": ["IT", "Engineering"]}},
+        {"fields": OCTOCAT, "department": ENGINEERING},
+        "octocat",
+    ),
+    (
+        "when does not hold: not written",
+        {"when": {"department": "Engineering"}},
+        {"fields": OCTOCAT},
+        ABSENT,
+    ),
+    (
+        "when on several fields needs all",
+        {"when": {"department": "Engineering", "location": "Lviv"}},
+        {"fields": OCTOCAT, "department": ENGINEERING},
+        ABSENT,
+    ),
+    (
+        "when does not hold beats the default",
+        {"when": {"department": "Engineering"}, "when_empty": "default", "default": "none yet"},
+        {"fields": NO_GITHUB},
+        ABSENT,
+    ),
+    (
+        "when on a custom field",
+        {"when": {"fields.team": "platform"}},
+        {"fields": {**OCTOCAT, "team": {"value": "Platform"}}},
+        "octocat",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("policy", "changes", "written"),
+    [case[1:] for case in CREATE_CASES],
+    ids=[case[0] for case in CREATE_CASES],
+)
+def test_an_onboarding_writes_what_the_policy_says(
+    policy: dict, changes: dict, written: object
+) -> None:
+    rules = with_github(**policy)
+    emp = employee(hired_on=days(3), **changes)
+    (create,) = plan(Facts(emp.id, emp), rules, TODAY).actions
+    assert isinstance(create, CreateIssue)
+    fields = {value.jira_field: value.value for value in create.fields}
+    assert fields.get("customfield_10060", ABSENT) == written
+    assert create.snapshot.get("fields.github", ABSENT) == written
+    assert fields["customfield_10050"] == "Accountant"  # the other fields, as always
+    # The issue made, the next run finds nothing changed.
+    link = onboarded(emp)
+    link.set_synced(create.snapshot)
+    assert plan(Facts(emp.id, emp, link), rules, TODAY).actions == ()
+
+
+SYNC_CASES = [
+    # (name, policy, synced github, employee changes now, update written (None: no update))
+    (
+        "clear: emptied in PeopleForce, emptied in Jira",
+        {},
+        "octocat",
+        {"fields": NO_GITHUB},
+        {"fields.github": None},
+    ),
+    (
+        "skip: emptied in PeopleForce, kept in Jira",
+        {"when_empty": "skip"},
+        "octocat",
+        {"fields": NO_GITHUB},
+        None,
+    ),
+    (
+        "skip: changed",
+        {"when_empty": "skip"},
+        "octocat",
+        {"fields": {"github": {"value": "hubber"}}},
+        {"fields.github": "hubber"},
+    ),
+    (
+        "default: emptied in PeopleForce, the default in Jira",
+        {"when_empty": "default", "default": "none yet"},
+        "octocat",
+        {"fields": NO_GITHUB},
+        {"fields.github": "none yet"},
+    ),
+    (
+        "default: still empty, the default already written",
+        {"when_empty": "default", "default": "none yet"},
+        "none yet",
+        {"fields": NO_GITHUB},
+        None,
+    ),
+    (
+        "default: PeopleForce now says what the default wrote",
+        {"when_empty": "default", "default": "none yet"},
+        "none yet",
+        {"fields": {"github": {"value": "None Yet"}}},
+        {"fields.github": "None Yet"},
+    ),
+    (
+        "when no longer holds: the field stays, the department follows",
+        {"when": {"department": "Engineering"}},
+        "octocat",
+        {"fields": {"github": {"value": "hubber"}}, "department": SALES},
+        {"department": "Sales"},
+    ),
+    (
+        "when holds again: the field catches up",
+        {"when": {"department": "Finance"}},
+        "octocat",
+        {"fields": {"github": {"value": "hubber"}}},
+        {"fields.github": "hubber"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("policy", "synced", "changes", "update"),
+    [case[1:] for case in SYNC_CASES],
+    ids=[case[0] for case in SYNC_CASES],
+)
+def test_field_sync_writes_what_the_policy_says_and_settles(
+    policy: dict, synced: str, changes: dict, update: dict | None
+) -> None:
+    rules = with_github(**policy)
+    before = employee(fields={"github": {"value": synced}})
+    link = onboarded(before)
+    _, snapshot = mapped_fields(before, RULES)
+    link.set_synced({**snapshot, "fields.github": synced})
+    now = employee(**changes)
+    actions = plan(Facts(now.id, now, link), rules, TODAY).actions
+    if update is None:
+        assert actions == ()
+        return
+    write, comment = actions
+    assert isinstance(write, UpdateFields)
+    assert isinstance(comment, AddComment)
+    assert {value.source: value.value for value in write.fields} == update
+    assert {source: new for source, _, new in write.changes} == update
+    # The synced snapshot: what was written, and for a field left alone what Jira still has.
+    assert write.snapshot["fields.github"] == update.get("fields.github", synced)
+    # Recorded, it settles: the next run writes nothing.
+    link.set_synced(write.snapshot)
+    assert plan(Facts(now.id, now, link), rules, TODAY).actions == ()
+
+
+def test_a_field_skipped_while_empty_is_not_written_back_when_it_returns() -> None:
+    """Jira kept "octocat" while PeopleForce had nothing: the value coming back is no change."""
+    rules = with_github(when_empty="skip")
+    link = onboarded(employee(fields=OCTOCAT))
+    link.set_synced({**link.synced_fields, "fields.github": "octocat"})
+    for fields in (NO_GITHUB, OCTOCAT, NO_GITHUB):
+        emp = employee(fields=fields)
+        assert plan(Facts(emp.id, emp, link), rules, TODAY).actions == ()

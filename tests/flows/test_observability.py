@@ -223,6 +223,14 @@ async def test_one_webhook_is_traced_from_the_gateway_to_its_jira_issue(
     # (Prefect stores a link artifact as markdown: `[text](link)`.)
     (link,) = [artifact for artifact in artifacts if artifact.key == artifact_key(parent.key)]
     assert link.data == f"[{parent.key}]({world.jira.url}/browse/{parent.key})"
+    # ...and `why`'s timeline of the employee: the webhook, the plan's reason, the issue made,
+    # and this run, linked to its page in the UI.
+    (story,) = [a for a in artifacts if a.key == f"why-employee-{person.id}"]
+    timeline = str(story.data)
+    assert f"webhook {event.ref}" in timeline
+    assert "within the pre-hire lead time" in timeline
+    assert f"Jira {parent.key}" in timeline
+    assert f"/runs/flow-run/{sub.id})" in timeline
 
     # No secret anywhere: console, Seq, run logs, parameters, artifacts.
     signature = delivery.signature or ""
