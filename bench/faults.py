@@ -1053,13 +1053,17 @@ def describe_stack(row: Row, deployment: Deployment) -> None:
 def settings(args: argparse.Namespace) -> dict[str, str]:
     """The stack's settings. The nightly reconciliation and inbox pruning are moved 12 hours
     away: a reconciliation that happened to run mid-fault would repair what the fault broke,
-    and the suite measures what the delivery path does alone."""
+    and the suite measures what the delivery path does alone. The circuit breaker is off: its
+    bursts of hires and terminations are the load, not a mistake to hold (`--setting
+    BREAKER_MAX_OFFBOARD=20` puts it back)."""
     away = datetime.now(UTC) + timedelta(hours=12)
     return {
         "LOG_LEVEL": args.log_level,
         "RECONCILE_CRON": f"{away.minute} {away.hour} * * *",
         "RECONCILE_TIMEZONE": "UTC",
         "INBOX_PRUNE_CRON": f"{away.minute} {away.hour} * * *",
+        "BREAKER_MAX_OFFBOARD": "0",
+        "BREAKER_MAX_CREATE": "0",
         **dict(item.split("=", 1) for item in args.setting),
     }
 

@@ -4,7 +4,15 @@ Nothing in the project imports this package; it may import any of them. Each mod
 `app` adds its commands to the one Typer app when imported here.
 """
 
-from cli import doctor, inbox, reconcile, running, sandbox, why  # noqa: F401 (they add commands)
+from cli import (  # noqa: F401 (they add commands)
+    breaker,
+    doctor,
+    inbox,
+    reconcile,
+    running,
+    sandbox,
+    why,
+)
 from cli.app import app
 
 __all__ = ["app"]

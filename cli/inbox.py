@@ -42,6 +42,8 @@ STATUS_STYLES = {
     "done": "green",
     "failed": "red",
     "set_aside": "magenta",
+    "held": "magenta",
+    "dropped": "dim",
 }
 
 
@@ -54,7 +56,8 @@ def events(
             "--status",
             help="Only events in this state: pending, dispatching (being handed to Prefect), "
             "ignored, dispatched, done, failed, set_aside (events the dispatcher could not turn "
-            "into work, with the reason).",
+            "into work, with the reason), held (by the circuit breaker: `held` lists why), "
+            "dropped (by `drop`).",
         ),
     ] = None,
 ) -> None:
@@ -146,7 +149,7 @@ def replay(
         typer.Option(
             "--status",
             help="Requeue every event in this state (repeat for several): failed, set_aside, "
-            "dispatched (a run that has them works them too: add --older-than), done.",
+            "dispatched (a run that has them works them too: add --older-than), done, dropped.",
         ),
     ] = None,
     older_than: Annotated[
@@ -201,13 +204,19 @@ def replay_many(
         wanted = sorted({EventStatus(status) for status in statuses})
     except ValueError:
         fail(f"--status {', '.join(statuses)}: requeue only events {choices}", code=2)
+    if EventStatus.held in wanted:
+        fail(
+            "--status held: held events go back to work with `pf-jira-sync release` (past the "
+            "circuit breaker; `pf-jira-sync held` lists them), not replay",
+            code=2,
+        )
     if refused := [status.value for status in wanted if status not in REQUEUABLE_STATUSES]:
         fail(f"--status {', '.join(refused)}: requeue only events {choices}", code=2)
     try:
         age = parse_age(older_than) if older_than is not None else None
     except ValueError as error:
         fail(str(error), code=2)
-    employee = _employee_option(employee_id) if employee_id is not None else None
+    employee = employee_option(employee_id) if employee_id is not None else None
     if age is None and employee is None and not everything:
         fail(
             f"--status {', '.join(s.value for s in wanted)} alone selects every such event: "
@@ -269,7 +278,7 @@ def replay_many(
     )
 
 
-def _employee_option(employee_id: str) -> int:
+def employee_option(employee_id: str) -> int:
     employee = int(employee_id) if employee_id.strip().isdigit() else 0
     if employee < 1:
         fail(f"--employee {employee_id!r} is not an employee id (a number like 1041)", code=2)
@@ -294,7 +303,7 @@ def replay_one(reference: str | None, employee_id: str | None) -> None:
             f"them); for employee {reference.strip()} use --employee {reference.strip()}",
             code=2,
         )
-    employee = _employee_option(employee_id) if employee_id is not None else None
+    employee = employee_option(employee_id) if employee_id is not None else None
     settings = load_settings()
     url = open_inbox_database(settings)
 

@@ -197,27 +197,37 @@ async def read_company(
     then: Callable[[Any, Any], Coroutine[Any, Any, Any]] | None = None,
 ) -> Any:
     """Read the company in bulk and plan it as the reconciliation does (the store's links, the
-    inbox's backlog into `acknowledged`); `then(sources, company)`, if given, goes on reading
-    with the same clients and its result is returned instead of the company plan."""
+    inbox's backlog into `acknowledged`, the work the circuit breaker holds left out);
+    `then(sources, company)`, if given, goes on reading with the same clients and its result
+    is returned instead of the company plan."""
     from core.company import (
         ClientSources,
         acknowledged_by_employee,
+        leave_held,
         plan_reconciliation,
         read_backlog,
     )
     from core.jira.client import JiraClient
     from core.peopleforce.client import PeopleForceClient
     from core.plan import today_in
-    from core.store import EmployeeLink, InboxRepository, MappingStore, WebhookEvent
+    from core.store import (
+        CircuitBreaker,
+        EmployeeLink,
+        InboxRepository,
+        MappingStore,
+        WebhookEvent,
+    )
 
     links: list[EmployeeLink] = []
     backlog: list[WebhookEvent] = []
+    held: set[int] = set()
     if url is not None:
         async with await MappingStore.open(url) as store:
             # As the run does: the inbox's backlog first, so that the safeguard reads alike.
             inbox = InboxRepository(store.engine)
             backlog = await read_backlog(inbox)
             links = [link async for link in store.all_links()]
+            held = await CircuitBreaker(store.engine).held_employees()
     acknowledged.update(acknowledged_by_employee(backlog))
     async with (
         PeopleForceClient.from_settings(settings) as peopleforce,
@@ -236,7 +246,9 @@ async def read_company(
             read_in_full=acknowledged,
             progress=advance,
         )
-        return company if then is None else await then(sources, company)
+        if then is not None:
+            return await then(sources, company)
+        return leave_held(company, held)
 
 
 def read_with_progress(work: Callable[[Callable[[str, int, int | None], None]], Any]) -> Any:

@@ -230,7 +230,12 @@ def alert_settings() -> tuple[Settings, str]:
 @alerts_app.command("install")
 def alerts_install() -> None:
     """Create or update the automation and the webhook block (run again after changing the URL)."""
-    from deployments.alerts import AUTOMATION_NAME, BLOCK_NAME, install_alerts
+    from deployments.alerts import (
+        AUTOMATION_NAME,
+        BLOCK_NAME,
+        BREAKER_AUTOMATION_NAME,
+        install_alerts,
+    )
 
     settings, api_url = alert_settings()
     if settings.alert_webhook_url is None:
@@ -240,7 +245,8 @@ def alerts_install() -> None:
     console.print(
         f"{'installed' if installed.created else 'updated'} the automation {AUTOMATION_NAME!r} "
         f"({installed.automation_id}) in {mask_url(api_url)}: failed, crashed and timed-out runs of the "
-        f"pf-jira-sync deployments are posted to the URL in the webhook block {BLOCK_NAME!r}",
+        f"pf-jira-sync deployments are posted to the URL in the webhook block {BLOCK_NAME!r}, "
+        f"and by {BREAKER_AUTOMATION_NAME!r} each run that held work at the circuit breaker",
         highlight=False,
         soft_wrap=True,
     )
@@ -249,12 +255,13 @@ def alerts_install() -> None:
 @alerts_app.command("remove")
 def alerts_remove() -> None:
     """Delete the automation: failed runs are no longer posted anywhere."""
-    from deployments.alerts import AUTOMATION_NAME, uninstall_alerts
+    from deployments.alerts import AUTOMATION_NAME, BREAKER_AUTOMATION_NAME, uninstall_alerts
 
     _, api_url = alert_settings()
     removed = run_on_prefect(api_url, uninstall_alerts)
     console.print(
-        f"removed {removed} automation(s) named {AUTOMATION_NAME!r} from {mask_url(api_url)}",
+        f"removed {removed} automation(s) named {AUTOMATION_NAME!r} or "
+        f"{BREAKER_AUTOMATION_NAME!r} from {mask_url(api_url)}",
         highlight=False,
     )
 

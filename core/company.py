@@ -436,6 +436,33 @@ async def plan_reconciliation(
     return CompanyPlan(today, plans, facts, returned, reads, frozenset(records))
 
 
+# --- Work the circuit breaker holds ----------------------------------------------------------
+
+HELD_NOTE = (
+    "held by the circuit breaker on the webhook path: an operator releases or drops it "
+    "(`pf-jira-sync held`), not the reconciliation"
+)
+
+
+def leave_held(company: CompanyPlan, held: Iterable[int]) -> CompanyPlan:
+    """The plan without the work of employees the webhook path's circuit breaker holds
+    (`core.store.breaker`): applying it here would send the mass change the breaker stopped,
+    unasked, and an operator's drop would undo nothing. Their reports stay (they change
+    nothing); the safeguard then counts only what is the reconciliation's to do."""
+    plans = dict(company.plans)
+    for employee_id in sorted(set(held) & set(plans)):
+        planned = plans[employee_id]
+        if planned.is_empty:
+            continue
+        plans[employee_id] = planned.model_copy(
+            update={
+                "actions": tuple(a for a in planned.actions if isinstance(a, Report)),
+                "notes": (*planned.notes, HELD_NOTE),
+            }
+        )
+    return replace(company, plans=plans)
+
+
 # --- The safeguard -------------------------------------------------------------------------
 
 

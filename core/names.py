@@ -70,6 +70,12 @@ def action_tag(action: str) -> str:
     return f"action:{action}"
 
 
+# The circuit breaker on the webhook path: the Prefect event a run that held work emits (the
+# alert automation posts it), about this resource, and the artifact that lists what is held.
+BREAKER_EVENT = "pf-jira-sync.circuit-breaker.held"
+BREAKER_RESOURCE = "pf-jira-sync.circuit-breaker"
+BREAKER_ARTIFACT = "circuit-breaker"
+
 # Jira: every issue created carries this label, searched before creating when the store does not
 # know the issue (a crash between the create and the record, a store restored from a backup).
 EMPLOYEE_LABEL = "pf-employee-{id}"

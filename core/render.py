@@ -47,7 +47,8 @@ from core.plan import (
     source_value,
 )
 from core.rules import Rules
-from core.store import EventStatus, JiraEffect, WebhookEvent
+from core.store import BreakerHold, BreakerState, EventStatus, JiraEffect, Limits, WebhookEvent
+from core.store.breaker import COUNT_NAMES, Counted
 from core.store.lease import LeaseTimeout
 from core.text import NAME_LIMIT, printable
 
@@ -81,6 +82,9 @@ class Outcome(Protocol):
 
     @property
     def advice(self) -> str | None: ...
+
+    @property
+    def held(self) -> str | None: ...
 
 
 # --- Actions and plans: the dry run, `plan EMPLOYEE_ID` -------------------------------------
@@ -383,11 +387,12 @@ def summary_markdown(process: str | None, outcomes: Sequence[Outcome], site: str
     """A table: each employee, what was applied, the Jira issues (linked), notes and errors."""
     failed = sum(1 for outcome in outcomes if outcome.error)
     changed = sum(1 for outcome in outcomes if outcome.applied)
+    held = sum(1 for outcome in outcomes if outcome.held)
     lines = [
         f"## {process_tag(process)} · {len(outcomes)} employees",
         "",
-        f"{changed} changed in Jira, {len(outcomes) - changed - failed} unchanged, "
-        f"{failed} failed.",
+        f"{changed} changed in Jira, {len(outcomes) - changed - failed - held} unchanged, "
+        f"{failed} failed" + (f", {held} held by the circuit breaker." if held else "."),
         "",
         "| employee | applied | Jira | notes | error |",
         "|---|---|---|---|---|",
@@ -399,7 +404,15 @@ def summary_markdown(process: str | None, outcomes: Sequence[Outcome], site: str
                 markdown_cell(outcome.who),
                 markdown_cell("; ".join(outcome.applied)),
                 ", ".join(issue_link(site, key) for key in dict.fromkeys(outcome.jira_keys)) or "-",
-                markdown_cell("; ".join([*outcome.notes, *outcome.left_for_others])),
+                markdown_cell(
+                    "; ".join(
+                        [
+                            *([f"held: {outcome.held}"] if outcome.held else []),
+                            *outcome.notes,
+                            *outcome.left_for_others,
+                        ]
+                    )
+                ),
                 markdown_cell(outcome.error or ""),
             ]
         )
@@ -468,6 +481,8 @@ def left_line(action: Action, process: str) -> str:
 def outcome_line(outcome: Outcome) -> str:
     """The line a run logs for each employee at its end."""
     parts = ["; ".join(outcome.applied) if outcome.applied else "nothing to do in Jira"]
+    if outcome.held:
+        parts = [f"HELD by the circuit breaker, nothing sent to Jira: {outcome.held}"]
     if outcome.left_for_others:
         parts.append("left: " + "; ".join(outcome.left_for_others))
     if outcome.notes:
@@ -666,6 +681,100 @@ def prune_markdown(
         for status in sorted({*removed, *kept})
     ]
     lines += ["", "Pending, dispatched and failed events are never removed."]
+    return "\n".join(lines)
+
+
+# --- The circuit breaker on the webhook path: `held`, its artifact and its alert -------------
+
+# `held`'s columns, and the artifact's: `hold_row` keys.
+HOLD_COLUMNS = ("employee", "held", "since", "events", "why")
+HELD_KINDS = {"offboarding": "offboarding", "onboarding": "onboarding", "record": "employee record"}
+PROGRAM = "pf-jira-sync"
+
+
+def _utc(at: datetime) -> str:
+    return f"{at:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def hold_row(hold: BreakerHold, events: int) -> dict[str, str]:
+    """One held employee, keyed by `HOLD_COLUMNS`: who, the issues held, since when, how many
+    webhook events wait with it, and why the breaker is open."""
+    return {
+        "employee": printable(hold.who, NAME_LIMIT),
+        "held": ", ".join(HELD_KINDS.get(kind, kind) for kind in hold.kinds),
+        "since": _utc(hold.since),
+        "events": str(events),
+        "why": _one_line(hold.reason),
+    }
+
+
+def breaker_advice(*, listing: bool = True) -> str:
+    """What an operator does about what the breaker holds (`listing`: and where to see it)."""
+    decide = (
+        f"`{PROGRAM} release --all` (or `--employee ID`) sends it to Jira, "
+        f"`{PROGRAM} drop --all --yes` (or `--employee ID`) drops it"
+    )
+    return f"`{PROGRAM} held` lists what is held; {decide}" if listing else decide
+
+
+# What `COUNT_NAMES` calls each count, for one.
+_ONE = {"offboarding": "offboarding", "creation": "onboarding or employee record"}
+
+
+def _counts(counts: Mapping[Counted, int], *, all_of_them: bool = True) -> str:
+    """`3 offboardings and 1 onboarding or employee record`; without `all_of_them`, the
+    counts that are not 0 only."""
+    return " and ".join(
+        f"{n} {_ONE[counted] if n == 1 else what}"
+        for counted, (what, _) in COUNT_NAMES.items()
+        if (n := counts.get(counted, 0)) or all_of_them
+    )
+
+
+def breaker_headline(state: BreakerState, limits: Limits) -> str:
+    """The breaker in one sentence: open (since when, why, what it holds) or closed (what its
+    window has counted, against which limits), or off."""
+    if not state.open and limits.off:
+        return "circuit breaker off (BREAKER_MAX_OFFBOARD and BREAKER_MAX_CREATE are 0)"
+    admitted = f"applied within {limits.window_text} on the webhook path: {_counts(state.counted)}"
+    if not state.open:
+        bounds = ", ".join(
+            f"{setting} {limits.of(counted) or 'off'}"
+            for counted, (_, setting) in COUNT_NAMES.items()
+        )
+        return f"circuit breaker closed, nothing held; {admitted} (limits: {bounds})"
+    first = state.holds[0]
+    events = sum(state.held_events.get(hold.employee_id, 0) for hold in state.holds)
+    return (
+        f"circuit breaker open since {_utc(first.tripped_at)}: {first.reason}. "
+        f"{len(state.holds)} employee(s) held "
+        f"({_counts(state.held_by_count, all_of_them=False)}), "
+        f"{events} webhook event(s) kept in the inbox, nothing sent to Jira for them; "
+        f"{admitted}"
+    )
+
+
+def breaker_alert(state: BreakerState, limits: Limits, held_here: int) -> str:
+    """The ERROR line of a run that held work: the breaker, this run's part, what to do."""
+    return f"{breaker_headline(state, limits)}. This run held {held_here}. {breaker_advice()}."
+
+
+def held_markdown(state: BreakerState, limits: Limits, max_rows: int = 500) -> str:
+    """The artifact of a run that held work: every employee held now, what, since, why."""
+    lines = [
+        f"## Circuit breaker: {len(state.holds)} employee(s) held",
+        "",
+        markdown_cell(breaker_headline(state, limits) + "."),
+        "",
+        "| " + " | ".join(HOLD_COLUMNS) + " |",
+        "|" + "---|" * len(HOLD_COLUMNS),
+    ]
+    for hold in state.holds[:max_rows]:
+        row = hold_row(hold, state.held_events.get(hold.employee_id, 0))
+        lines.append("| " + " | ".join(markdown_cell(row[c]) for c in HOLD_COLUMNS) + " |")
+    if len(state.holds) > max_rows:
+        lines += ["", f"... and {len(state.holds) - max_rows} more: `{PROGRAM} held` lists all."]
+    lines += ["", breaker_advice() + "."]
     return "\n".join(lines)
 
 

@@ -303,6 +303,34 @@ class Settings(BaseSettings):
     safeguard_max_share: float = Field(0.2, gt=0, le=1)
     safeguard_max_offboard: int = Field(10, ge=0)
 
+    # Circuit breaker: the webhook path's safeguard (README, "Circuit breaker"). Employees whose
+    # webhook work would create an offboarding, or an onboarding or employee record, are
+    # counted over the last BREAKER_WINDOW_SECONDS across all runs; the one past a limit trips
+    # the breaker and is held, and so is every such work after it until an operator releases
+    # or drops what is held (0: that count is off). The defaults sit far above a real day's
+    # webhooks (a company of thousands has a few leavers a day; a Monday of hires is tens,
+    # spread over the nightly batch) and far below a bulk edit or a bad batch (hundreds in
+    # minutes); twice the reconciliation's SAFEGUARD_MAX_OFFBOARD, since these are changes
+    # PeopleForce announced one by one.
+    breaker_max_offboard: int = Field(
+        20,
+        ge=0,
+        le=1_000_000,
+        description="Offboardings the webhook path creates per window before it holds (0: off).",
+    )
+    breaker_max_create: int = Field(
+        50,
+        ge=0,
+        le=1_000_000,
+        description="Onboardings and records the webhook path creates per window (0: off).",
+    )
+    breaker_window_seconds: float = Field(
+        600.0,
+        ge=10,
+        le=7 * 86_400,
+        description="The circuit breaker's sliding window, in seconds.",
+    )
+
     # Logging
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     seq_url: AnyHttpUrl | None = None

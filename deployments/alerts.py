@@ -13,7 +13,11 @@ whatever failed it, a crash of the flow-run process included:
   their parent, which is the one alert;
 - the notification is a JSON body `{"text": "..."}` (what Slack and Teams incoming webhooks
   take): the flow, deployment and run name, the state and its message, and a link to the run
-  when the server knows its UI URL (`PREFECT_UI_URL`).
+  when the server knows its UI URL (`PREFECT_UI_URL`);
+- the automation `pf-jira-sync: circuit breaker held work` posts the same way each run that
+  held work at the circuit breaker (`flows/breaker.py`): such a run completes, so the failed-run
+  alert would never say it, and the held work waits for an operator. Its text is the run's
+  ERROR line: the counts, the limit, the window, how many are held, and the commands.
 
 `install_alerts` creates both or brings them up to date (run it again after changing the URL);
 `pf-jira-sync alerts install` and the served deployments at start (`ALERT_WEBHOOK_URL` set) call it.
@@ -66,9 +70,10 @@ from prefect.events.schemas.events import ResourceSpecification
 from prefect.types import SecretDict
 from pydantic import SecretStr
 
-from core.names import SERVICE
+from core.names import BREAKER_EVENT, BREAKER_RESOURCE, SERVICE
 
 AUTOMATION_NAME = "pf-jira-sync: failed runs"
+BREAKER_AUTOMATION_NAME = "pf-jira-sync: circuit breaker held work"
 CRASH_AUTOMATION_NAME = "pf-jira-sync: silent runs crashed"
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
 RUNNING_EVENT = "prefect.flow-run.Running"
@@ -89,6 +94,10 @@ PAYLOAD_TEMPLATE = (
     ' ~ (" " ~ url if url else "")'
     ") | tojson }}}"
 )
+
+
+# The run's own line, which says everything (`core.render.breaker_alert`).
+BREAKER_PAYLOAD_TEMPLATE = '{"text": {{ ("pf-jira-sync: " ~ event.payload.message) | tojson }}}'
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,33 @@ def alert_automation(block_document_id: UUID) -> AutomationCore:
         enabled=True,
         trigger=failed_runs_trigger(),
         actions=[CallWebhook(block_document_id=block_document_id, payload=PAYLOAD_TEMPLATE)],
+    )
+
+
+def held_work_trigger() -> EventTrigger:
+    """Each event of a run that held work at the circuit breaker, once."""
+    return EventTrigger(
+        expect={BREAKER_EVENT},
+        match=ResourceSpecification({"prefect.resource.id": BREAKER_RESOURCE}),
+        posture=Posture.Reactive,
+        threshold=1,
+        within=timedelta(0),
+    )
+
+
+def breaker_automation(block_document_id: UUID) -> AutomationCore:
+    return AutomationCore(
+        name=BREAKER_AUTOMATION_NAME,
+        description=(
+            "Posts each run that held work at the circuit breaker (a mass change on the webhook "
+            "path) to the alert webhook (ALERT_WEBHOOK_URL). Managed by `pf-jira-sync alerts "
+            "install`."
+        ),
+        enabled=True,
+        trigger=held_work_trigger(),
+        actions=[
+            CallWebhook(block_document_id=block_document_id, payload=BREAKER_PAYLOAD_TEMPLATE)
+        ],
     )
 
 
@@ -225,7 +261,8 @@ def _comparable(automation: AutomationCore) -> dict[str, object]:
 
 
 async def install_alerts(url: str, client: PrefectClient | None = None) -> Installed:
-    """Create or update the webhook block and the automation; returns their ids."""
+    """Create or update the webhook block and the automations (failed runs, and work the
+    circuit breaker held); returns the failed-run automation's and the block's ids."""
     if client is None:
         async with get_client() as own:
             return await install_alerts(url, own)
@@ -236,6 +273,7 @@ async def install_alerts(url: str, client: PrefectClient | None = None) -> Insta
     )
     block_document_id = await block.asave(BLOCK_NAME, overwrite=True, client=client)
     automation_id, created = await _put_automation(client, alert_automation(block_document_id))
+    await _put_automation(client, breaker_automation(block_document_id))
     installed = Installed(automation_id, block_document_id, created=created)
     logger.info(
         "alerts {}: automation {!r} ({}) posts failed runs to the webhook in block {!r}",
@@ -248,11 +286,15 @@ async def install_alerts(url: str, client: PrefectClient | None = None) -> Insta
 
 
 async def uninstall_alerts(client: PrefectClient | None = None) -> int:
-    """Delete the automation (the block stays, harmless); returns how many were deleted."""
+    """Delete the automations (the block stays, harmless); returns how many were deleted."""
     if client is None:
         async with get_client() as own:
             return await uninstall_alerts(own)
-    existing = await client.read_automations_by_name(AUTOMATION_NAME)
+    existing = [
+        automation
+        for name in (AUTOMATION_NAME, BREAKER_AUTOMATION_NAME)
+        for automation in await client.read_automations_by_name(name)
+    ]
     for automation in existing:
         await client.delete_automation(automation.id)
     return len(existing)

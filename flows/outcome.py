@@ -1,5 +1,6 @@
 """What one employee's work came to: the actions applied, what was left to other processes,
-the notes, the Jira issues touched, or the error. Runs log it, summarise it and return it."""
+the notes, the Jira issues touched, the error or the circuit breaker's hold. Runs log it,
+summarise it and return it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ class EmployeeOutcome:
     # The error is one retrying cannot change (`core.errors.is_permanent`): the employee's
     # webhook events end failed rather than going back to work.
     permanent: bool = False
+    # Why the circuit breaker held this employee's work (nothing of it was applied; their
+    # webhook events wait in the inbox, `held`, for an operator).
+    held: str | None = None
 
     @property
     def who(self) -> str:

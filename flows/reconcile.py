@@ -31,6 +31,7 @@ from core.company import (
     Verdict,
     acknowledged_by_employee,
     events_done,
+    leave_held,
     plan_reconciliation,
     safeguard,
 )
@@ -118,6 +119,13 @@ async def reconcile(dry_run: bool = False, force: bool = False, full: bool = Fal
             full=full,
             read_in_full=acknowledged,
         )
+        if held := await store.read_held_employees():
+            company = leave_held(company, held)
+            logger.warning(
+                "{} employee(s) whose work the circuit breaker holds are left to an operator "
+                "(`pf-jira-sync held`)",
+                len(held),
+            )
         verdict = safeguard(
             company,
             max_share=settings.safeguard_max_share,

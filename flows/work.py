@@ -40,6 +40,7 @@ from core.plan import (
 from core.settings import get_settings
 from core.store import EmployeeLink, Leases, WorkResult
 from flows.actions import apply_plan
+from flows.breaker import WebhookBreaker
 from flows.observability import EventKeys, RunArtifacts, employee_properties, tag_run
 from flows.outcome import EmployeeOutcome
 from tasks import jira, peopleforce, store
@@ -63,11 +64,14 @@ async def work_employee(
     today: date | None = None,
     prefetched: Prefetched | None = None,
     outcome: EmployeeOutcome | None = None,
+    breaker: WebhookBreaker | None = None,
 ) -> EmployeeOutcome:
     """Read, plan and apply for one employee; the actions of other processes are left alone.
 
     `outcome` is filled in as the work goes (its name as soon as the record is read), so that
-    a failure half-way still says for whom and what was done before it."""
+    a failure half-way still says for whom and what was done before it. With `breaker` (the
+    webhook path), a plan that creates what it counts asks it first, and held work is not
+    applied at all."""
     services = current()
     today = today or today_in(services.rules.zone, datetime.now(UTC))
     outcome = outcome or EmployeeOutcome(employee_id)
@@ -113,6 +117,8 @@ async def work_employee(
         processes = ALL_PROCESSES
         link, previous, result = await plan_now(drift)
         result = _with_follow_comments(result)
+    if breaker is not None and await breaker.hold(result, processes, outcome):
+        return outcome
     if _onboards_and_offboards(result, processes):
         # The offboarding names the onboarding issue (`Related: KEY`) only if that exists when
         # the offboarding is planned. For someone hired and leaving at once, the onboarding
@@ -221,6 +227,7 @@ async def work_employees(
     today: date | None = None,
     prefetched: Mapping[int, Prefetched] | None = None,
     on_done: Callable[[EmployeeOutcome], Awaitable[None]] | None = None,
+    breaker: WebhookBreaker | None = None,
 ) -> list[EmployeeOutcome]:
     """Work many employees at once, at most `concurrency` at a time; one failure stops no other.
 
@@ -249,6 +256,7 @@ async def work_employees(
                         today=today,
                         prefetched=(prefetched or {}).get(employee_id),
                         outcome=outcome,
+                        breaker=breaker,
                     )
             except Exception as error:  # reported per employee; the run fails at the end
                 outcome.error = str(error) or type(error).__name__
@@ -329,6 +337,8 @@ async def run_process(
         await tag_run(client, process, employee_ids)
         async with open_services(settings):
             artifacts = RunArtifacts(process, client)
+            # The webhook path's safeguard against mass changes (`flows.breaker`).
+            breaker = WebhookBreaker.from_settings(settings, event_keys)
 
             async def done(outcome: EmployeeOutcome) -> None:
                 await artifacts.links(outcome)
@@ -341,8 +351,11 @@ async def run_process(
                 concurrency=settings.employee_concurrency,
                 event_keys=event_keys,
                 on_done=done,
+                breaker=breaker,
             )
             await artifacts.outcomes_summary(outcomes)
+            if breaker is not None:
+                await breaker.report(artifacts)
         if len(outcomes) == 1 and outcomes[0].name:
             name = f"{process_tag(process)} · {outcomes[0].name} ({outcomes[0].employee_id})"
             await _rename_run(client, name)
@@ -359,7 +372,7 @@ async def report_to_inbox(outcome: EmployeeOutcome, event_keys: EventKeys | None
     so that a run which fails for others, or crashes later, ends or retries each employee by
     their own result. Best effort: without the record the events are simply worked again."""
     keys = list((event_keys or {}).get(str(outcome.employee_id)) or ())
-    if not keys:
+    if not keys or outcome.held:  # held events were held with their hold, in its transaction
         return
     if outcome.error is None:
         result, note = WorkResult.done, None

@@ -11,10 +11,14 @@ from prefect.runtime import flow_run
 from core.company import read_backlog
 from core.retry import STORE_CALL
 from core.store import (
+    Admission,
+    BreakerState,
+    CircuitBreaker,
     EmployeeLink,
     InboxRepository,
     Intents,
     JiraEffect,
+    Limits,
     LinkChange,
     WebhookEvent,
     WorkResult,
@@ -117,18 +121,51 @@ async def record_work(
     dispatcher, when the run ends Failed or Crashed, ends or retries each employee's events by
     their own result. Only events still dispatched to this run (or to the run that started this
     subflow) are written; returns how many."""
-    run_ids = [
-        str(run_id) for run_id in (flow_run.get_id(), flow_run.get_parent_flow_run_id()) if run_id
-    ]
+    run_ids = _run_and_parent()
     if not run_ids or not event_keys:
         return 0
     results = dict.fromkeys(event_keys, (result, note))
     return await InboxRepository(current().store.engine).record_work(results, run_ids)
 
 
+# The circuit breaker on the webhook path (`core.store.breaker`).
+
+
+@STORE_CALL("ask the circuit breaker · {who}")
+async def admit_creates(
+    employee_id: int, kinds: Sequence[str], limits: Limits, event_keys: Sequence[str], who: str
+) -> Admission:
+    """Whether the planned creates `kinds` of this employee may be applied now; held, their
+    webhook events still dispatched to this run (or to the run that started this subflow) are
+    held with them. Safe to repeat: a retry after a lost answer counts nothing twice."""
+    return await CircuitBreaker(current().store.engine).admit(
+        employee_id, who, kinds, limits, event_keys=event_keys, flow_run_ids=_run_and_parent()
+    )
+
+
+@STORE_CALL("read the circuit breaker")
+async def read_breaker(limits: Limits) -> BreakerState:
+    """What the circuit breaker holds now, and what its window has counted."""
+    return await CircuitBreaker(current().store.engine).state(limits)
+
+
+@STORE_CALL("read who the circuit breaker holds")
+async def read_held_employees() -> set[int]:
+    """The employees whose work the circuit breaker holds (the reconciliation leaves them)."""
+    return await CircuitBreaker(current().store.engine).held_employees()
+
+
 def _flow_run_id() -> str | None:
     run_id = flow_run.get_id()
     return str(run_id) if run_id else None
+
+
+def _run_and_parent() -> list[str]:
+    """This flow run and the one that started it (a process subflow's webhook run): the runs
+    a webhook event may be dispatched to."""
+    return [
+        str(run_id) for run_id in (flow_run.get_id(), flow_run.get_parent_flow_run_id()) if run_id
+    ]
 
 
 # For the reconciliation: the inbox's backlog, and closing the events it repaired.

@@ -32,6 +32,9 @@ When processes die (DESIGN, "When processes die"), nothing acknowledged is lost 
   anything else goes back to pending, at most `DISPATCH_MAX_ATTEMPTS` runs in all, after
   `DISPATCH_RETRY_DELAY_SECONDS`, four times longer each next time; past the last, `failed`.
   Both are logged at ERROR, and the run's Failed or Crashed state raises Prefect's alert.
+- Events whose work the circuit breaker held (`core.store.breaker`) were set `held` by their
+  run, with the hold, in one transaction: no longer dispatched, they are left alone when the
+  run ends, until `pf-jira-sync release` sends them back to pending (or `drop` ends them).
 """
 
 from __future__ import annotations

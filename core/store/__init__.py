@@ -1,13 +1,23 @@
 """The mapping store: per employee, the Jira work this service created, and an audit of every Jira effect.
 
 The same database holds the gateway's webhook inbox (`WebhookEvent`, `InboxRepository`), the
-employee leases (`Leases`) and the write-ahead records of Jira writes in doubt (`Intents`).
+employee leases (`Leases`), the write-ahead records of Jira writes in doubt (`Intents`) and the
+webhook path's circuit breaker (`CircuitBreaker`).
 
 SQLite by default, PostgreSQL through the same database URL setting; the schema is versioned
 with Alembic and upgraded in place when the store is opened.
 """
 
 from core.lifecycle import ALLOWED_TRANSITIONS, Lifecycle, LifecycleError, LinkChange
+from core.store.breaker import (
+    Admission,
+    BreakerHold,
+    BreakerState,
+    BreakerWrite,
+    CircuitBreaker,
+    HoldsEnded,
+    Limits,
+)
 from core.store.inbox import (
     EventStatus,
     InboxRepository,
@@ -31,10 +41,16 @@ from core.store.repository import (
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
+    "Admission",
+    "BreakerHold",
+    "BreakerState",
+    "BreakerWrite",
+    "CircuitBreaker",
     "EffectAction",
     "EmployeeLease",
     "EmployeeLink",
     "EventStatus",
+    "HoldsEnded",
     "InboxRepository",
     "Intents",
     "JiraEffect",
@@ -43,6 +59,7 @@ __all__ = [
     "Leases",
     "Lifecycle",
     "LifecycleError",
+    "Limits",
     "LinkChange",
     "MappingStore",
     "Requeued",

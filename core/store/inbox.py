@@ -65,6 +65,10 @@ class EventStatus(StrEnum):
     - `set_aside`: the dispatcher could not turn it into work (a poisoned event); `outcome`
       says why. Set aside once, never retried on its own, so it holds nothing up; `replay`
       sends it back to pending.
+    - `held`: its run planned a mass change the circuit breaker holds (`core.store.breaker`);
+      `outcome` says why. Kept, never retried on its own, never failed: `pf-jira-sync
+      release` sends it back to pending, `pf-jira-sync drop` ends it `dropped`.
+    - `dropped`: an operator dropped the held work (nothing was sent to Jira for it).
     """
 
     pending = "pending"
@@ -74,18 +78,28 @@ class EventStatus(StrEnum):
     done = "done"
     failed = "failed"
     set_aside = "set_aside"
+    held = "held"
+    dropped = "dropped"
 
 
 # What `close_run` may set: the end of an event's way (`requeue` starts it again).
 FINAL_STATUSES = frozenset({EventStatus.ignored, EventStatus.done, EventStatus.failed})
 # What `prune` removes once old enough: work done, and events this service does not act on.
-# Never pending or dispatched events (work still to do) nor failed ones (someone must look).
+# Never pending, dispatched or held events (work still to do), failed ones (someone must
+# look) nor dropped ones (an operator's decision, kept as its record).
 PRUNABLE_STATUSES = (EventStatus.done, EventStatus.ignored)
 # What `requeue_matching` (`replay --status`) sends back to work in bulk: work that ended or
-# was set aside, and work dispatched to a run that is taking too long. Never `pending` or
-# `dispatching` (already on their way) nor `ignored` (nothing to do).
+# was set aside (or dropped), and work dispatched to a run that is taking too long. Never
+# `pending` or `dispatching` (already on their way), `ignored` (nothing to do) nor `held`
+# (`pf-jira-sync release` lets it go, past the circuit breaker).
 REQUEUABLE_STATUSES = frozenset(
-    {EventStatus.failed, EventStatus.set_aside, EventStatus.dispatched, EventStatus.done}
+    {
+        EventStatus.failed,
+        EventStatus.set_aside,
+        EventStatus.dispatched,
+        EventStatus.done,
+        EventStatus.dropped,
+    }
 )
 
 # Plain strings in the database, like the link's lifecycle: a new status needs no migration.
@@ -816,6 +830,85 @@ class InboxRepository:
         )
         async with self._sessions() as session:
             return list(await session.scalars(query))
+
+
+# For the circuit breaker (`core.store.breaker`): its events change in its own transaction,
+# with the hold they belong to, so that no release or drop ever misses one.
+
+
+async def hold_dispatched(
+    session: AsyncSession, event_keys: Iterable[str], flow_run_ids: Iterable[str], outcome: str
+) -> int:
+    """The events with these keys still dispatched to one of `flow_run_ids` (the run and the
+    run that started it) are held, with `outcome` saying why; returns how many. They keep
+    their flow run (the one that held them); its end leaves them alone (`close_run` and
+    `settle_run` change only events still dispatched)."""
+    run_ids = sorted(set(flow_run_ids))
+    if not run_ids:
+        return 0
+    values = {"status": EventStatus.held, "outcome": outcome, "work_result": None}
+    where = (_EVENTS.c.status == EventStatus.dispatched) & _EVENTS.c.flow_run_id.in_(run_ids)
+    return await _update_keys(session, event_keys, values, where=where)
+
+
+def _held_of(employee_ids: Iterable[int] | None) -> sa.ColumnElement[bool]:
+    held = _EVENTS.c.status == EventStatus.held
+    if employee_ids is None:
+        return held
+    return held & _EVENTS.c.employee_id.in_(sorted(set(employee_ids)))
+
+
+async def requeue_held(
+    session: AsyncSession, employee_ids: Iterable[int] | None, outcome: str
+) -> list[Requeued]:
+    """The held events of these employees (None: everyone's) back to pending, each with a
+    clean count of attempts and `outcome`; returns them, oldest first."""
+    statement = (
+        sa.update(_EVENTS)
+        .where(_held_of(employee_ids))
+        .values(
+            status=EventStatus.pending,
+            outcome=outcome,
+            flow_run_id=None,
+            dispatch_attempts=0,
+            failed_runs=0,
+            work_result=None,
+            next_attempt_at=None,
+            updated_at=utc_now(),
+            **_NO_CLAIM,
+        )
+        .returning(_EVENTS.c.id, _EVENTS.c.event_key, _EVENTS.c.employee_id)
+    )
+    rows = await session.execute(statement)
+    requeued = [Requeued(row_id, key, employee, EventStatus.held) for row_id, key, employee in rows]
+    return sorted(requeued, key=lambda event: event.id)
+
+
+async def drop_held(
+    session: AsyncSession, employee_ids: Iterable[int] | None, outcome: str
+) -> list[Requeued]:
+    """The held events of these employees (None: everyone's) end `dropped`, with `outcome`;
+    returns them (as they were: held), oldest first."""
+    statement = (
+        sa.update(_EVENTS)
+        .where(_held_of(employee_ids))
+        .values(status=EventStatus.dropped, outcome=outcome, updated_at=utc_now())
+        .returning(_EVENTS.c.id, _EVENTS.c.event_key, _EVENTS.c.employee_id)
+    )
+    rows = await session.execute(statement)
+    dropped = [Requeued(row_id, key, employee, EventStatus.held) for row_id, key, employee in rows]
+    return sorted(dropped, key=lambda event: event.id)
+
+
+async def held_by_employee(session: AsyncSession) -> dict[int, int]:
+    """How many events are held, per employee."""
+    query = (
+        sa.select(_EVENTS.c.employee_id, sa.func.count())
+        .where(_EVENTS.c.status == EventStatus.held)
+        .where(_EVENTS.c.employee_id.is_not(None))
+        .group_by(_EVENTS.c.employee_id)
+    )
+    return {int(employee): int(count) for employee, count in await session.execute(query)}
 
 
 def _in_batch(claim: str | None) -> sa.ColumnElement[bool]:

@@ -678,9 +678,12 @@ def test_replay_all_asks_first_and_yes_goes_on(bulk_inbox: Path, tmp_path: Path)
         (["--status", "failed"], "error: --status failed alone selects every such event: narrow "
          "it with --older-than AGE or --employee ID, or say --all"),
         (["--status", "pending", "--all"], "error: --status pending: requeue only events "
-         "dispatched, done, failed, set_aside"),
+         "dispatched, done, dropped, failed, set_aside"),
         (["--status", "lost", "--all"], "error: --status lost: requeue only events dispatched, "
-         "done, failed, set_aside"),
+         "done, dropped, failed, set_aside"),
+        (["--status", "held", "--all"], "error: --status held: held events go back to work "
+         "with `pf-jira-sync release` (past the circuit breaker; `pf-jira-sync held` lists "
+         "them), not replay"),
         (["--status", "failed", "--older-than", "2 weeks"], "error: --older-than '2 weeks' is "
          "not an age: a number and s, m, h or d (2h)"),
         (["e1", "--status", "failed"], "error: give an event's reference, or --status / --all "

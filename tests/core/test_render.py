@@ -787,3 +787,66 @@ def test_an_event_outcome_names_the_jira_issues_first() -> None:
         render.event_outcome(run, ["IT-1"], state="Crashed")
         == f"Jira IT-1; Crashed in flow run {run}"
     )
+
+
+# --- the circuit breaker ------------------------------------------------------------------
+
+
+def _breaker(holds: int, counted: int) -> Any:
+    from datetime import UTC, datetime
+
+    from core.store import BreakerHold, BreakerState
+
+    at = datetime(2026, 12, 8, 10, 0, 4, tzinfo=UTC)
+    reason = "4 offboardings planned within 10 min on the webhook path, more than X (3)"
+    return BreakerState(
+        holds=[
+            BreakerHold(
+                employee_id=n,
+                who=f"{n} Person",
+                kinds=["offboarding"],
+                reason=reason,
+                tripped_at=at,
+                since=at,
+            )
+            for n in range(holds)
+        ],
+        held_events={0: 2},
+        counted={"offboarding": counted, "creation": 0},
+        window_start=at,
+    )
+
+
+@pytest.mark.parametrize(
+    ("holds", "limits", "headline"),
+    [
+        (
+            0,
+            (0, 0),
+            "circuit breaker off (BREAKER_MAX_OFFBOARD and BREAKER_MAX_CREATE are 0)",
+        ),
+        (
+            0,
+            (3, 0),
+            "circuit breaker closed, nothing held; applied within 10 min on the webhook path: "
+            "1 offboarding and 0 onboardings or employee records (limits: "
+            "BREAKER_MAX_OFFBOARD 3, BREAKER_MAX_CREATE off)",
+        ),
+        (
+            2,
+            (3, 5),
+            "circuit breaker open since 2026-12-08 10:00:04 UTC: 4 offboardings planned within "
+            "10 min on the webhook path, more than X (3). 2 employee(s) held (2 offboardings), "
+            "2 webhook event(s) kept in the inbox, nothing sent to Jira for them; applied "
+            "within 10 min on the webhook path: 3 offboardings and 0 onboardings or employee "
+            "records",
+        ),
+    ],
+)
+def test_breaker_headline(holds: int, limits: tuple[int, int], headline: str) -> None:
+    from datetime import timedelta
+
+    from core.store import Limits
+
+    window = Limits(max_offboard=limits[0], max_create=limits[1], window=timedelta(minutes=10))
+    assert render.breaker_headline(_breaker(holds, 3 if holds else 1), window) == headline

@@ -109,7 +109,7 @@ async def test_a_failed_run_of_a_deployment_is_posted_to_the_alert_webhook(
             (alert,) = receiver.posts
             renamed = await client.read_flow_run(run.id)
         finally:
-            assert await uninstall_alerts(client) == 1
+            assert await uninstall_alerts(client) == 2  # and the circuit breaker's
 
     assert receiver.content_types == ["application/json"]
     text = alert["text"]

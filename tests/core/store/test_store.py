@@ -37,7 +37,15 @@ from core.store.migrate import HEAD_REVISION, VERSION_TABLE, migration_connectio
 from core.store.models import StoreModel
 from tests.fixtures_database import table_names
 
-STORE_TABLES = {"employee_link", "jira_effect", "webhook_event", "employee_lease", "jira_intent"}
+STORE_TABLES = {
+    "employee_link",
+    "jira_effect",
+    "webhook_event",
+    "employee_lease",
+    "jira_intent",
+    "breaker_write",
+    "breaker_hold",
+}
 
 
 # Migrations and schema
@@ -49,7 +57,7 @@ async def test_migrate_from_empty_database_to_head(database_url: str) -> None:
     await migrate(database_url)
     await migrate(database_url)  # a second run finds nothing to do
 
-    assert await current_revision(database_url) == head_revision() == HEAD_REVISION == "0007"
+    assert await current_revision(database_url) == head_revision() == HEAD_REVISION == "0008"
     assert await table_names(database_url) == STORE_TABLES | {VERSION_TABLE}
 
 
@@ -135,6 +143,11 @@ async def test_migrated_schema_matches_the_models(database_url: str) -> None:
         ("add_table", "jira_intent"),
         ("add_index", "ix_jira_intent_employee_id"),
         ("add_column", "hired_on"),
+        ("add_table", "breaker_write"),
+        ("add_index", "ix_breaker_write_employee_id"),
+        ("add_index", "ix_breaker_write_counted_as_at"),
+        ("add_table", "breaker_hold"),
+        ("add_index", "ix_breaker_hold_employee_id"),
     }
 
     await migrate(database_url)
