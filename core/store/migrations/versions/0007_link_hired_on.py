@@ -23,10 +23,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("employee_link") as batch:
-        batch.add_column(sa.Column("hired_on", sa.Date(), nullable=True))
+    op.add_column("employee_link", sa.Column("hired_on", sa.Date(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("employee_link") as batch:
-        batch.drop_column("hired_on")
+    if op.get_bind().dialect.name == "sqlite":
+        # Not a batch rebuild: `jira_effect` refers to this table, and SQLite with foreign keys
+        # on refuses to drop it. SQLite drops a plain column in place (3.35+).
+        op.execute("ALTER TABLE employee_link DROP COLUMN hired_on")
+    else:
+        op.drop_column("employee_link", "hired_on")
