@@ -12,7 +12,11 @@ issue as it was that long ago, except the issues named in `reconcileIssues`; rea
 comments and transitions stay current. Writes can be applied and then lose their answer
 (`Faults.after_apply_rate`), so a caller cannot tell whether they happened.
 
-Control endpoints (no auth, never faulted): `GET|PUT /_sandbox/faults`, `GET /_sandbox/issues`,
+Jira's burst and per-issue write limits are enforced when enabled (`sandbox.jira_limits`,
+`create_app(rate_limits=...)` or `PUT /_sandbox/rate-limits`): 429s with Jira's headers.
+
+Control endpoints (no auth, never faulted): `GET|PUT /_sandbox/faults`, `GET|PUT
+/_sandbox/rate-limits`, `GET /_sandbox/issues`,
 `GET /_sandbox/stats`, `GET /_sandbox/journal`, `POST /_sandbox/users`, `POST /_sandbox/reset`,
 and, to make Jira drift from what the service recorded, `DELETE /_sandbox/issues/{key}` and
 `POST /_sandbox/issues/{key}/move`.
@@ -43,6 +47,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sandbox import jira_meta
 from sandbox.faults import WRITE_METHODS, FaultInjector, Faults
+from sandbox.jira_limits import RateLimiter, RateLimits, route_template
 
 DEFAULT_CUSTOM_FIELDS = frozenset(f"customfield_{number}" for number in range(10050, 10060))
 MAX_PAGE = 100  # Jira returns at most 100 issues per search page when fields are requested
@@ -210,6 +215,7 @@ class JiraState:
         projects: Iterable[str] = ("HR", "IT"),
         custom_fields: Iterable[str] = DEFAULT_CUSTOM_FIELDS,
         faults: Faults | None = None,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self.caller_email = email
         self.configured_users = list(users)
@@ -219,6 +225,10 @@ class JiraState:
         # Wired into the app by `create_app`; held here so tests and control endpoints reach it.
         self.fault_injector = FaultInjector(
             _unattached, self.initial_faults.model_copy(), is_write=_is_api_write
+        )
+        self.initial_rate_limits = rate_limits or RateLimits()
+        self.rate_limiter = RateLimiter(
+            _unattached, self.initial_rate_limits.model_copy(deep=True), lambda scope: None
         )
         self.reset()
 
@@ -247,6 +257,8 @@ class JiraState:
         self._unsettled: dict[int, tuple[float, SimIssue | None]] = {}
         self.fault_injector.set(self.initial_faults.model_copy())
         self.fault_injector.reset_counts()
+        self.rate_limiter.set(self.initial_rate_limits.model_copy(deep=True))
+        self.rate_limiter.reset_counts()
         self.calls: Counter[str] = Counter()  # "METHOD /route" -> requests that reached the API
         # Every change to an issue, in order: benchmarks time webhook -> Jira write from it.
         self.journal: list[JournalEntry] = []
@@ -434,6 +446,8 @@ class JiraState:
             # Applied, then the answer was lost: the caller cannot tell that they happened.
             "applied_then_failed": lost.total(),
             "applied_then_failed_by_outcome": dict(sorted(lost.items())),
+            # Refused by the rate limits (`rate_limited_by_reason`): the API never saw them.
+            **self.rate_limiter.stats(),
         }
 
     @property
@@ -1575,6 +1589,18 @@ async def replace_faults(request: Request, faults: Faults) -> Faults:
     return faults
 
 
+@sandbox_control.get("/rate-limits")
+async def read_rate_limits(request: Request) -> RateLimits:
+    return _state(request).rate_limiter.limits
+
+
+@sandbox_control.put("/rate-limits")
+async def replace_rate_limits(request: Request, limits: RateLimits) -> RateLimits:
+    """New limits; every bucket starts full."""
+    _state(request).rate_limiter.set(limits)
+    return limits
+
+
 @sandbox_control.get("/issues")
 async def all_issues(request: Request) -> JSONResponse:
     state = _state(request)
@@ -1635,11 +1661,13 @@ def create_app(
     projects: tuple[str, ...] = ("HR", "IT"),
     faults: Faults | None = None,
     custom_fields: Iterable[str] = DEFAULT_CUSTOM_FIELDS,
+    rate_limits: RateLimits | None = None,
 ) -> FastAPI:
     """A Jira Cloud simulator. `users` are (email, display name); the caller is `email`.
 
     `custom_fields` are the `customfield_*` ids that can be set; any other is refused as Jira
-    refuses a field that is not on the screen.
+    refuses a field that is not on the screen. `rate_limits` (off by default) are Jira's burst
+    and per-issue write limits.
     """
     app = FastAPI(
         title="Jira Cloud simulator",
@@ -1648,7 +1676,12 @@ def create_app(
         redoc_url=None,
     )
     state = JiraState(
-        email=email, users=users, projects=projects, custom_fields=custom_fields, faults=faults
+        email=email,
+        users=users,
+        projects=projects,
+        custom_fields=custom_fields,
+        faults=faults,
+        rate_limits=rate_limits,
     )
     app.state.jira = state
     app.state.jira_credentials = f"{email}:{api_token}".encode()
@@ -1659,7 +1692,14 @@ def create_app(
         state.fault_injector.app = inner
         return state.fault_injector
 
+    def attach_limiter(inner: ASGIApp) -> ASGIApp:
+        # Outside the fault injector: a request the limits refuse never reaches the rest.
+        state.rate_limiter.app = inner
+        state.rate_limiter.classify = lambda scope: _rate_limited_as(app, scope)
+        return state.rate_limiter
+
     app.add_middleware(attach_injector)
+    app.add_middleware(attach_limiter)
 
     @app.exception_handler(JiraApiError)
     async def jira_error(_: Request, error: JiraApiError) -> JSONResponse:
@@ -1670,6 +1710,22 @@ def create_app(
     # Configuration reads (projects, createmeta, fields, statuses, assignable users): doctor's.
     jira_meta.install(app, Renderer, ISSUE_TYPES.values(), STATUSES, rest_api.dependencies)
     return app
+
+
+def _rate_limited_as(app: FastAPI, scope: Scope) -> tuple[str, str | None] | None:
+    """The endpoint a request counts against ("METHOD /template") and, for a write to one
+    issue, that issue's current key; None for what Jira does not serve (no limit applies)."""
+    # The API's own routes (the app's are wrapped per router): the same templates as `calls`.
+    found = route_template([*rest_api.routes, *jira_meta.rest_api.routes], scope)
+    if found is None:
+        return None
+    template, path_params = found
+    key = path_params.get("issueIdOrKey")
+    issue = None
+    if key is not None and _is_api_write(scope):
+        known = app.state.jira.find_issue(key)
+        issue = known.key if known is not None else key.upper()
+    return f"{scope['method']} {template}", issue
 
 
 async def _unattached(scope: Scope, receive: Receive, send: Send) -> None:

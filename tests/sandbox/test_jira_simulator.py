@@ -10,6 +10,7 @@ import asyncio
 import copy
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -35,6 +36,7 @@ from core.jira import (
 )
 from sandbox.faults import Faults
 from sandbox.jira import GONE_SEARCH, ISSUE_TYPES, UNKNOWN_FIELD, create_app, rest_api
+from sandbox.jira_limits import RateLimits
 from tests.contract import SpecContract
 from tests.fixtures_jira import JIRA_API_TOKEN, JIRA_EMAIL, JiraSandbox, jira_account
 
@@ -569,6 +571,170 @@ async def test_after_apply_faults_follow_the_rate_and_seed(
     assert runs[0] == runs[1]  # the same seed loses the same answers
     assert 0 < sum(runs[0]) < 12
     assert len(jira_sim.state.issues) == 24  # every one applied
+
+
+# --------------------------------------------------------------------------- rate limits
+
+
+class FrozenClock:
+    """The rate limiter's clock, moved by the test: buckets refill only when it says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def frozen(jira_sim: JiraSandbox) -> FrozenClock:
+    clock = FrozenClock()
+    jira_sim.state.rate_limiter.clock = clock
+    return clock
+
+
+def limit_headers(answer: httpx.Response) -> dict[str, str]:
+    return {
+        name: value
+        for name, value in answer.headers.items()
+        if name.startswith(("x-ratelimit-", "retry-after", "ratelimit-"))
+    }
+
+
+async def put_limits(raw: httpx.AsyncClient, **limits: Any) -> None:
+    answer = await raw.put("/_sandbox/rate-limits", json={"enabled": True, **limits})
+    assert answer.status_code == 200, answer.text
+
+
+async def test_rate_limits_are_off_unless_enabled(raw: httpx.AsyncClient) -> None:
+    assert (await raw.get("/_sandbox/rate-limits")).json()["enabled"] is False
+    answers = [await raw.get("/rest/api/3/myself") for _ in range(150)]
+    assert {answer.status_code for answer in answers} == {200}
+    assert limit_headers(answers[-1]) == {}
+    assert (await raw.get("/_sandbox/stats")).json()["rate_limited"] == 0
+
+
+async def test_a_burst_is_limited_per_endpoint_and_method_with_jiras_headers(
+    raw: httpx.AsyncClient, frozen: FrozenClock
+) -> None:
+    await put_limits(raw, per_method={"GET": 5, "POST": 100})
+    passed = [await raw.get("/rest/api/3/myself") for _ in range(5)]
+    assert [answer.status_code for answer in passed] == [200] * 5
+    assert [answer.headers["x-ratelimit-remaining"] for answer in passed] == list("43210")
+    assert {answer.headers["x-ratelimit-limit"] for answer in passed} == {"5"}
+
+    refused = await raw.get("/rest/api/3/myself")
+    assert refused.status_code == 429
+    headers = limit_headers(refused)
+    assert headers["ratelimit-reason"] == "jira-burst-based"
+    assert headers["retry-after"] == "1"  # whole seconds, as Jira sends it
+    reset = datetime.fromisoformat(headers["x-ratelimit-reset"])
+    assert 0 < (reset - datetime.now(UTC)).total_seconds() <= 0.2  # one token at 5 a second
+    assert refused.json()["errorMessages"] == ["Rate limit exceeded."]
+
+    # Another endpoint, or another method, has a bucket of its own.
+    assert (await raw.get("/rest/api/3/user/search", params={"query": "ana"})).status_code == 200
+    created = await raw.post("/rest/api/3/issue", json=ONE_TASK)
+    assert created.status_code == 201
+    assert created.headers["x-ratelimit-limit"] == "100"
+
+    frozen.now += 0.2  # one token back
+    assert (await raw.get("/rest/api/3/myself")).status_code == 200
+    assert (await raw.get("/rest/api/3/myself")).status_code == 429
+
+    stats = (await raw.get("/_sandbox/stats")).json()
+    assert stats["rate_limited"] == 2
+    assert stats["rate_limited_by_reason"] == {"jira-burst-based": 2}
+    assert stats["rate_limited_by_endpoint"] == {"GET /rest/api/3/myself": 2}
+    assert stats["by_endpoint"]["GET /rest/api/3/myself"] == 6  # refused ones never reach it
+
+
+async def test_one_endpoint_can_have_its_own_rate_and_a_longer_burst(
+    raw: httpx.AsyncClient, frozen: FrozenClock
+) -> None:
+    await put_limits(
+        raw,
+        per_method={"GET": 100},
+        per_endpoint={"GET /rest/api/3/issue/{issueIdOrKey}": 2},
+        burst_seconds=2,
+        per_issue_writes=[],
+    )
+    await raw.post("/rest/api/3/issue", json=ONE_TASK)  # POST is not limited here
+    statuses = [(await raw.get(f"/rest/api/3/issue/HR-{n % 2 + 1}")).status_code for n in range(5)]
+    assert statuses == [200, 404, 200, 404, 429]  # one bucket for every issue: 2 a second x 2 s
+    assert (await raw.get("/rest/api/3/myself")).headers["x-ratelimit-limit"] == "200"
+
+
+async def test_writes_to_one_issue_are_limited_and_other_issues_go_on(
+    raw: httpx.AsyncClient, frozen: FrozenClock, jira_sim: JiraSandbox
+) -> None:
+    await put_limits(
+        raw,
+        per_method={"GET": 1000, "POST": 1000, "PUT": 1000},
+        per_issue_writes=[{"writes": 3, "seconds": 2}, {"writes": 5, "seconds": 30}],
+    )
+    for _ in range(2):
+        assert (await raw.post("/rest/api/3/issue", json=ONE_TASK)).status_code == 201
+    edit = {"fields": {"summary": "y"}}
+    comment = {"body": text_to_adf("hello")}
+    assert (await raw.put("/rest/api/3/issue/HR-1", json=edit)).status_code == 204
+    assert (await raw.post("/rest/api/3/issue/HR-1/comment", json=comment)).status_code == 201
+    issue_id = jira_sim.state.issues["HR-1"].id
+    assert (await raw.put(f"/rest/api/3/issue/{issue_id}", json=edit)).status_code == 204
+
+    refused = await raw.put("/rest/api/3/issue/hr-1", json=edit)  # the same issue, any spelling
+    assert refused.status_code == 429
+    assert refused.headers["ratelimit-reason"] == "jira-per-issue-on-write"
+    assert refused.headers["x-ratelimit-limit"] == "3"
+    assert refused.headers["retry-after"] == "2"
+    assert (await raw.get("/rest/api/3/issue/HR-1")).status_code == 200  # reads are not limited
+    assert (await raw.put("/rest/api/3/issue/HR-2", json=edit)).status_code == 204
+
+    frozen.now += 2.0  # the 2 s window has room again; the 30 s one has 2 left
+    assert (await raw.put("/rest/api/3/issue/HR-1", json=edit)).status_code == 204
+    assert (await raw.put("/rest/api/3/issue/HR-1", json=edit)).status_code == 204
+    refused = await raw.put("/rest/api/3/issue/HR-1", json=edit)
+    assert refused.status_code == 429
+    assert refused.headers["x-ratelimit-limit"] == "5"
+    reset = datetime.fromisoformat(refused.headers["x-ratelimit-reset"])
+    assert 27 < (reset - datetime.now(UTC)).total_seconds() <= 28.1  # the first write + 30 s
+
+    stats = (await raw.get("/_sandbox/stats")).json()
+    assert stats["rate_limited_by_reason"] == {"jira-per-issue-on-write": 2}
+    assert jira_sim.state.issues["HR-1"].summary == "y"
+
+
+async def test_near_limit_is_said_under_a_fifth_left_when_enabled(
+    raw: httpx.AsyncClient, frozen: FrozenClock
+) -> None:
+    await put_limits(raw, per_method={"GET": 10}, near_limit=True)
+    answers = [await raw.get("/rest/api/3/myself") for _ in range(10)]
+    near = [answer.headers.get("x-ratelimit-nearlimit") for answer in answers]
+    assert near == [None] * 8 + ["true", "true"]  # 1 and 0 left of 10
+
+
+async def test_rate_limits_from_the_constructor_come_back_on_reset(
+    raw: httpx.AsyncClient,
+) -> None:
+    app = create_app(
+        email=JIRA_EMAIL,
+        api_token=JIRA_API_TOKEN,
+        rate_limits=RateLimits(enabled=True, per_method={"GET": 1}),
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://jira.test",
+        auth=httpx.BasicAuth(JIRA_EMAIL, JIRA_API_TOKEN),
+    ) as client:
+        assert (await client.get("/rest/api/3/myself")).status_code == 200
+        assert (await client.get("/rest/api/3/myself")).status_code == 429
+        await client.put("/_sandbox/rate-limits", json={"enabled": False})
+        assert (await client.get("/rest/api/3/myself")).status_code == 200
+        assert (await client.post("/_sandbox/reset")).status_code == 204
+        assert (await client.get("/_sandbox/rate-limits")).json()["per_method"] == {"GET": 1}
+        assert (await client.get("/rest/api/3/myself")).status_code == 200  # a full bucket
+        assert (await client.get("/rest/api/3/myself")).status_code == 429
+        assert (await client.get("/_sandbox/stats")).json()["rate_limited"] == 1
 
 
 # --------------------------------------------------------------------------- search lag
