@@ -111,7 +111,7 @@ class RateLimiter:
         self.app = app
         self.classify = classify
         self.limits = limits
-        self.clock = time.monotonic
+        self.clock: Callable[[], float] = time.monotonic
         self.refused: Counter[str] = Counter()  # by reason
         self.refused_by_endpoint: Counter[str] = Counter()
         self._buckets: dict[str, Bucket] = {}
