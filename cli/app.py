@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from typing import Any, NoReturn
 
 import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from core import one_host
 from core.errors import is_transient_store_error
@@ -134,3 +135,16 @@ def run_on_store(work: Callable[[], Coroutine[Any, Any, Any]], url: str) -> Any:
             f"the mapping store at {mask_url(url)} does not answer "
             f"({type(error).__name__}): is the database running, and DATABASE_URL right?"
         )
+
+
+def wrapping_table(columns: Sequence[str], wraps: str, *, right: Collection[str] = ()) -> Table:
+    """A borderless, empty table as wide as the terminal (80 when not one, COLUMNS when set):
+    the short columns never wrap (those in `right` align right), the `wraps` column folds
+    inside itself, so rows stay apart at any width."""
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", expand=False)
+    for column in columns:
+        if column == wraps:
+            table.add_column(column, overflow="fold", ratio=1)
+        else:
+            table.add_column(column, no_wrap=True, justify="right" if column in right else "left")
+    return table

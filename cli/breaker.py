@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from cli.app import app, console, fail, load_settings, run_on_store
+from cli.app import app, console, fail, load_settings, run_on_store, wrapping_table
 from cli.inbox import employee_option, open_inbox_database
 
 if TYPE_CHECKING:
@@ -59,14 +58,7 @@ def held() -> None:
     console.print(escape(breaker_headline(state, limits)) + ".", highlight=False)
     if not state.open:
         return
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", expand=False)
-    for column in HOLD_COLUMNS:
-        if column == "why":
-            table.add_column(column, overflow="fold", ratio=1)
-        else:
-            table.add_column(
-                column, no_wrap=True, justify="right" if column == "events" else "left"
-            )
+    table = wrapping_table(HOLD_COLUMNS, "why", right={"events"})
     for hold in state.holds:
         row = hold_row(hold, state.held_events.get(hold.employee_id, 0))
         table.add_row(*(escape(row[column]) for column in HOLD_COLUMNS))

@@ -11,9 +11,8 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from cli.app import app, console, fail, load_settings, run_on_store
+from cli.app import app, console, fail, load_settings, run_on_store, wrapping_table
 from core.settings import Settings, mask_url
 
 
@@ -83,16 +82,7 @@ def events(
             f"no {wanted.value + ' ' if wanted else ''}events in {mask_url(url)}", highlight=False
         )
         return
-    # As wide as the terminal (80 when not one, COLUMNS when set): the short columns never
-    # wrap, the outcome wraps inside its own column, so rows stay apart at any width.
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", expand=False)
-    for column in EVENT_COLUMNS:
-        if column == "outcome":
-            table.add_column(column, overflow="fold", ratio=1)
-        else:
-            table.add_column(
-                column, no_wrap=True, justify="right" if column == "employee" else "left"
-            )
+    table = wrapping_table(EVENT_COLUMNS, "outcome", right={"employee"})
     for event in found:
         row = event_row(event)
         cells = [escape(row[column]) for column in EVENT_COLUMNS]

@@ -24,6 +24,7 @@ from cli.app import (
     load_settings,
     prefect_api_url_or_local,
     run_on_store,
+    wrapping_table,
 )
 from cli.inbox import open_inbox_database, parse_age
 from core import one_host
@@ -46,17 +47,6 @@ class Story:
     employee_id: int
     events: list[WebhookEvent]
     effects: list[JiraEffect]
-
-
-def _table(columns: Sequence[str], wraps: str) -> Table:
-    """A borderless, empty table as wide as the terminal: only the `wraps` column folds."""
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", expand=False)
-    for column in columns:
-        if column == wraps:
-            table.add_column(column, overflow="fold", ratio=1)
-        else:
-            table.add_column(column, no_wrap=True)
-    return table
 
 
 @app.command()
@@ -111,7 +101,7 @@ def why(
     rows = timeline_rows(story.events, story.effects, runs, prefect_ui_url(api_url))
     about = f"Jira {issue_key} belongs to employee" if issue_key else "employee"
     console.print(f"{about} {story.employee_id}, oldest first:", highlight=False)
-    table = _table(TIMELINE_COLUMNS, "text")
+    table = wrapping_table(TIMELINE_COLUMNS, "text")
     for row in rows:
         text = escape(row["text"])
         if link := row["link"]:
