@@ -215,6 +215,21 @@ def _mapped_fields(rules: Rules) -> dict[str, str]:
     }
 
 
+def _sometimes_unset(rules: Rules) -> dict[str, tuple[str, str]]:
+    """Field id -> (entry, when) of each mapped field that some people's creates leave unset:
+    its `when` does not hold for them, or it is empty and the policy says "skip"."""
+    unset: dict[str, tuple[str, str]] = {}
+    for source, mapping in rules.field_map.items():
+        if mapping.when:
+            unset[mapping.jira_field] = (f"field_map.{source}.when", "when its `when` fails")
+        elif mapping.when_empty == "skip":
+            unset[mapping.jira_field] = (
+                f"field_map.{source}.when_empty",
+                f'when {source} is empty (when_empty = "skip")',
+            )
+    return unset
+
+
 def creates(rules: Rules) -> list[Create]:
     """Every kind of issue the rules create, per project, merged over the routes."""
     found: dict[tuple[str, str, bool], Create] = {}
@@ -383,11 +398,26 @@ def _check_screen(
         create.kind == "record"
         or (create.kind == "onboarding" and rules.record.issue == "onboarding")
     )
+    sometimes_unset = _sometimes_unset(rules) if mappable else {}
     for required in screen:
+        if not required.required or required.has_default:
+            continue
+        if required.field_id in sometimes_unset and create.fields.get(
+            required.field_id, ""
+        ).startswith("field_map."):
+            entry, why = sometimes_unset[required.field_id]
+            yield Finding(
+                entry,
+                None,
+                f"Jira requires {required.name} ({required.field_id}) to create "
+                f"{create.issue_type}, and this mapping leaves it unset {why}: give it "
+                'when_empty = "default" with a default (and no `when`), or make the field '
+                "optional in Jira",
+                where,
+            )
+            continue
         if (
-            not required.required
-            or required.has_default
-            or required.field_id in ALWAYS_SET
+            required.field_id in ALWAYS_SET
             or required.field_id in create.fields
             or (create.subtask and required.field_id == "parent")
         ):

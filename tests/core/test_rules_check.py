@@ -246,6 +246,40 @@ def test_a_required_field_the_rules_map_or_jira_defaults_passes() -> None:
     assert lines(rules_with(), defaulted) == []
 
 
+@pytest.mark.parametrize(
+    ("policy", "entry", "unset"),
+    [
+        (
+            (("field_map.position.when_empty", "skip"),),
+            "field_map.position.when_empty",
+            'when position is empty (when_empty = "skip")',
+        ),
+        (
+            (("field_map.position.when", {"department": "Engineering"}),),
+            "field_map.position.when",
+            "when its `when` fails",
+        ),
+    ],
+    ids=["skipped when empty", "mapped only when its condition holds"],
+)
+def test_a_required_field_a_mapping_may_leave_unset_is_named(
+    policy: tuple[tuple[str, Any], ...], entry: str, unset: str
+) -> None:
+    site = with_screen(good_site(), TASK, ("IT",), customfield_10050=required("customfield_10050"))
+    rules = rules_with(("offboarding.issue_type", "Epic"), *policy)
+    assert lines(rules, site) == [
+        f"{entry} in project IT: Jira requires Position (customfield_10050) to create Task, "
+        f'and this mapping leaves it unset {unset}: give it when_empty = "default" with a '
+        "default (and no `when`), or make the field optional in Jira"
+    ]
+    defaulted = rules_with(
+        ("offboarding.issue_type", "Epic"),
+        ("field_map.position.when_empty", "default"),
+        ("field_map.position.default", "Engineer"),
+    )
+    assert lines(defaulted, site) == []
+
+
 def test_a_mapped_field_is_not_set_on_the_onboarding_issue_when_the_record_is_separate() -> None:
     site = with_screen(good_site(), TASK, ("HR",), customfield_10050=required("customfield_10050"))
     rules = rules_with(("record.issue", "separate"), ("record.issue_type", "Epic"))
