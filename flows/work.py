@@ -293,7 +293,7 @@ async def fail_if_any(
     if not any(outcome.error for outcome in outcomes):
         return
     # A subflow has no Retry button of its own: the run that started it has.
-    parent = flow_run.get_parent_flow_run_id()
+    parent = next(iter((await store.run_and_parent())[1:]), None)
     retry_from = (
         f"the run that started this one ({parent}) has the Retry button in the Prefect UI"
         if parent
@@ -335,6 +335,7 @@ async def run_process(
         # Tagged once created, not at creation: every event of a run's task runs would carry
         # the run's tags as related resources (six times the server's event rows, measured).
         await tag_run(client, process, employee_ids)
+        await store.run_and_parent()  # known before any store write needs it
         async with open_services(settings):
             artifacts = RunArtifacts(process, client)
             # The webhook path's safeguard against mass changes (`flows.breaker`).

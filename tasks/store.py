@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from prefect import get_client
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from core.company import read_backlog
@@ -121,7 +123,7 @@ async def record_work(
     dispatcher, when the run ends Failed or Crashed, ends or retries each employee's events by
     their own result. Only events still dispatched to this run (or to the run that started this
     subflow) are written; returns how many."""
-    run_ids = _run_and_parent()
+    run_ids = await run_and_parent()
     if not run_ids or not event_keys:
         return 0
     results = dict.fromkeys(event_keys, (result, note))
@@ -139,7 +141,7 @@ async def admit_creates(
     webhook events still dispatched to this run (or to the run that started this subflow) are
     held with them. Safe to repeat: a retry after a lost answer counts nothing twice."""
     return await CircuitBreaker(current().store.engine).admit(
-        employee_id, who, kinds, limits, event_keys=event_keys, flow_run_ids=_run_and_parent()
+        employee_id, who, kinds, limits, event_keys=event_keys, flow_run_ids=await run_and_parent()
     )
 
 
@@ -160,12 +162,37 @@ def _flow_run_id() -> str | None:
     return str(run_id) if run_id else None
 
 
-def _run_and_parent() -> list[str]:
+# The run that started each flow run of this process (None: none did); it never changes.
+_PARENTS: dict[str, str | None] = {}
+
+
+async def run_and_parent() -> list[str]:
     """This flow run and the one that started it (a process subflow's webhook run): the runs
-    a webhook event may be dispatched to."""
-    return [
-        str(run_id) for run_id in (flow_run.get_id(), flow_run.get_parent_flow_run_id()) if run_id
-    ]
+    a webhook event may be dispatched to.
+
+    Asked of Prefect once per run, over the async client: Prefect's own
+    `flow_run.get_parent_flow_run_id()` blocks the event loop on a sync call, and a Prefect
+    that does not answer would then hold this process's open store transactions (SQLite's
+    write lock: every webhook and run on the host waits). Not known (Prefect down): this run
+    alone, asked again next time."""
+    run_id = flow_run.get_id()
+    if not run_id:
+        return []
+    run_id = str(run_id)
+    if run_id not in _PARENTS:
+        context = FlowRunContext.get()
+        this_run = context.flow_run if context else None
+        parent_task_run_id = this_run.parent_task_run_id if this_run else None
+        if parent_task_run_id is None:
+            _PARENTS[run_id] = None
+        else:
+            try:
+                async with get_client() as client:
+                    parent = await client.read_task_run(parent_task_run_id)
+            except Exception:  # not remembered: asked again by the next call
+                return [run_id]
+            _PARENTS[run_id] = str(parent.flow_run_id) if parent.flow_run_id else None
+    return [found for found in (run_id, _PARENTS[run_id]) if found]
 
 
 # For the reconciliation: the inbox's backlog, and closing the events it repaired.
