@@ -72,7 +72,7 @@ from typing import Any
 
 import httpx
 
-from bench.stack_throughput import READY_LINE, ROOT, SETTING_NAMES, utc
+from bench.stack_throughput import BREAKER_OFF, READY_LINE, ROOT, SETTING_NAMES, utc
 from core.jira.adf import adf_to_text
 from core.names import WEBHOOK_PATH
 from core.peopleforce.signature import SIGNATURE_HEADER
@@ -1062,8 +1062,7 @@ def settings(args: argparse.Namespace) -> dict[str, str]:
         "RECONCILE_CRON": f"{away.minute} {away.hour} * * *",
         "RECONCILE_TIMEZONE": "UTC",
         "INBOX_PRUNE_CRON": f"{away.minute} {away.hour} * * *",
-        "BREAKER_MAX_OFFBOARD": "0",
-        "BREAKER_MAX_CREATE": "0",
+        **BREAKER_OFF,
         **dict(item.split("=", 1) for item in args.setting),
     }
 

@@ -49,6 +49,9 @@ from sandbox.stack import WEBHOOK_SECRET
 ROOT = Path(__file__).resolve().parents[1]
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}
 READY_LINE = "Ctrl-C stops everything."
+# The circuit breaker off: a benchmark's burst of hires and terminations is the load, not a
+# mistake to hold (`--setting BREAKER_MAX_CREATE=50` puts it back).
+BREAKER_OFF = {"BREAKER_MAX_OFFBOARD": "0", "BREAKER_MAX_CREATE": "0"}
 # P2's steady rate is counted from here to the end of sending (the stack warms up first).
 WARM_UP = 60.0
 
@@ -457,11 +460,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pf-bench-") as tmp:
         print("starting pf-jira-sync up --sandbox ...", flush=True)
         settings = dict(item.split("=", 1) for item in args.setting)
-        # The circuit breaker off: a burst of hundreds of hires is the load here, not a
-        # mistake to hold (`--setting BREAKER_MAX_CREATE=50` puts it back).
-        off = {"BREAKER_MAX_OFFBOARD": "0", "BREAKER_MAX_CREATE": "0"}
         stack = Stack.start(
-            args.keep or Path(tmp) / "data", {"LOG_LEVEL": args.log_level, **off, **settings}
+            args.keep or Path(tmp) / "data",
+            {"LOG_LEVEL": args.log_level, **BREAKER_OFF, **settings},
         )
         rss = PeakRss(stack.process.pid)
         rss.start()

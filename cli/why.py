@@ -14,7 +14,6 @@ from uuid import UUID
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from cli.app import (
     app,
@@ -61,7 +60,7 @@ def why(
 ) -> None:
     """Why an issue exists, what was done for an employee: their webhook events, flow runs
     (with their Prefect UI links), the plan's reasons and the Jira effects, newest last."""
-    from core.store import InboxRepository, MappingStore
+    from core.store import MappingStore, employee_story
 
     text = subject.strip()
     if text.isdigit() and int(text) > 0:
@@ -80,8 +79,7 @@ def why(
                 employee_id = await store.employee_of_issue(issue_key)
             if employee_id is None:
                 return None
-            events = await InboxRepository(store.engine).of_employee(employee_id)
-            return Story(employee_id, events, await store.effects(employee_id))
+            return Story(employee_id, *await employee_story(store, employee_id))
 
     story = run_on_store(read, url)
     if story is None:
@@ -267,9 +265,8 @@ def stuck(
             continue
         console.print(f"[bold]{escape(title)}[/] ({len(rows)})", highlight=False)
         # Two lines a row, the command on its own: whole and pasteable at any width.
-        table = Table(box=None, pad_edge=False, show_edge=False, show_header=False)
-        table.add_column("age", no_wrap=True, justify="right")
-        table.add_column("what", overflow="fold", ratio=1)
+        table = wrapping_table(("age", "what"), "what", right={"age"})
+        table.show_header = False
         for row in rows:
             table.add_row(
                 escape(row["age"]),

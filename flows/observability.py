@@ -28,20 +28,19 @@ from loguru import logger
 from prefect.artifacts import LinkArtifact, MarkdownArtifact
 from prefect.client.orchestration import PrefectClient
 from prefect.runtime import flow_run
-from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+from prefect.settings import PREFECT_UI_URL
 
 from core.names import employee_tags, process_tag
 from core.render import (
     browse_url,
     link_description,
-    prefect_ui_url,
     routing_markdown,
     summary_markdown,
     timeline_markdown,
     timeline_rows,
 )
 from core.settings import get_settings
-from tasks import store
+from core.store import employee_story
 from tasks.services import current
 
 if TYPE_CHECKING:
@@ -103,15 +102,6 @@ def jira_site() -> str | None:
     return None if "api.atlassian.com" in base else base.rstrip("/")
 
 
-def ui_base_url() -> str | None:
-    """The Prefect UI's address, as this run's client knows it (PREFECT_UI_URL, else beside
-    PREFECT_API_URL)."""
-    if ui := PREFECT_UI_URL.value():
-        return str(ui).rstrip("/")
-    api = PREFECT_API_URL.value()
-    return prefect_ui_url(str(api)) if api else None
-
-
 def artifact_key(issue_key: str) -> str:
     """`jira-it-42`: artifact keys take lowercase letters, digits and dashes only."""
     return "jira-" + re.sub(r"[^a-z0-9-]+", "-", issue_key.lower()).strip("-")
@@ -128,6 +118,8 @@ class RunArtifacts:
     def __init__(self, process: str | None, client: PrefectClient) -> None:
         self.process = process
         self.site = jira_site()
+        # Prefect derives it from PREFECT_API_URL when it is not set.
+        self.ui_url = PREFECT_UI_URL.value()
         self._bound = asyncio.Semaphore(ARTIFACT_CONCURRENCY)
         self._client = client if flow_run.get_id() else None
 
@@ -156,13 +148,13 @@ class RunArtifacts:
         that found nothing to do adds nothing to the story)."""
         if self._client is None or not (outcome.jira_keys or outcome.error):
             return
-        try:
-            events, effects = await store.read_story(outcome.employee_id, outcome.who)
+        try:  # once, not retried: the artifact is best effort, the run's work is done
+            events, effects = await employee_story(current().store, outcome.employee_id)
         except Exception as error:
             logger.warning("could not read the story of {}: {}", outcome.who, error)
             return
         # Flow runs by id and link: asking Prefect for each one's name and state is for `why`.
-        rows = timeline_rows(events, effects, {}, ui_base_url())
+        rows = timeline_rows(events, effects, {}, self.ui_url)
         artifact = MarkdownArtifact(
             key=f"why-employee-{outcome.employee_id}",
             markdown=timeline_markdown(outcome.employee_id, rows),

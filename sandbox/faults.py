@@ -167,14 +167,27 @@ class FaultInjector:
 
     async def _fail(self, status: int, send: Send) -> None:
         faults = self.faults
-        headers = [(b"content-type", b"application/json")]
+        headers: list[tuple[bytes, bytes]] = []
         if status in (429, 503) and faults.retry_after is not None:
             headers.append((b"retry-after", faults.retry_after.encode()))
         if status == 429:
             headers.append((b"ratelimit-reason", faults.rate_limit_reason.encode()))
-        body = json.dumps({"errorMessages": [f"injected fault {status}"], "errors": {}}).encode()
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_api_error(send, status, f"injected fault {status}", headers)
+
+
+async def send_api_error(
+    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Answer as the simulated API answers an error: JSON `errorMessages`, and `headers`."""
+    body = json.dumps({"errorMessages": [message], "errors": {}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _abort_of(scope: Scope) -> Callable[[], Any]:

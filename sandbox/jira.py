@@ -228,7 +228,9 @@ class JiraState:
         )
         self.initial_rate_limits = rate_limits or RateLimits()
         self.rate_limiter = RateLimiter(
-            _unattached, self.initial_rate_limits.model_copy(deep=True), lambda scope: None
+            _unattached,
+            self.initial_rate_limits.model_copy(deep=True),
+            lambda scope: _rate_limited_as(self, scope),
         )
         self.reset()
 
@@ -1695,7 +1697,6 @@ def create_app(
     def attach_limiter(inner: ASGIApp) -> ASGIApp:
         # Outside the fault injector: a request the limits refuse never reaches the rest.
         state.rate_limiter.app = inner
-        state.rate_limiter.classify = lambda scope: _rate_limited_as(app, scope)
         return state.rate_limiter
 
     app.add_middleware(attach_injector)
@@ -1712,7 +1713,7 @@ def create_app(
     return app
 
 
-def _rate_limited_as(app: FastAPI, scope: Scope) -> tuple[str, str | None] | None:
+def _rate_limited_as(state: JiraState, scope: Scope) -> tuple[str, str | None] | None:
     """The endpoint a request counts against ("METHOD /template") and, for a write to one
     issue, that issue's current key; None for what Jira does not serve (no limit applies)."""
     # The API's own routes (the app's are wrapped per router): the same templates as `calls`.
@@ -1723,10 +1724,10 @@ def _rate_limited_as(app: FastAPI, scope: Scope) -> tuple[str, str | None] | Non
     key = path_params.get("issueIdOrKey")
     issue = None
     if key is not None and _is_api_write(scope):
-        known = app.state.jira.find_issue(key)
+        known = state.find_issue(key)
         issue = known.key if known is not None else key.upper()
     return f"{scope['method']} {template}", issue
 
 
 async def _unattached(scope: Scope, receive: Receive, send: Send) -> None:
-    raise RuntimeError("FaultInjector used before the app's middleware stack was built")
+    raise RuntimeError("a sandbox middleware was used before the app's stack was built")

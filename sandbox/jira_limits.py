@@ -1,7 +1,7 @@
 """Jira Cloud's rate limits, as the Jira simulator enforces them (off unless enabled).
 
-Jira limits API-token traffic in two ways (README, "Jira rate limits"; Atlassian's "Rate
-limiting" page): a burst limit per tenant, endpoint and method (a token bucket: `rate` requests
+Jira limits API-token traffic in two ways (Atlassian's "Rate limiting" page; notes in
+docs/jira-api.md section 6): a burst limit per tenant, endpoint and method (a token bucket: `rate` requests
 a second, up to `rate * burst_seconds` at once), and a per-issue limit on writes to one issue
 (20 writes in 2 s and 100 in 30 s, as third parties transcribe it; Atlassian publishes no
 numbers). Every API answer carries `X-RateLimit-Limit` and `X-RateLimit-Remaining` of its
@@ -18,7 +18,6 @@ pass untouched. Control: `GET|PUT /_sandbox/rate-limits` (the whole `RateLimits`
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter, deque
@@ -30,7 +29,7 @@ from pydantic import BaseModel, Field
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sandbox.faults import CONTROL_PREFIX
+from sandbox.faults import CONTROL_PREFIX, send_api_error
 
 BURST_REASON = "jira-burst-based"
 PER_ISSUE_REASON = "jira-per-issue-on-write"
@@ -134,7 +133,7 @@ class RateLimiter:
         bucket = None
         if rate is not None and rate > 0:
             bucket = self._buckets.get(endpoint)
-            if bucket is None or bucket.rate != rate:
+            if bucket is None:  # `set` forgets the buckets: a new rate starts a new one
                 capacity = max(1.0, rate * self.limits.burst_seconds)
                 bucket = self._buckets[endpoint] = Bucket(rate, capacity, capacity, now)
             bucket.refill(now)
@@ -215,33 +214,27 @@ class RateLimiter:
         }
 
 
-def reset_header(seconds: float, now: datetime | None = None) -> str:
+def reset_header(seconds: float) -> str:
     """X-RateLimit-Reset: when a request would pass, ISO-8601 in UTC (milliseconds)."""
-    at = (now or datetime.now(UTC)) + timedelta(seconds=seconds)
+    at = datetime.now(UTC) + timedelta(seconds=seconds)
     return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def _refuse(
     send: Send, seconds: float, reason: str, headers: list[tuple[bytes, bytes]]
 ) -> None:
-    body = json.dumps(
-        {"errorMessages": ["Rate limit exceeded."], "errors": {}, "status": 429}
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 429,
-            "headers": [
-                (b"content-type", b"application/json"),
-                # Whole seconds, as Jira sends it; the reset says when, to the millisecond.
-                (b"retry-after", str(max(1, math.ceil(seconds))).encode()),
-                (b"x-ratelimit-reset", reset_header(seconds).encode()),
-                (b"ratelimit-reason", reason.encode()),
-                *headers,
-            ],
-        }
+    await send_api_error(
+        send,
+        429,
+        "Rate limit exceeded.",
+        [
+            # Whole seconds, as Jira sends it; the reset says when, to the millisecond.
+            (b"retry-after", str(max(1, math.ceil(seconds))).encode()),
+            (b"x-ratelimit-reset", reset_header(seconds).encode()),
+            (b"ratelimit-reason", reason.encode()),
+            *headers,
+        ],
     )
-    await send({"type": "http.response.body", "body": body})
 
 
 def route_template(routes: list[BaseRoute], scope: Scope) -> tuple[str, dict[str, str]] | None:

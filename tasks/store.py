@@ -19,7 +19,6 @@ from core.store import (
     EmployeeLink,
     InboxRepository,
     Intents,
-    JiraEffect,
     Limits,
     LinkChange,
     WebhookEvent,
@@ -34,13 +33,6 @@ async def read_mapping(
 ) -> tuple[EmployeeLink | None, EmployeeLink | None]:
     """This employee's link, and an earlier employee's link with the same email (a rehire)."""
     return await current().store.link_and_previous(employee_id, email)
-
-
-@STORE_CALL("read the story · {who}")
-async def read_story(employee_id: int, who: str) -> tuple[list[WebhookEvent], list[JiraEffect]]:
-    """This employee's webhook events and Jira effects, oldest first (what `why` shows)."""
-    events = await InboxRepository(current().store.engine).of_employee(employee_id)
-    return events, await current().store.effects(employee_id)
 
 
 @STORE_CALL("read all mappings")

@@ -25,6 +25,7 @@ from core.store.inbox import (
     Settled,
     WebhookEvent,
     WorkResult,
+    employee_story,
     event_ref,
     parse_ref,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "WorkResult",
     "current_revision",
     "downgrade",
+    "employee_story",
     "event_ref",
     "head_revision",
     "migrate",

@@ -23,8 +23,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import Field, col
 
-from core.store.models import StoreModel, UTCDateTime, dialect_insert, utc_now
-from core.store.repository import UnsupportedDatabase
+from core.store.models import JiraEffect, StoreModel, UTCDateTime, dialect_insert, utc_now
+from core.store.repository import MappingStore, UnsupportedDatabase
 
 # Derived keys are `action:id:UTC timestamp` or `sha256:<hex>`: far below this.
 EVENT_KEY_MAX_LENGTH = 300
@@ -834,6 +834,14 @@ class InboxRepository:
 
 # For the circuit breaker (`core.store.breaker`): its events change in its own transaction,
 # with the hold they belong to, so that no release or drop ever misses one.
+
+
+async def employee_story(
+    store: MappingStore, employee_id: int
+) -> tuple[list[WebhookEvent], list[JiraEffect]]:
+    """One employee's webhook events and Jira effects, oldest first (what `why` shows)."""
+    events = await InboxRepository(store.engine).of_employee(employee_id)
+    return events, await store.effects(employee_id)
 
 
 async def hold_dispatched(
