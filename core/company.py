@@ -46,7 +46,7 @@ from core.plan import (
     plan,
 )
 from core.retry import INTERACTIVE_READ
-from core.rules import Rules, Scope
+from core.rules import Rules
 from core.store.inbox import EventStatus, InboxRepository, WebhookEvent
 from core.store.models import EmployeeLink
 from core.store.repository import normalize_email, previous_link
@@ -147,15 +147,13 @@ def as_employee(summary: EmployeeSummary, link: EmployeeLink | None) -> Employee
     return Employee.model_validate(data)
 
 
-def needs_full_record(planned: Plan, facts: Facts, rules: Rules, today: date) -> bool:
+def needs_full_record(planned: Plan, rules: Rules) -> bool:
     """Whether a plan made from a list item must be made again from the full record before
     anything is done: it calls for work, or the scope left the person out while it reads custom
     fields (which the list lacks) and they would have work in scope."""
     if not planned.is_empty:
         return True
-    if planned.out_of_scope is None or not rules.scope.reads_custom_fields:
-        return False
-    return not plan(facts, rules.model_copy(update={"scope": Scope()}), today).is_empty
+    return planned.withheld and rules.scope.reads_custom_fields
 
 
 def plan_company(
@@ -425,7 +423,7 @@ async def plan_reconciliation(
     unsure = [
         employee_id
         for employee_id, p in plans.items()
-        if employee_id not in records and needs_full_record(p, facts[employee_id], rules, today)
+        if employee_id not in records and needs_full_record(p, rules)
     ]
     if unsure:
         records |= await read_records(sources, unsure, peopleforce, reads, progress)
@@ -738,7 +736,7 @@ async def preview_rules(
         for employee_id, p in plans.items()
         if employee_id not in company.read_in_full
         and facts[employee_id].employee is not None
-        and needs_full_record(p, facts[employee_id], proposed, company.today)
+        and needs_full_record(p, proposed)
     )
     before = dict(company.plans)
     if unsure:

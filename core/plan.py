@@ -22,7 +22,7 @@ from core.errors import ApiError, ForbiddenError, NotFoundError, is_transient
 from core.lifecycle import ISSUE_KINDS, IssueKind, Lifecycle, apply, issue_key, issue_relinked
 from core.names import employee_label, work_label
 from core.peopleforce.models import Asset, AssetsRead, Employee
-from core.rules import ChecklistItem, FieldType, IssueRules, Route, Rules, Scope
+from core.rules import ChecklistItem, FieldType, IssueRules, Route, Rules
 from core.store.models import EmployeeLink
 
 
@@ -197,6 +197,7 @@ class Plan(BaseModel):
     actions: tuple[Action, ...] = ()
     notes: tuple[str, ...] = ()  # why nothing (more) is needed
     out_of_scope: str | None = None  # why the rules' scope leaves this person out
+    withheld: bool = False  # out of scope, they would have work in it
 
     @property
     def is_empty(self) -> bool:
@@ -274,16 +275,20 @@ def mapped_fields(
 ) -> tuple[tuple[FieldValue, ...], dict[str, str | None]]:
     """The mapped fields to write (skipped ones left out), and the snapshot they make."""
     snapshot = written_fields(employee, rules)
-    values = tuple(
+    return field_values(snapshot, rules), snapshot
+
+
+def field_values(written: Mapping[str, str | None], rules: Rules) -> tuple[FieldValue, ...]:
+    """The fields to write to Jira for these written values (`written_fields`), by source."""
+    return tuple(
         FieldValue(
             source=source,
             jira_field=rules.field_map[source].jira_field,
             type=rules.field_map[source].type,
             value=value,
         )
-        for source, value in snapshot.items()
+        for source, value in written.items()
     )
-    return values, snapshot
 
 
 def _name(ref: object) -> str | None:
@@ -409,8 +414,6 @@ def _plan(facts: Facts, rules: Rules, today: date) -> Plan:
             employee_name=link.display_name if link else None,
             actions=(Report(why=reason),),
         )
-    if (left_out := rules.scope.left_out_by(partial(source_value, employee))) is not None:
-        return _out_of_scope(facts, employee, rules, today, left_out)
     name = employee.display_name
     leaving_on = employee.termination_effective_on
     if leaving_on is None and employee.status == "terminated":
@@ -428,31 +431,42 @@ def _plan(facts: Facts, rules: Rules, today: date) -> Plan:
             # Leaving later but not onboarded yet (a fixed-term hire, or a termination entered
             # before the first day): the onboarding is still due.
             actions, notes = _onboarding(facts, employee, rules, today, rehired=False)
+        elif link:  # onboarded, leaving later: a moved first day still moves the onboarding
+            actions = _first_day_moved(link, employee, rules)
         leaving, leaving_notes = _leaving(facts, employee, rules, leaving_on, today)
         actions, notes = actions + leaving, notes + leaving_notes
+    if (left_out := rules.scope.left_out_by(partial(source_value, employee))) is not None:
+        return _out_of_scope(facts, employee, rules, today, left_out, leaving_on, actions, notes)
     return Plan(
         employee_id=employee.id, employee_name=name, actions=tuple(actions), notes=tuple(notes)
     )
 
 
 def _out_of_scope(
-    facts: Facts, employee: Employee, rules: Rules, today: date, left_out: str
+    facts: Facts,
+    employee: Employee,
+    rules: Rules,
+    today: date,
+    left_out: str,
+    leaving_on: date | None,
+    in_scope: Sequence[Action],
+    in_scope_notes: Sequence[str],
 ) -> Plan:
-    """Someone the rules' scope leaves out: nothing new is started for them (no onboarding,
-    no record issue, no field sync), but what this service made is seen through. An existing
-    offboarding follows its termination, a withdrawn hire's onboarding is cancelled, and
-    someone onboarded here who leaves is offboarded: their access must be revoked. With
-    `on_leaving_scope = "offboard"`, someone onboarded here is offboarded on leaving the scope,
-    and that offboarding then stays as it is while they are out of scope."""
+    """Someone the rules' scope leaves out, from the plan they would have in scope: nothing
+    new is started for them (no onboarding, no record issue, no field sync), but what this
+    service made is seen through. An existing offboarding follows its termination, a withdrawn
+    hire's onboarding is cancelled, and someone onboarded here who leaves is offboarded: their
+    access must be revoked. With `on_leaving_scope = "offboard"`, someone onboarded here is
+    offboarded on leaving the scope, and that offboarding then stays as it is while they are
+    out of scope."""
     link = facts.link
     onboarded_here = bool(
         link and (link.onboarding_issue_key or link.lifecycle == Lifecycle.onboarding)
     )
-    offboarding_key = (
-        link.offboarding_issue_key
-        if link and link.lifecycle in (Lifecycle.offboarding, Lifecycle.offboarded)
-        else None
-    )
+    offboarding_key = _offboarding_key(link)
+    # In scope they would have work: a scope on custom fields (which a list item lacks) then
+    # has the reconciliation read them in full before it trusts the verdict.
+    withheld = any(not isinstance(action, Report) for action in in_scope)
     note = f"out of scope: {left_out}"
 
     def done(actions: Sequence[Action], *notes: str) -> Plan:
@@ -462,27 +476,27 @@ def _out_of_scope(
             actions=tuple(actions),
             notes=(note + (f"; {notes[0]}" if notes else ""), *notes[1:]),
             out_of_scope=left_out,
+            withheld=withheld,
         )
 
     if not onboarded_here and offboarding_key is None:
         return done([], "no onboarding, no offboarding")
-    # The plan as if in scope, without field sync, then only what sees existing work through.
-    seen_through = _plan(facts, rules.model_copy(update={"scope": Scope(), "field_map": {}}), today)
     offboards = rules.scope.on_leaving_scope == "offboard" and onboarded_here
     actions: list[Action] = []
-    for action in seen_through.actions:
+    for action in in_scope:
         match action:
             case CreateIssue(kind="offboarding") if onboarded_here:
                 why = f"{action.why}; out of scope, but onboarded here: access must be revoked"
                 actions.append(action.model_copy(update={"why": why}))
             case CreateIssue():
                 pass  # nothing new: no onboarding, no record, no offboarding of a stranger
+            case UpdateFields() | AddComment():
+                pass  # field sync: fields are not synced while out of scope
             case MoveDueDate() | CancelOffboarding() if offboards:
                 pass  # out of scope, they would be offboarded again: the offboarding stays
             case _:
                 actions.append(action)
-    leaving = employee.termination_effective_on is not None or employee.status == "terminated"
-    later = seen_through.notes if leaving else ()
+    later = in_scope_notes if leaving_on is not None else ()
     unsynced = "fields are not synced while out of scope"
     if offboarding_key and offboards:
         stays = f'offboarding {offboarding_key} stays as it is (on_leaving_scope = "offboard")'
@@ -503,6 +517,13 @@ def _out_of_scope(
         f"they leave; {unsynced}",
         *later,
     )
+
+
+def _offboarding_key(link: EmployeeLink | None) -> str | None:
+    """The offboarding issue of a termination the link still holds open or done, if any."""
+    if link and link.lifecycle in (Lifecycle.offboarding, Lifecycle.offboarded):
+        return link.offboarding_issue_key
+    return None
 
 
 def _scope_offboarding(
@@ -574,11 +595,7 @@ def _withdrawn(facts: Facts, employee: Employee, leaving_on: date) -> tuple[list
 def _staying(facts: Facts, employee: Employee, rules: Rules, today: date) -> tuple[list, list[str]]:
     link = facts.link
     # The offboarding issue of a termination that PeopleForce no longer shows, if any.
-    offboarding_key = (
-        link.offboarding_issue_key
-        if link and link.lifecycle in (Lifecycle.offboarding, Lifecycle.offboarded)
-        else None
-    )
+    offboarding_key = _offboarding_key(link)
     rehired = bool(
         offboarding_key
         and link
@@ -740,7 +757,7 @@ def _field_sync(facts: Facts, employee: Employee, rules: Rules) -> list:
     )
     if not rules.field_map or not issue_key:
         return []
-    # The plain values first: most employees changed nothing (reconciliation plans thousands).
+    # Compared as plain values: most employees changed nothing (reconciliation plans thousands).
     written = written_fields(employee, rules)
     before = link.synced_fields or {}
     changes = tuple(
@@ -757,7 +774,6 @@ def _field_sync(facts: Facts, employee: Employee, rules: Rules) -> list:
         for source in sorted(rules.field_map)
         if source in written or source in before
     }
-    values, _ = mapped_fields(employee, rules)
     changed = {source for source, _, _ in changes}
     lines = "\n".join(
         f"- {source}: {old or '(none)'} -> {new or '(none)'}" for source, old, new in changes
@@ -766,7 +782,7 @@ def _field_sync(facts: Facts, employee: Employee, rules: Rules) -> list:
         UpdateFields(
             why=f"changed in PeopleForce: {', '.join(sorted(changed))}",
             issue_key=issue_key,
-            fields=tuple(value for value in values if value.source in changed),
+            fields=field_values({s: v for s, v in written.items() if s in changed}, rules),
             changes=changes,
             snapshot=snapshot,
         ),

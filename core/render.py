@@ -29,7 +29,7 @@ from core.errors import (
     is_transient,
 )
 from core.lifecycle import LifecycleError
-from core.names import process_tag
+from core.names import SERVICE, process_tag
 from core.plan import (
     Action,
     AddComment,
@@ -689,7 +689,6 @@ def prune_markdown(
 # `held`'s columns, and the artifact's: `hold_row` keys.
 HOLD_COLUMNS = ("employee", "held", "since", "events", "why")
 HELD_KINDS = {"offboarding": "offboarding", "onboarding": "onboarding", "record": "employee record"}
-PROGRAM = "pf-jira-sync"
 
 
 def _utc(at: datetime) -> str:
@@ -711,10 +710,10 @@ def hold_row(hold: BreakerHold, events: int) -> dict[str, str]:
 def breaker_advice(*, listing: bool = True) -> str:
     """What an operator does about what the breaker holds (`listing`: and where to see it)."""
     decide = (
-        f"`{PROGRAM} release --all` (or `--employee ID`) sends it to Jira, "
-        f"`{PROGRAM} drop --all --yes` (or `--employee ID`) drops it"
+        f"`{SERVICE} release --all` (or `--employee ID`) sends it to Jira, "
+        f"`{SERVICE} drop --all --yes` (or `--employee ID`) drops it"
     )
-    return f"`{PROGRAM} held` lists what is held; {decide}" if listing else decide
+    return f"`{SERVICE} held` lists what is held; {decide}" if listing else decide
 
 
 # What `COUNT_NAMES` calls each count, for one.
@@ -773,7 +772,7 @@ def held_markdown(state: BreakerState, limits: Limits, max_rows: int = 500) -> s
         row = hold_row(hold, state.held_events.get(hold.employee_id, 0))
         lines.append("| " + " | ".join(markdown_cell(row[c]) for c in HOLD_COLUMNS) + " |")
     if len(state.holds) > max_rows:
-        lines += ["", f"... and {len(state.holds) - max_rows} more: `{PROGRAM} held` lists all."]
+        lines += ["", f"... and {len(state.holds) - max_rows} more: `{SERVICE} held` lists all."]
     lines += ["", breaker_advice() + "."]
     return "\n".join(lines)
 

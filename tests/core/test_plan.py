@@ -1373,6 +1373,13 @@ HIRE_DATE_CASES = [
     ),
     ("first day as before", {"hired_on": days(10)}, onboarded_for(FIRST_DAY), [], None),
     (
+        "first day moved, and a termination entered for later",
+        {"hired_on": days(12), "termination_effective_on": days(60)},
+        onboarded_for(FIRST_DAY),
+        ["move_due_date", "create_issue:offboarding"],
+        None,
+    ),
+    (
         "first day moved while still beyond the lead time: no issue yet, nothing to move",
         {"hired_on": days(40)},
         None,
