@@ -378,6 +378,9 @@ def test_issue_date_moved_picks_the_effect_of_its_kind(
     kind: lifecycle.SubtaskKind, expected: LinkChange
 ) -> None:
     assert lifecycle.issue_date_moved(kind, LATER, today=TODAY) == expected
+
+
+def test_a_moved_first_day_changes_only_the_first_day() -> None:
     assert lifecycle.first_day_moved(LATER).changed() == {"hired_on": LATER}
 
 

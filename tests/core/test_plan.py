@@ -1510,7 +1510,6 @@ def test_a_hire_deleted_before_day_one_cancels_the_onboarding_and_says_why() -> 
 
 # --- the lead time per route --------------------------------------------------------------
 
-ENGINEERING = {"id": 1, "name": "Engineering"}
 FINANCE = {"id": 2, "name": "Finance"}
 
 LEAD_TIME_CASES = [

@@ -164,6 +164,8 @@ async def test_a_first_day_moved_before_the_lead_time_waits_then_onboards_on_the
     world: World,
 ) -> None:
     person = world.hire("Far", "Ahead", in_days=30, department="Finance")
+    await sync_employees([person.id])  # seen once while beyond the lead time
+    assert world.issues_of(person.id) == []
     world.peopleforce.state.update(person.id, hired_on=world.days(40))
     await sync_employees([person.id])
     assert world.issues_of(person.id) == []  # still beyond the lead time: nothing to move
