@@ -1,11 +1,19 @@
 """P1: how fast the gateway acknowledges signed webhooks, next to a bare FastAPI endpoint.
 
     uv run python bench/gateway_latency.py [--rate 50] [--seconds 20]
+    uv run python bench/gateway_latency.py --stack [--rate 50] [--seconds 20]
 
-Runs the gateway (signature check, envelope validation, inbox insert on SQLite, 202) in a
-child process with uvicorn, adds a bare `POST /bare` endpoint to the same app, and sends
-signed webhooks (each a new event) and bare requests alternately at a fixed total rate from
-this process. Prints p50/p99 for both. The dispatcher is off: this measures the acknowledgement.
+Alone (the default): runs the gateway (signature check, envelope validation, inbox insert on
+SQLite, 202) in a child process with uvicorn, adds a bare `POST /bare` endpoint to the same
+app, and sends signed webhooks (each a new event) and bare requests alternately at a fixed
+total rate from this process. The dispatcher is off: this measures the acknowledgement alone.
+
+`--stack` (issue 18's P1): the whole one-host stack (`pf-jira-sync up --sandbox`) runs, and
+the webhooks are real hires made in the PeopleForce simulator (their exact signed bodies), so
+the dispatcher, the flow runs and the simulators work on them while the gateway answers, as
+they do for PeopleForce. Signed webhooks go at `--rate` a second to the gateway and, in the
+same run, requests at the same rate to a bare FastAPI endpoint served by uvicorn in its own
+process on this host. Target: webhook p99 <= 15 ms and <= 3x the bare endpoint's p99.
 """
 
 from __future__ import annotations
@@ -14,9 +22,13 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -41,6 +53,19 @@ def serve(port: int, data_dir: str) -> None:
         log_level="WARNING",
     )
     app = create_app(settings)
+
+    @app.post("/bare", status_code=202)
+    async def bare() -> Response:
+        return Response(status_code=202)
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def serve_bare(port: int) -> None:
+    import uvicorn
+    from fastapi import FastAPI, Response
+
+    app = FastAPI()
 
     @app.post("/bare", status_code=202)
     async def bare() -> Response:
@@ -96,11 +121,107 @@ async def load(
     return webhook, bare, errors
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=50.0, help="requests per second in all")
-    parser.add_argument("--seconds", type=float, default=20.0)
-    arguments = parser.parse_args()
+def wait_healthy(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{url} did not answer")
+        time.sleep(0.2)
+
+
+async def load_stack(
+    gateway: str, bare_url: str, deliveries: list[dict], rate: float
+) -> tuple[list[float], list[float], int]:
+    """Each delivery to the gateway at `rate` a second, and as many bare requests beside them."""
+    from core.peopleforce.signature import SIGNATURE_HEADER
+
+    webhook, bare, errors = [], [], 0
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    async with httpx.AsyncClient(timeout=10, trust_env=False, limits=limits) as client:
+        started = time.perf_counter()
+
+        async def timed(
+            n: int, send: Callable[[], Awaitable[httpx.Response]], into: list[float]
+        ) -> None:
+            nonlocal errors
+            await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+            t0 = time.perf_counter()
+            response = await send()
+            if response.status_code in (200, 202):
+                into.append(time.perf_counter() - t0)
+            else:
+                errors += 1
+
+        def to_gateway(delivery: dict) -> Awaitable[httpx.Response]:
+            return client.post(
+                f"{gateway}/webhooks/peopleforce",
+                content=delivery["body"].encode(),
+                headers={
+                    "content-type": "application/json",
+                    SIGNATURE_HEADER: delivery["signature"],
+                },
+            )
+
+        await asyncio.gather(
+            *(timed(n, partial(to_gateway, d), webhook) for n, d in enumerate(deliveries)),
+            *(
+                timed(n, partial(client.post, bare_url, content=b"{}"), bare)
+                for n in range(len(deliveries))
+            ),
+        )
+    return webhook, bare, errors
+
+
+def in_stack(rate: float, seconds: float) -> tuple[list[float], list[float], int]:
+    from bench.stack_throughput import BREAKER_OFF, Stack
+    from sandbox.server import free_port
+    from sandbox.stack import WEBHOOK_SECRET
+
+    count = int(rate * seconds)
+    bare_port = free_port()
+    bare_server = multiprocessing.get_context("spawn").Process(target=serve_bare, args=(bare_port,))
+    bare_server.start()
+    with tempfile.TemporaryDirectory(prefix="pf-bench-") as tmp:
+        print("starting pf-jira-sync up --sandbox ...", flush=True)
+        stack = Stack.start(Path(tmp) / "data", {"LOG_LEVEL": "WARNING", **BREAKER_OFF})
+        try:
+            wait_healthy(f"http://127.0.0.1:{bare_port}/docs")
+            control = stack.peopleforce_control
+            with httpx.Client(trust_env=False, timeout=60) as http:
+                today = date.fromisoformat(http.get(f"{control}/clock").json()["today"])
+                # Hires whose webhooks PeopleForce signs and records (sent to nobody): the
+                # bench then posts them on schedule, so their work runs while it measures.
+                http.put(
+                    f"{control}/webhook-target",
+                    json={"url": f"http://127.0.0.1:{free_port()}/", "secret": WEBHOOK_SECRET},
+                ).raise_for_status()
+                first = len(http.get(f"{control}/webhooks").json())
+                for n in range(count):
+                    http.post(
+                        f"{control}/employees",
+                        json={
+                            "first_name": f"Load{n}",
+                            "last_name": "Hire",
+                            "hired_on": str(today + timedelta(days=7)),
+                        },
+                    ).raise_for_status()
+                deliveries = http.get(f"{control}/webhooks").json()[first:]
+            print(f"made {count} hires; posting their webhooks at {rate:.0f}/s ...", flush=True)
+            return asyncio.run(
+                load_stack(stack.gateway, f"http://127.0.0.1:{bare_port}/bare", deliveries, rate)
+            )
+        finally:
+            stack.stop()
+            bare_server.terminate()
+            bare_server.join()
+
+
+def alone(rate: float, seconds: float) -> tuple[list[float], list[float], int]:
     from sandbox.server import free_port
 
     port = free_port()
@@ -108,31 +229,44 @@ def main() -> None:
         server = multiprocessing.get_context("spawn").Process(target=serve, args=(port, data_dir))
         server.start()
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("gateway did not start")
-            time.sleep(0.2)
-        asyncio.run(load(base, arguments.rate, 2, first=10**6))  # warm up: connections, SQLite file
-        webhook, bare, errors = asyncio.run(load(base, arguments.rate, arguments.seconds))
+        wait_healthy(f"{base}/healthz")
+        asyncio.run(load(base, rate, 2, first=10**6))  # warm up: connections, SQLite file
+        webhook, bare, errors = asyncio.run(load(base, rate, seconds))
         server.terminate()
         server.join()
+    return webhook, bare, errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=50.0, help="requests per second")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--stack", action="store_true", help="into the running one-host stack, with its work"
+    )
+    arguments = parser.parse_args()
+    if arguments.stack:
+        webhook, bare, errors = in_stack(arguments.rate, arguments.seconds)
+    else:
+        webhook, bare, errors = alone(arguments.rate, arguments.seconds)
     ms = 1000
-    print(f"P1 gateway acknowledgement at {arguments.rate:.0f} req/s for {arguments.seconds:.0f} s")
+    where = "into the running stack" if arguments.stack else "alone"
+    print(
+        f"P1 gateway acknowledgement {where}, {arguments.rate:.0f} req/s for {arguments.seconds:.0f} s"
+    )
     print(
         f"  signed webhook -> 202: n={len(webhook)} p50={percentile(webhook, 0.5) * ms:.1f} ms p99={percentile(webhook, 0.99) * ms:.1f} ms"
     )
     print(
         f"  bare endpoint  -> 202: n={len(bare)} p50={percentile(bare, 0.5) * ms:.1f} ms p99={percentile(bare, 0.99) * ms:.1f} ms"
     )
-    print(
-        f"  p99 ratio webhook/bare: {percentile(webhook, 0.99) / percentile(bare, 0.99):.1f}x; errors: {errors}"
-    )
+    ratio = percentile(webhook, 0.99) / percentile(bare, 0.99)
+    print(f"  p99 ratio webhook/bare: {ratio:.1f}x; errors: {errors}")
+    if arguments.stack:
+        p99 = percentile(webhook, 0.99) * ms
+        verdict = "PASS" if p99 <= 15 and ratio <= 3 and not errors else "FAIL"
+        print(f"  target: p99 <= 15 ms and <= 3x bare, 0 errors: {verdict}")
+    print(f"(measured {datetime.now(UTC):%Y-%m-%d} on {os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":
