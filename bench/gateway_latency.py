@@ -151,7 +151,11 @@ async def load_stack(
             nonlocal errors
             await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
             t0 = time.perf_counter()
-            response = await send()
+            try:
+                response = await send()
+            except httpx.TransportError:  # no answer within the client's 10 s: an error
+                errors += 1
+                return
             if response.status_code in (200, 202):
                 into.append(time.perf_counter() - t0)
             else:
