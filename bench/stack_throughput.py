@@ -66,6 +66,9 @@ class PeakRss(threading.Thread):
     def __init__(self, pid: int, every: float = 0.5) -> None:
         super().__init__(daemon=True)
         self.pid, self.every, self.peak, self.processes = pid, every, 0, 0
+        # PSS shares each page among the processes that map it: flow runs forked from a warm
+        # process share most of theirs, which RSS would count once per process.
+        self.peak_pss = 0
         self.stopped = threading.Event()
 
     @staticmethod
@@ -73,6 +76,16 @@ class PeakRss(threading.Thread):
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    @staticmethod
+    def pss(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     return int(line.split()[1]) * 1024
         except OSError:
             pass
@@ -116,6 +129,7 @@ class PeakRss(threading.Thread):
         while not self.stopped.wait(self.every):
             tree = {self.pid, *descendants(self.pid)}
             self.peak = max(self.peak, sum(self.rss(pid) for pid in tree))
+            self.peak_pss = max(self.peak_pss, sum(self.pss(pid) for pid in tree))
             self.processes = max(self.processes, len(tree))
 
 
@@ -267,7 +281,10 @@ def report(
         )
     print(f"  lost (never applied)    {len(events) - len(applied)}")
     print(f"  duplicated              {duplicated}")
-    print(f"  peak RSS (whole stack)  {rss.peak / 2**20:.0f} MiB over {rss.processes} processes")
+    print(
+        f"  peak RSS (whole stack)  {rss.peak / 2**20:.0f} MiB over {rss.processes} processes"
+        f" (PSS {rss.peak_pss / 2**20:.0f} MiB)"
+    )
     cpu = rss.cpu_by_part()
     print(
         f"  CPU seconds             {sum(cpu.values()):.0f}: "
