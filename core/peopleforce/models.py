@@ -40,6 +40,17 @@ EMPLOYEE_PROFILE_ACTIONS = frozenset(
         "employee_termination_revert",
     }
 )
+# The topics of joiners and leavers: a hire, a first day, a termination and its revert. Their
+# work is urgent (someone starts tomorrow, or leaves with access): the dispatcher sends it in a
+# lane of its own that a backlog of field updates (`employee_update`, ...) never fills.
+JOINER_LEAVER_ACTIONS = frozenset(
+    {
+        "employee_create",
+        "employee_start",
+        "employee_terminate",
+        "employee_termination_revert",
+    }
+)
 
 
 class PeopleForceModel(BaseModel):
