@@ -207,6 +207,10 @@ class Settings(BaseSettings):
         le=64,
         description="Urgent flow runs (joiners and leavers) in flight beside the routine ones.",
     )
+    # A routine webhook run (field updates, a reorg's backlog) lowers its own process's CPU
+    # priority by this much (`nice`), so that on a busy host a hire's run, starting beside it,
+    # gets the CPU first; the backlog takes what is left. 0 leaves every run as it is.
+    routine_run_niceness: int = Field(10, ge=0, le=19)
     # Recovery (README, "When processes die"). Every call the dispatcher makes to Prefect is
     # bounded by this many seconds, so a hung server never stalls it; past a failure it says
     # "cannot reach Prefect" (within 30 s, then every minute) and again when Prefect is back.

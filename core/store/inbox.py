@@ -146,6 +146,8 @@ class WebhookEvent(StoreModel, table=True):
     __table_args__ = (
         # The dispatcher's question: which employees have pending events.
         sa.Index("ix_webhook_event_status_employee_id", "status", "employee_id"),
+        # And which of them are joiners or leavers (their lane goes first).
+        sa.Index("ix_webhook_event_status_urgent", "status", "urgent"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -173,6 +175,9 @@ class WebhookEvent(StoreModel, table=True):
     failed_runs: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     # What its run recorded for its employee so far (`record_work`); None: nothing yet.
     work_result: WorkResult | None = Field(default=None, sa_type=WORK_RESULT_TYPE)
+    # A joiner's or leaver's event (`WebhookEnvelope.is_joiner_or_leaver`, read as it is
+    # stored): its employee's work goes in the dispatcher's urgent lane.
+    urgent: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
 
     @property
     def ref(self) -> str:
@@ -183,7 +188,7 @@ class WebhookEvent(StoreModel, table=True):
 _EVENTS = StoreModel.metadata.tables["webhook_event"]
 _EFFECTS = StoreModel.metadata.tables["jira_effect"]
 # An event of a joiner or a leaver: its work goes before a backlog of field updates.
-_URGENT = _EVENTS.c.action.in_(sorted(JOINER_LEAVER_ACTIONS))
+_URGENT = _EVENTS.c.urgent == sa.true()
 # An event no dispatcher holds.
 _NO_CLAIM: dict[str, Any] = {"claimed_by": None, "claim_expires_at": None, "claim_token": None}
 
@@ -236,6 +241,9 @@ class InboxRepository:
         first is returned with `created=False`, unchanged.
         """
         event.status = EventStatus(event.status)  # refuses an unknown status before writing
+        # A joiner's or leaver's topic is urgent however the event was made (the gateway also
+        # marks a profile update that carries a termination date).
+        event.urgent = event.urgent or event.action in JOINER_LEAVER_ACTIONS
         values = {column.key: getattr(event, column.key) for column in _EVENTS.columns}
         del values["id"]
         insert = (
@@ -687,7 +695,7 @@ class InboxRepository:
         """Pending events whose next attempt is due (or that were never tried), oldest first.
 
         With `urgent`, one of two lanes that split them by employee: True, every due event of
-        the employees who have a due joiner's or leaver's event (`JOINER_LEAVER_ACTIONS`), so
+        the employees who have a due joiner's or leaver's event (`WebhookEvent.urgent`), so
         that such an employee's updates go with them; False, the other employees' events."""
         now = now or utc_now()
         due = (_EVENTS.c.status == EventStatus.pending) & sa.or_(

@@ -515,6 +515,22 @@ def one_run_each(signed_inbox: SignedInbox) -> Dispatcher:
     )
 
 
+async def test_a_future_termination_in_a_profile_update_goes_in_the_urgent_lane(
+    signed_inbox: SignedInbox,
+) -> None:
+    """PeopleForce announces a future termination as `employee_update` with its date: the
+    gateway marks it urgent as it stores it; a plain update stays routine."""
+    leaving = await signed_inbox.deliver(31, {"termination_effective_date": "2027-01-31"})
+    moving = await signed_inbox.deliver(32, {"first_name": "Moved", "last_name": "Dept"})
+    stored = {key: await signed_inbox.inbox.get(key) for key in (leaving, moving)}
+    assert {key: event.urgent for key, event in stored.items() if event} == {
+        leaving: True,
+        moving: False,
+    }
+    assert [e.event_key for e in await signed_inbox.inbox.pending(urgent=True)] == [leaving]
+    assert [e.event_key for e in await signed_inbox.inbox.pending(urgent=False)] == [moving]
+
+
 async def test_a_signed_event_in_any_shape_becomes_work_once_beside_the_others(
     signed_inbox: SignedInbox,
 ) -> None:
