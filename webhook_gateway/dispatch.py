@@ -6,6 +6,11 @@ employees (a flow run is a process of its own: see DESIGN, "Throughput"). A disp
 Prefect does not accept is retried with backoff, so an acknowledged event is never lost, even
 while the Prefect server is down.
 
+Joiners and leavers go first: events the gateway marked urgent (a hire, a first day, a
+termination or its revert, `WebhookEvent.urgent`) are claimed before any field update, each such
+employee with all of their pending events, in runs of their own (tagged `urgent`), in a lane
+that the backlog cannot fill (`Dispatcher.__init__`).
+
 One event never holds up the others: each is read on its own, whatever its body holds (the
 sender's name and action are escaped and bounded, `core.text`, before they title a run or tag
 it), and an event the dispatcher cannot turn into work (a poisoned event) is set aside once,
