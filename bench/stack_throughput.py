@@ -1,7 +1,8 @@
-"""P2 and P3: webhooks through the whole one-host stack (`pf-jira-sync up --sandbox`).
+"""P2, P3, P3' and P6b: webhooks through the whole one-host stack (`pf-jira-sync up --sandbox`).
 
     uv run python bench/stack_throughput.py sustained   # P2: 10 events/s for 5 minutes
     uv run python bench/stack_throughput.py burst       # P3: 2,000 webhooks posted at once
+    uv run python bench/stack_throughput.py reorg       # P3' and P6b: a reorg of 10,000 people
 
 The stack runs as an operator runs it, on free loopback ports and a fresh data directory: the
 Prefect server (SQLite), the served deployments and the gateway, with both simulators in the
@@ -14,7 +15,26 @@ write is timed by the Jira simulator's journal, so "applied" means "Jira changed
 - burst: 2,000 hires are made with the webhook target pointed away, then their 2,000 signed
   webhooks are posted to the gateway at once; done when every employee has its onboarding issue.
 
-Both print events applied per minute, webhook -> Jira write latency (p50, p95, max), lost and
+- reorg (P3'): `--count` (10,000) onboarded employees each get a new department and manager;
+  their `employee_update` webhooks are posted within `--post-seconds` (60), with the Jira
+  simulator enforcing Jira's rate limits (`PUT /_sandbox/rate-limits`, `enabled`). Each is
+  applied at the first Jira write for its employee after its webhook; done when all are.
+  Meanwhile (P6b) a hire and a termination are made every `--spacing` (5) seconds through the
+  PeopleForce simulator, timed from just before the simulator is asked (it delivers the webhook
+  and has its 202 before it answers) to the first Jira write for the employee.
+
+  Seeding: onboarding 10,000 people through the stack would take longer than the reorg itself
+  (2,000 hires take ~140 s), so the company is put in place directly, as onboarding leaves it
+  and as `bench/reconcile_plan.py` (P4) does: the people are hired in the PeopleForce simulator
+  through its control API (started 400 days ago, webhooks pointed at a closed port), each one's
+  onboarding issue is created in the Jira simulator through Jira's own bulk-create API (the
+  labels the service searches by), and the stack's mapping store gets one link per employee
+  with that issue and the fields as synced (`lifecycle.onboarding_created`, `mapped_fields`),
+  written through the store's tables before any webhook is posted. The stack then sees the
+  company a real deployment would see the morning after onboarding it; it does all of the
+  reorg's and P6b's work itself.
+
+All print events applied per minute, webhook -> Jira write latency (p50, p95, max), lost and
 duplicated events (a guard label created twice), and the peak RSS of the whole process tree.
 """
 
@@ -40,11 +60,12 @@ from typing import Any
 
 import httpx
 
+from core.one_host import sandbox_dir
 from core.peopleforce.signature import SIGNATURE_HEADER
 from core.settings import Settings
 from deployments.stack import descendants
 from sandbox.server import free_port
-from sandbox.stack import WEBHOOK_SECRET
+from sandbox.stack import JIRA_API_TOKEN, JIRA_EMAIL, WEBHOOK_SECRET
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}
@@ -54,6 +75,14 @@ READY_LINE = "Ctrl-C stops everything."
 BREAKER_OFF = {"BREAKER_MAX_OFFBOARD": "0", "BREAKER_MAX_CREATE": "0"}
 # P2's steady rate is counted from here to the end of sending (the stack warms up first).
 WARM_UP = 60.0
+# P3' and P6b targets (issue 18).
+REORG_TARGET_SECONDS = 600.0
+REORG_MAX_429_SHARE = 0.01
+URGENT_P95_TARGET = 10.0
+# Reorg moves among the departments routed to the default project (no route change).
+REORG_DEPARTMENTS = ("Sales", "Finance", "People", "Marketing", "Customer Support")
+# Seeded people the reorg leaves alone: P6b terminates them.
+REORG_SPARE = 200
 
 
 def utc(text: str) -> float:
@@ -461,12 +490,358 @@ def burst(stack: Stack, rss: PeakRss, count: int) -> None:
         report(f"P3 burst: {count} webhooks at once", events, journal, rss, started)
 
 
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def seed_company(
+    http: httpx.Client, stack: Stack, data_dir: Path, count: int, today: date
+) -> list[tuple[int, str]]:
+    """`count` onboarded employees (see the module's docstring): (employee id, department)."""
+    from sandbox.peopleforce import _PERSON_JSON, PeopleForceState
+
+    control = stack.peopleforce_control
+    http.put(
+        f"{control}/webhook-target",
+        json={"url": f"http://127.0.0.1:{free_port()}/", "secret": WEBHOOK_SECRET},
+    ).raise_for_status()
+    started = time.monotonic()
+
+    def hire(n: int) -> dict[str, Any]:
+        answer = http.post(
+            f"{control}/employees",
+            json={
+                "first_name": f"Reorg{n}",
+                "last_name": "Staff",
+                "department": REORG_DEPARTMENTS[n % len(REORG_DEPARTMENTS)],
+                "hired_on": str(today - timedelta(days=400)),
+            },
+        )
+        answer.raise_for_status()
+        return answer.json()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        hired = list(pool.map(hire, range(count)))
+    everyone = [
+        _PERSON_JSON.validate_python({k: v for k, v in p.items() if k != "status"})
+        for p in http.get(f"{control}/employees").json()
+    ]
+    print(f"  {count} people hired in PeopleForce in {time.monotonic() - started:.0f} s")
+    keys = create_onboarding_issues(http, stack.jira, hired)
+    print(f"  their onboarding issues created in Jira ({time.monotonic() - started:.0f} s)")
+    renderer = PeopleForceState(api_key="bench", people=everyone, today=today)
+    by_id = {person.id: person for person in everyone}
+    asyncio.run(
+        fill_links(
+            sandbox_dir(data_dir) / "pf-jira-sync.db",
+            [(by_id[p["id"]], key) for p, key in zip(hired, keys, strict=True)],
+            renderer,
+        )
+    )
+    print(f"  their links written to the store ({time.monotonic() - started:.0f} s)")
+    return [(p["id"], p["department"]) for p in hired]
+
+
+def create_onboarding_issues(
+    http: httpx.Client, jira: str, people: list[dict[str, Any]]
+) -> list[str]:
+    """Each person's onboarding issue, labelled as the service labels it, 50 per bulk create."""
+    from core.names import employee_label, work_label
+
+    keys: list[str] = []
+    for start in range(0, len(people), 50):
+        updates = [
+            {
+                "fields": {
+                    "project": {"key": "HR"},
+                    "issuetype": {"name": "Task"},
+                    "summary": f"Onboarding: {p['first_name']} {p['last_name']} ({p['hired_on']})",
+                    "labels": [
+                        employee_label(p["id"]),
+                        "pf-onboarding",
+                        work_label("onboarding", p["id"], date.fromisoformat(p["hired_on"])),
+                    ],
+                }
+            }
+            for p in people[start : start + 50]
+        ]
+        answer = http.post(
+            f"{jira}/rest/api/3/issue/bulk",
+            json={"issueUpdates": updates},
+            auth=(JIRA_EMAIL, JIRA_API_TOKEN),
+        )
+        answer.raise_for_status()
+        assert not answer.json()["errors"], answer.json()["errors"][:3]
+        keys += [issue["key"] for issue in answer.json()["issues"]]
+    return keys
+
+
+async def fill_links(database: Path, people: list[tuple[Any, str]], renderer: Any) -> None:
+    """One link per employee, as onboarding left it: the issue and the fields as synced."""
+    import sqlalchemy as sa
+
+    from core import lifecycle
+    from core.peopleforce.models import Employee
+    from core.plan import mapped_fields
+    from core.rules import load_rules
+    from core.store import EmployeeLink, MappingStore
+    from core.store.models import StoreModel
+
+    rules = load_rules(ROOT / "rules.example.toml")
+    table = StoreModel.metadata.tables["employee_link"]
+    now = datetime.now(UTC)
+    rows = []
+    for person, key in people:
+        employee = Employee.model_validate(renderer.render_list_item(person))
+        _, synced = mapped_fields(employee, rules)
+        link = lifecycle.apply(
+            EmployeeLink(employee_id=person.id, created_at=now, updated_at=now),
+            lifecycle.onboarding_created(
+                key,
+                lifecycle.Person((person.email or "").lower() or None, person.full_name, None),
+                snapshot=synced,
+            ),
+        )
+        rows.append({column.key: getattr(link, column.key) for column in table.columns})
+    async with (
+        await MappingStore.open(f"sqlite+aiosqlite:///{database}") as store,
+        store.engine.begin() as connection,
+    ):
+        for start in range(0, len(rows), 500):
+            await connection.execute(sa.insert(table), rows[start : start + 500])
+
+
+async def post_paced(gateway: str, deliveries: list[dict[str, Any]], seconds: float) -> list[float]:
+    """Post each delivery at its moment, evenly over `seconds`; returns when each was sent."""
+    sent = [0.0] * len(deliveries)
+    bound = asyncio.Semaphore(50)
+    limits = httpx.Limits(max_connections=50, keepalive_expiry=2)
+    async with httpx.AsyncClient(trust_env=False, timeout=60, limits=limits) as http:
+        started = time.time()
+
+        async def one(index: int, delivery: dict[str, Any]) -> None:
+            await asyncio.sleep(max(0.0, started + index * seconds / len(deliveries) - time.time()))
+            async with bound:
+                for attempt in range(5):
+                    sent[index] = time.time()
+                    try:
+                        response = await http.post(
+                            f"{gateway}/webhooks/peopleforce",
+                            content=delivery["body"].encode(),
+                            headers={
+                                "content-type": "application/json",
+                                SIGNATURE_HEADER: delivery["signature"],
+                            },
+                        )
+                        break
+                    except httpx.TransportError:  # a kept-alive connection closed as reused
+                        await asyncio.sleep(0.1 * (attempt + 1))
+                else:
+                    raise SystemExit("the gateway stopped answering")
+                assert response.status_code in (200, 202), response.text
+
+        await asyncio.gather(*(one(i, d) for i, d in enumerate(deliveries)))
+    return sent
+
+
+def joiners_and_leavers(
+    http: httpx.Client,
+    control: str,
+    today: date,
+    leavers: list[int],
+    spacing: float,
+    stop: threading.Event,
+    events: list[Event],
+) -> None:
+    """P6b: a hire and a termination (a future one: PeopleForce sends `employee_update` with
+    its date) every `spacing` seconds, until `stop`."""
+    n = 0
+    while not stop.wait(spacing if n else 1.0):
+        sent = time.time()
+        answer = http.post(
+            f"{control}/employees",
+            json={
+                "first_name": f"Joiner{n}",
+                "last_name": "Midreorg",
+                "department": "Sales",
+                "hired_on": str(today + timedelta(days=7)),
+            },
+        )
+        answer.raise_for_status()
+        events.append(Event("hire", answer.json()["id"], sent))
+        if leavers:
+            employee = leavers.pop()
+            sent = time.time()
+            http.post(
+                f"{control}/employees/{employee}/terminate",
+                json={"effective_on": str(today + timedelta(days=20))},
+            ).raise_for_status()
+            events.append(Event("terminate", employee, sent))
+        n += 1
+
+
+def reorg(
+    stack: Stack, rss: PeakRss, data_dir: Path, count: int, post_seconds: float, spacing: float
+) -> None:
+    control = stack.peopleforce_control
+    with httpx.Client(
+        trust_env=False, timeout=60, limits=httpx.Limits(max_connections=16, keepalive_expiry=2)
+    ) as http:
+        today = date.fromisoformat(http.get(f"{control}/clock").json()["today"])
+        print(f"seeding {count + REORG_SPARE} onboarded employees ...", flush=True)
+        company = seed_company(http, stack, data_dir, count + REORG_SPARE, today)
+        moved, spare = company[:count], [employee for employee, _ in company[count:]]
+        heads = {
+            p["department"]: p["id"]
+            for p in http.get(f"{control}/employees").json()
+            if (p.get("position") or "").startswith("Head of ")
+        }
+        # The reorg, made in PeopleForce with its webhooks held back: posted below, paced.
+        first = len(http.get(f"{control}/webhooks").json())
+
+        def move(item: tuple[int, str]) -> None:
+            employee, department = item
+            new = REORG_DEPARTMENTS[(REORG_DEPARTMENTS.index(department) + 1) % 5]
+            http.patch(
+                f"{control}/employees/{employee}",
+                json={"department": new, "manager_id": heads[new]},
+            ).raise_for_status()
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(move, moved))
+        deliveries = http.get(f"{control}/webhooks").json()[first:]
+        assert len(deliveries) == count, len(deliveries)
+        # Jira's limits on from here; the P6b events go through PeopleForce to the gateway.
+        http.put(f"{stack.jira}/_sandbox/rate-limits", json={"enabled": True}).raise_for_status()
+        http.put(
+            f"{control}/webhook-target",
+            json={"url": f"{stack.gateway}/webhooks/peopleforce", "secret": WEBHOOK_SECRET},
+        ).raise_for_status()
+        before = http.get(f"{stack.jira}/_sandbox/stats").json()
+        journal = Journal(http, stack.jira)
+        journal.poll()  # skip what the seed did
+        journal.writes.clear()
+        journal.guards.clear()
+        seeded = journal.read
+        urgent: list[Event] = []
+        stop = threading.Event()
+        p6b = threading.Thread(
+            target=joiners_and_leavers,
+            args=(http, control, today, spare, spacing, stop, urgent),
+            daemon=True,
+        )
+        print(f"posting {count} employee_update webhooks over {post_seconds:g} s ...", flush=True)
+        p6b.start()
+        started = time.time()
+        sent = asyncio.run(post_paced(stack.gateway, deliveries, post_seconds))
+        events = [
+            Event("update", d["employee_id"], at) for d, at in zip(deliveries, sent, strict=True)
+        ]
+        print(f"posted in {time.time() - started:.1f} s; waiting until all are applied ...")
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            journal.poll()
+            journal.settle(events)
+            if all(e.applied_at is not None for e in events):
+                break
+            time.sleep(1.0)
+        stop.set()
+        p6b.join()
+        drain(journal, urgent, timeout=120)
+        after = http.get(f"{stack.jira}/_sandbox/stats").json()
+        # A field sync edits the issue once (and comments on it): a second edit for one
+        # employee is the reorg applied twice.
+        edits = Counter(
+            int(label.removeprefix("pf-employee-"))
+            for entry in http.get(f"{stack.jira}/_sandbox/journal", params={"since": seeded}).json()
+            if entry["change"] == "edit"
+            for label in entry["labels"]
+            if label.startswith("pf-employee-")
+        )
+        report_reorg(count, events, urgent, journal, edits, before, after, rss, started)
+
+
+def report_reorg(
+    count: int,
+    events: list[Event],
+    urgent: list[Event],
+    journal: Journal,
+    edits: Counter[int],
+    before: dict[str, Any],
+    after: dict[str, Any],
+    rss: PeakRss,
+    started: float,
+) -> None:
+    applied = [e for e in events if e.applied_at is not None]
+    last = max((e.applied_at or started for e in applied), default=started)
+    moved = {e.employee_id for e in events}
+    twice = sum(1 for employee in moved if edits[employee] > 1)
+    requests = sum(after[k] - before[k] for k in ("reads", "writes", "rate_limited"))
+    refused = after["rate_limited"] - before["rate_limited"]
+    share = refused / requests if requests else 0.0
+    guards_twice = sum(n - 1 for n in journal.guards.values() if n > 1)
+    took = last - started
+    print(f"\nP3' reorg: {count} employee_update webhooks (department and manager changed)")
+    print(
+        f"  all applied in            {took:.0f} s  (target <= {REORG_TARGET_SECONDS:.0f} s) "
+        f"{verdict(len(applied) == count and took <= REORG_TARGET_SECONDS)}"
+    )
+    print(
+        f"  lost (never applied)      {count - len(applied)}  (target 0) {verdict(len(applied) == count)}"
+    )
+    print(f"  duplicated (edited twice) {twice}  (target 0) {verdict(twice == 0)}")
+    print(
+        f"  Jira 429s                 {refused} of {requests} requests ({share:.2%}; target "
+        f"< {REORG_MAX_429_SHARE:.0%}) {verdict(share < REORG_MAX_429_SHARE)}"
+    )
+    print(f"  rate limited by reason    {after.get('rate_limited_by_reason', {})}")
+    latencies = sorted(e.applied_at - e.sent_at for e in applied if e.applied_at)
+    if latencies:
+        print(
+            f"  webhook -> Jira write     p50 {statistics.median(latencies):.1f} s  "
+            f"max {latencies[-1]:.1f} s"
+        )
+    done = sorted(e.applied_at - e.sent_at for e in urgent if e.applied_at)
+    p95 = done[min(len(done) - 1, int(0.95 * len(done)))] if done else float("inf")
+    print(
+        f"\nP6b hires and terminations during the reorg: {len(urgent)} ({dict(Counter(e.kind for e in urgent))})"
+    )
+    print(
+        f"  202 -> first Jira write   p95 {p95:.1f} s  (target <= {URGENT_P95_TARGET:.0f} s) "
+        f"{verdict(len(done) == len(urgent) and p95 <= URGENT_P95_TARGET)}"
+    )
+    if done:
+        print(
+            f"                            p50 {statistics.median(done):.1f} s  max {done[-1]:.1f} s"
+        )
+    print(
+        f"  lost (never applied)      {len(urgent) - len(done)}  (target 0) {verdict(len(done) == len(urgent))}"
+    )
+    print(f"  duplicated (guard twice)  {guards_twice}  (target 0) {verdict(guards_twice == 0)}")
+    print(
+        f"\n  peak RSS (whole stack)    {rss.peak / 2**20:.0f} MiB over {rss.processes} processes"
+    )
+    cpu = rss.cpu_by_part()
+    print(
+        f"  CPU seconds               {sum(cpu.values()):.0f}: "
+        + ", ".join(f"{name} {sec:.0f}" for name, sec in sorted(cpu.items(), key=lambda kv: -kv[1]))
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=["sustained", "burst"])
+    parser.add_argument("mode", choices=["sustained", "burst", "reorg"])
     parser.add_argument("--rate", type=float, default=10.0, help="sustained: events per second")
     parser.add_argument("--duration", type=float, default=300.0, help="sustained: seconds")
-    parser.add_argument("--count", type=int, default=2000, help="burst: webhooks")
+    parser.add_argument(
+        "--count", type=int, help="burst: webhooks (2,000); reorg: employees moved (10,000)"
+    )
+    parser.add_argument(
+        "--post-seconds", type=float, default=60.0, help="reorg: seconds to post its webhooks"
+    )
+    parser.add_argument(
+        "--spacing", type=float, default=5.0, help="reorg: seconds between hires and terminations"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep", type=Path, help="data directory to keep (logs, databases)")
     parser.add_argument("--log-level", default="WARNING", help="the stack's LOG_LEVEL")
@@ -477,17 +852,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pf-bench-") as tmp:
         print("starting pf-jira-sync up --sandbox ...", flush=True)
         settings = dict(item.split("=", 1) for item in args.setting)
-        stack = Stack.start(
-            args.keep or Path(tmp) / "data",
-            {"LOG_LEVEL": args.log_level, **BREAKER_OFF, **settings},
-        )
+        data_dir = args.keep or Path(tmp) / "data"
+        stack = Stack.start(data_dir, {"LOG_LEVEL": args.log_level, **BREAKER_OFF, **settings})
         rss = PeakRss(stack.process.pid)
         rss.start()
         try:
             if args.mode == "sustained":
                 sustained(stack, rss, args.rate, args.duration, args.seed)
+            elif args.mode == "reorg":
+                count = args.count or 10_000
+                reorg(stack, rss, data_dir, count, args.post_seconds, args.spacing)
             else:
-                burst(stack, rss, args.count)
+                burst(stack, rss, args.count or 2000)
         finally:
             rss.stopped.set()
             stack.stop()

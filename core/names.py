@@ -46,10 +46,13 @@ def full_deployment_name(flow: str, deployment: str) -> str:
 # The deployment the gateway's dispatcher creates runs of.
 WEBHOOK_RUNS = full_deployment_name(SYNC_FLOW, WEBHOOK_DEPLOYMENT)
 
-# Run tags: every deployment carries the service tag; webhook runs also `webhook` and one
-# `action:<webhook action>` per action; every run the `employee:<id>` of its employees.
+# Run tags: every deployment carries the service tag; webhook runs also `webhook` (and
+# `urgent` for joiners and leavers) and one `action:<webhook action>` per action; every run
+# the `employee:<id>` of its employees.
 SERVICE_TAGS = [SERVICE]
 WEBHOOK_TAG = "webhook"
+# Webhook runs of joiners and leavers, dispatched before a backlog of field updates.
+URGENT_TAG = "urgent"
 MANUAL_TAG = "manual"
 # A run of hundreds of employees is tagged with the first ones only: the tag is for finding
 # runs, and its summary artifact lists everyone.

@@ -190,11 +190,27 @@ class Settings(BaseSettings):
     serve_poll_seconds: float = Field(0.5, gt=0, le=60)
     # Most employees one dispatched flow run carries; a burst beyond it is split across runs.
     dispatch_batch_max: int = Field(200, ge=1, le=5000)
-    # Dispatched runs not yet finished before new events wait for them (and then go together).
+    # Dispatched routine runs (field updates) not yet finished before new routine events wait
+    # for them (and then go together); urgent runs have a lane of their own (below).
     dispatch_max_in_flight: int = Field(3, ge=1, le=64)
     # A run started less than this many seconds ago holds back the next (0: never). One large
     # run at a time suits one host; with several workers, lower it so runs go side by side.
     dispatch_run_alone_seconds: float = Field(15.0, ge=0, le=600)
+    # Urgent runs (joiners and leavers: a hire, a first day, a termination or its revert) go
+    # in a lane of their own: claimed before any field update, each in runs of their own, up to
+    # this many at once beside DISPATCH_MAX_IN_FLIGHT routine runs, whatever holds those back.
+    # On one host keep DISPATCH_MAX_IN_FLIGHT + this <= SERVE_LIMIT, so that the backlog never
+    # takes the runner slots they need (`up` warns otherwise).
+    dispatch_urgent_max_in_flight: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Urgent flow runs (joiners and leavers) in flight beside the routine ones.",
+    )
+    # A routine webhook run (field updates, a reorg's backlog) lowers its own process's CPU
+    # priority by this much (`nice`), so that on a busy host a hire's run, starting beside it,
+    # gets the CPU first; the backlog takes what is left. 0 leaves every run as it is.
+    routine_run_niceness: int = Field(10, ge=0, le=19)
     # Recovery (README, "When processes die"). Every call the dispatcher makes to Prefect is
     # bounded by this many seconds, so a hung server never stalls it; past a failure it says
     # "cannot reach Prefect" (within 30 s, then every minute) and again when Prefect is back.

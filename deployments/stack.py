@@ -492,6 +492,13 @@ class Stack:
                 f"note: PREFECT_API_URL={mask_url(settings.prefect_api_url)} is ignored: "
                 "`up` runs its own server"
             )
+        runs = settings.dispatch_max_in_flight + settings.dispatch_urgent_max_in_flight
+        if runs > settings.serve_limit:
+            warn(
+                f"note: DISPATCH_MAX_IN_FLIGHT + DISPATCH_URGENT_MAX_IN_FLIGHT ({runs}) is more "
+                f"than SERVE_LIMIT ({settings.serve_limit}): a backlog of field updates can take "
+                "the runner slots that hires and terminations need"
+            )
         if (
             not self.sandbox
             and not settings.webhook_secret

@@ -4,12 +4,21 @@ flows (onboarding, offboarding, field sync) the plans call for, each for its emp
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import UTC, datetime
 
 from loguru import logger
 from prefect import flow
+from prefect.runtime import flow_run
 
-from core.names import FIELD_SYNC_FLOW, OFFBOARDING_FLOW, ONBOARDING_FLOW, SYNC_FLOW
+from core.names import (
+    FIELD_SYNC_FLOW,
+    OFFBOARDING_FLOW,
+    ONBOARDING_FLOW,
+    SYNC_FLOW,
+    URGENT_TAG,
+    WEBHOOK_TAG,
+)
 from core.plan import Facts, Process, plan, process_of, today_in
 from core.settings import get_settings
 from flows.field_sync import field_sync
@@ -43,6 +52,14 @@ async def triage(employee_id: int) -> set[Process]:
     return {process for action in result.actions if (process := process_of(action)) is not None}
 
 
+def yield_cpu_if_routine(niceness: int) -> None:
+    """A webhook run the dispatcher did not mark urgent (field updates) runs at a lower CPU
+    priority, it and its subflows (one process): joiners' and leavers' runs go first."""
+    tags = set(flow_run.get_tags())
+    if niceness and WEBHOOK_TAG in tags and URGENT_TAG not in tags and hasattr(os, "nice"):
+        os.nice(niceness)
+
+
 def waves(routed: dict[str, list[int]]) -> list[list[str]]:
     """The process flows to run, in waves: each wave's flows side by side, waves in turn.
 
@@ -71,6 +88,7 @@ async def sync_employees(
     `event_keys`: the webhook events behind each employee's work (by employee id), carried on
     every log line of that work; the dispatcher gives them, a manual run needs none."""
     settings = get_settings()
+    yield_cpu_if_routine(settings.routine_run_niceness)
     async with open_services(settings):
         bound = asyncio.Semaphore(settings.employee_concurrency)
 

@@ -97,6 +97,7 @@ async def received_event(raw: VerifiedBody) -> WebhookEvent:
         action=envelope.action,
         employee_id=envelope.employee_id,
         status=classify(envelope),
+        urgent=envelope.is_joiner_or_leaver,
         body=text,
     )
 

@@ -6,6 +6,11 @@ employees (a flow run is a process of its own: see DESIGN, "Throughput"). A disp
 Prefect does not accept is retried with backoff, so an acknowledged event is never lost, even
 while the Prefect server is down.
 
+Joiners and leavers go first: events the gateway marked urgent (a hire, a first day, a
+termination or its revert, `WebhookEvent.urgent`) are claimed before any field update, each such
+employee with all of their pending events, in runs of their own (tagged `urgent`), in a lane
+that the backlog cannot fill (`Dispatcher.__init__`).
+
 One event never holds up the others: each is read on its own, whatever its body holds (the
 sender's name and action are escaped and bounded, `core.text`, before they title a run or tag
 it), and an event the dispatcher cannot turn into work (a poisoned event) is set aside once,
@@ -67,7 +72,14 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_AUTH_STRING
 from prefect.states import Crashed
 
-from core.names import SERVICE_TAGS, WEBHOOK_RUNS, WEBHOOK_TAG, action_tag, employee_tags
+from core.names import (
+    SERVICE_TAGS,
+    URGENT_TAG,
+    WEBHOOK_RUNS,
+    WEBHOOK_TAG,
+    action_tag,
+    employee_tags,
+)
 from core.render import (
     EVENT_OUTCOME_MAX,
     event_failed_outcome,
@@ -150,6 +162,7 @@ class Dispatcher:
         deployment: str = WEBHOOK_RUNS,
         batch_max: int = 200,
         max_in_flight: int = 3,
+        urgent_max_in_flight: int = 1,
         settle: float = 0.3,
         poll: float = 5.0,
         busy_poll: float = 0.25,
@@ -169,6 +182,12 @@ class Dispatcher:
         # go side by side from the start, up to `max_in_flight`.
         self.max_in_flight = max_in_flight
         self.run_alone_for = run_alone_for
+        # Priority: joiners and leavers (`JOINER_LEAVER_ACTIONS`) never wait behind a backlog
+        # of field updates. Their events are claimed first, each such employee with all their
+        # pending events, in runs of their own, up to `urgent_max_in_flight` at once beside the
+        # routine runs, and nothing that holds routine runs back holds them back. On one host
+        # both bounds together fit in the runner's slots, so a backlog never takes theirs.
+        self.urgent_max_in_flight = urgent_max_in_flight
         self.settle = settle  # let a burst arrive before dispatching it as one batch
         self.poll = poll
         self.busy_poll = busy_poll  # how often to look for finished runs while some are out
@@ -177,7 +196,9 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._deployment_id: UUID | None = None
         self._in_flight: set[str] = set()
-        # Runs not started yet, or started less than `run_alone_for` ago: they hold back dispatch.
+        self._urgent_in_flight: set[str] = set()  # of `_in_flight`, the urgent runs
+        # Routine runs not started yet, or started less than `run_alone_for` ago: they hold back
+        # routine dispatch.
         self._holding_back: set[str] = set()
         # Since when (monotonic) Prefect has not answered, and when that was last said.
         self._unreachable_since: float | None = None
@@ -283,27 +304,33 @@ class Dispatcher:
         """Turn due events into flow runs while the pipeline has room (see `__init__`); returns
         how many events were handed over or set aside.
 
-        First the batches whose claim expired (a dispatcher died holding them, or their last
-        attempt failed and is due again), each sent again whole; then pending events, claimed
-        batch by batch. Each event is read on its own (`_work_of`): one the dispatcher cannot
-        turn into work (a poisoned event) is set aside, once, with the reason, and the others
-        go on.
+        The urgent lane first (joiners and leavers), then the routine one, each on its own
+        room. In each, first the batches whose claim expired (a dispatcher died holding them,
+        or their last attempt failed and is due again), each sent again whole; then pending
+        events, claimed batch by batch. Each event is read on its own (`_work_of`): one the
+        dispatcher cannot turn into work (a poisoned event) is set aside, once, with the
+        reason, and the others go on.
         """
+        return await self._dispatch_lane(urgent=True) + await self._dispatch_lane(urgent=False)
+
+    async def _dispatch_lane(self, *, urgent: bool) -> int:
         handed = 0
-        while self._has_room():
-            taken = await self.inbox.take_over(self.name, self._claim_until(), limit=1)
+        while self._has_room(urgent=urgent):
+            taken = await self.inbox.take_over(
+                self.name, self._claim_until(), limit=1, urgent=urgent
+            )
             if not taken:
                 break
             for token, events in taken.items():
-                handed += await self._dispatch_batch(token, events)
-        if not self._has_room():
+                handed += await self._dispatch_batch(token, events, urgent=urgent)
+        if not self._has_room(urgent=urgent):
             return handed
-        events = await self.inbox.pending(limit=self.batch_max * 5)
+        events = await self.inbox.pending(limit=self.batch_max * 5, urgent=urgent)
         by_employee, poisoned = _works_of(events)
         handed += await self._set_aside(poisoned)
         ordered = sorted(by_employee)
         for start in range(0, len(ordered), self.batch_max):
-            if not self._has_room():
+            if not self._has_room(urgent=urgent):
                 break
             employees = ordered[start : start + self.batch_max]
             keys = [work.event.event_key for e in employees for work in by_employee[e]]
@@ -313,21 +340,23 @@ class Dispatcher:
                 employee: [work for work in by_employee[employee] if work.event.event_key in mine]
                 for employee in employees
             }
-            handed += await self._dispatch({e: w for e, w in works.items() if w}, token)
+            handed += await self._dispatch(
+                {e: w for e, w in works.items() if w}, token, urgent=urgent
+            )
         return handed
 
-    async def _dispatch_batch(self, token: str, events: list[WebhookEvent]) -> int:
+    async def _dispatch_batch(self, token: str, events: list[WebhookEvent], *, urgent: bool) -> int:
         """Send again a batch taken over (the same events, hence the same idempotency key)."""
         by_employee, poisoned = _works_of(events)
         handed = await self._set_aside(poisoned, claim=token)
         if by_employee:
-            handed += await self._dispatch(by_employee, token)
+            handed += await self._dispatch(by_employee, token, urgent=urgent)
         return handed
 
-    async def _dispatch(self, works: dict[int, list[Work]], token: str) -> int:
-        """One flow run for these employees' events, of the batch `token`; returns how many
-        events it carries (or, after a refusal that no retry can change, how many were set
-        aside)."""
+    async def _dispatch(self, works: dict[int, list[Work]], token: str, *, urgent: bool) -> int:
+        """One flow run for these employees' events, of the batch `token` (of the urgent lane,
+        or the routine one); returns how many events it carries (or, after a refusal that no
+        retry can change, how many were set aside)."""
         if not works:
             return 0
         employee_ids = sorted(works)
@@ -342,7 +371,7 @@ class Dispatcher:
                     parameters={"employee_ids": employee_ids, "event_keys": _event_keys(batch)},
                     idempotency_key=self._idempotency_key(token, keys),
                     name=_run_name(employee_ids, batch),
-                    tags=_run_tags(employee_ids, batch),
+                    tags=_run_tags(employee_ids, batch, urgent=urgent),
                 )
             )
         except UNSENDABLE as error:
@@ -354,8 +383,8 @@ class Dispatcher:
                 half = len(employee_ids) // 2
                 first, second = employee_ids[:half], employee_ids[half:]
                 return await self._dispatch(
-                    {e: works[e] for e in first}, token
-                ) + await self._dispatch({e: works[e] for e in second}, token)
+                    {e: works[e] for e in first}, token, urgent=urgent
+                ) + await self._dispatch({e: works[e] for e in second}, token, urgent=urgent)
             return await self._set_aside(
                 [(event, _poison_reason(error)) for event in events], claim=token
             )
@@ -382,13 +411,17 @@ class Dispatcher:
             return 0
         recorded = await self.inbox.mark_dispatched(keys, str(run.id), claim=token)
         self._in_flight.add(str(run.id))
-        self._holding_back.add(str(run.id))
+        if urgent:
+            self._urgent_in_flight.add(str(run.id))
+        else:
+            self._holding_back.add(str(run.id))
         if not recorded:  # another dispatcher took the batch over and recorded the same run
             return 0
         logger.info(
-            "dispatched {} event(s) for {} employee(s) as flow run {}",
+            "dispatched {} event(s) for {} employee(s) as {}flow run {}",
             recorded,
             len(employee_ids),
+            "urgent " if urgent else "",
             run.id,
         )
         for event in events:  # the link from each webhook to the run that works it
@@ -422,8 +455,14 @@ class Dispatcher:
                 )
         return count
 
-    def _has_room(self) -> bool:
-        return not self._holding_back and len(self._in_flight) < self.max_in_flight
+    def _has_room(self, *, urgent: bool) -> bool:
+        """Whether the lane may send another run: its own runs in flight below its bound; for
+        the routine lane, also no routine run holding it back (urgent runs hold back nothing:
+        they are few and small, and what holds routine runs back must not hold them)."""
+        if urgent:
+            return len(self._urgent_in_flight) < self.urgent_max_in_flight
+        routine = len(self._in_flight) - len(self._urgent_in_flight)
+        return not self._holding_back and routine < self.max_in_flight
 
     def _claim_until(self) -> datetime:
         return utc_now() + self.recovery.claim_for
@@ -450,7 +489,9 @@ class Dispatcher:
         runs that never will by themselves (orphaned: see the module's docstring)."""
         # Read from the inbox each time, so runs dispatched before a restart (or by another
         # gateway on the same store) are followed too.
-        self._in_flight = set(await self.inbox.runs_in_flight())
+        in_flight = await self.inbox.runs_in_flight()
+        self._in_flight = set(in_flight)
+        self._urgent_in_flight = {run_id for run_id, urgent in in_flight.items() if urgent}
         self._holding_back = set()
         if not self._in_flight:
             return
@@ -482,9 +523,16 @@ class Dispatcher:
             # pool must find runs to take). A run that does not start (no runner, no free
             # slot) must not stall dispatch for good: past the grace period only
             # `max_in_flight` holds events back.
-            if waiting and self.run_alone_for and run.created and now - run.created < START_GRACE:
+            routine = run_id not in self._urgent_in_flight
+            if (
+                routine
+                and waiting
+                and self.run_alone_for
+                and run.created
+                and now - run.created < START_GRACE
+            ):
                 self._holding_back.add(run_id)
-            if state is not None and state.type == StateType.RUNNING:
+            if routine and state is not None and state.type == StateType.RUNNING:
                 started = run.start_time or state.timestamp
                 if started and now - started < self.run_alone_for:
                     self._holding_back.add(run_id)
@@ -569,6 +617,7 @@ class Dispatcher:
                     closed,
                 )
         self._in_flight.discard(str(run.id))
+        self._urgent_in_flight.discard(str(run.id))
 
     async def _settle_unfinished(
         self,
@@ -745,13 +794,14 @@ def _event_keys(works: list[Work]) -> dict[str, list[str]]:
     return keys
 
 
-def _run_tags(employee_ids: list[int], works: list[Work]) -> list[str]:
-    """Filterable in the UI: the service, the source, the employees (the first few) and the
-    webhook actions."""
+def _run_tags(employee_ids: list[int], works: list[Work], *, urgent: bool = False) -> list[str]:
+    """Filterable in the UI: the service, the source, `urgent` for a run of the joiners' and
+    leavers' lane, the employees (the first few) and the webhook actions."""
     actions = sorted({work.action for work in works})[:5]
     return [
         *SERVICE_TAGS,
         WEBHOOK_TAG,
+        *([URGENT_TAG] if urgent else []),
         *employee_tags(employee_ids),
         *(action_tag(action) for action in actions),
     ]
@@ -829,6 +879,7 @@ class Dispatching:
                 client,
                 batch_max=self.settings.dispatch_batch_max,
                 max_in_flight=self.settings.dispatch_max_in_flight,
+                urgent_max_in_flight=self.settings.dispatch_urgent_max_in_flight,
                 run_alone_for=timedelta(seconds=self.settings.dispatch_run_alone_seconds),
                 poll=self.poll,
                 recovery=Recovery.from_settings(self.settings),

@@ -40,6 +40,18 @@ EMPLOYEE_PROFILE_ACTIONS = frozenset(
         "employee_termination_revert",
     }
 )
+# The topics of joiners and leavers: a hire, a first day, a termination and its revert. Their
+# work is urgent (someone starts tomorrow, or leaves with access): the dispatcher sends it in a
+# lane of its own that a backlog of field updates (`employee_update`, ...) never fills. A
+# future termination comes as `employee_update` with its date (`is_joiner_or_leaver`).
+JOINER_LEAVER_ACTIONS = frozenset(
+    {
+        "employee_create",
+        "employee_start",
+        "employee_terminate",
+        "employee_termination_revert",
+    }
+)
 
 
 class PeopleForceModel(BaseModel):
@@ -341,6 +353,17 @@ class WebhookEnvelope(PeopleForceModel):
         if self.is_employee_event:
             return self.sub_record_employee_id()
         return None
+
+    @property
+    def is_joiner_or_leaver(self) -> bool:
+        """A hire, a first day, a termination or its revert: `JOINER_LEAVER_ACTIONS`, or a
+        profile update that carries a termination date (how a future termination comes)."""
+        if self.action in JOINER_LEAVER_ACTIONS:
+            return True
+        return (
+            self.action == "employee_update"
+            and self.data.attributes.termination_effective_date is not None
+        )
 
     def sub_record_employee_id(self) -> int | None:
         """`attributes.employee_id` read strictly (`strict_id`): None when absent;

@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import Field, col
 
+from core.peopleforce.models import JOINER_LEAVER_ACTIONS
 from core.store.models import JiraEffect, StoreModel, UTCDateTime, dialect_insert, utc_now
 from core.store.repository import MappingStore, UnsupportedDatabase
 
@@ -145,6 +146,8 @@ class WebhookEvent(StoreModel, table=True):
     __table_args__ = (
         # The dispatcher's question: which employees have pending events.
         sa.Index("ix_webhook_event_status_employee_id", "status", "employee_id"),
+        # And which of them are joiners or leavers (their lane goes first).
+        sa.Index("ix_webhook_event_status_urgent", "status", "urgent"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -172,6 +175,9 @@ class WebhookEvent(StoreModel, table=True):
     failed_runs: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     # What its run recorded for its employee so far (`record_work`); None: nothing yet.
     work_result: WorkResult | None = Field(default=None, sa_type=WORK_RESULT_TYPE)
+    # A joiner's or leaver's event (`WebhookEnvelope.is_joiner_or_leaver`, read as it is
+    # stored): its employee's work goes in the dispatcher's urgent lane.
+    urgent: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
 
     @property
     def ref(self) -> str:
@@ -181,6 +187,8 @@ class WebhookEvent(StoreModel, table=True):
 
 _EVENTS = StoreModel.metadata.tables["webhook_event"]
 _EFFECTS = StoreModel.metadata.tables["jira_effect"]
+# An event of a joiner or a leaver: its work goes before a backlog of field updates.
+_URGENT = _EVENTS.c.urgent == sa.true()
 # An event no dispatcher holds.
 _NO_CLAIM: dict[str, Any] = {"claimed_by": None, "claim_expires_at": None, "claim_token": None}
 
@@ -233,6 +241,9 @@ class InboxRepository:
         first is returned with `created=False`, unchanged.
         """
         event.status = EventStatus(event.status)  # refuses an unknown status before writing
+        # A joiner's or leaver's topic is urgent however the event was made (the gateway also
+        # marks a profile update that carries a termination date).
+        event.urgent = event.urgent or event.action in JOINER_LEAVER_ACTIONS
         values = {column.key: getattr(event, column.key) for column in _EVENTS.columns}
         del values["id"]
         insert = (
@@ -289,11 +300,18 @@ class InboxRepository:
         return token, claimed
 
     async def take_over(
-        self, holder: str, until: datetime, *, limit: int = 100, now: datetime | None = None
+        self,
+        holder: str,
+        until: datetime,
+        *,
+        limit: int = 100,
+        now: datetime | None = None,
+        urgent: bool | None = None,
     ) -> dict[str, list[WebhookEvent]]:
         """Batches whose claim has expired (their dispatcher died, or their dispatch failed and
         is due again), claimed for `holder` until `until`: each batch whole, by its token, at
-        most `limit` batches, oldest first.
+        most `limit` batches, oldest first; with `urgent`, only the batches that hold a joiner's
+        or leaver's event (True) or only those that hold none (False).
 
         Whole, so that sending a batch again names the same events under the same token (the
         Prefect idempotency key): a run Prefect created for a dispatcher that died before
@@ -313,6 +331,9 @@ class InboxRepository:
             .order_by(sa.func.min(_EVENTS.c.id))
             .limit(limit)
         )
+        if urgent is not None:
+            holds_urgent = sa.func.max(sa.case((_URGENT, 1), else_=0))
+            oldest = oldest.having(holds_urgent == (1 if urgent else 0))
         async with self._sessions() as session:
             tokens = list(await session.scalars(oldest))
         taken: dict[str, list[WebhookEvent]] = {}
@@ -668,21 +689,26 @@ class InboxRepository:
                     keys.setdefault(employee_id, {})[issue_key] = None
         return {employee_id: list(found) for employee_id, found in keys.items()}
 
-    async def pending(self, limit: int = 100, *, now: datetime | None = None) -> list[WebhookEvent]:
-        """Pending events whose next attempt is due (or that were never tried), oldest first."""
+    async def pending(
+        self, limit: int = 100, *, now: datetime | None = None, urgent: bool | None = None
+    ) -> list[WebhookEvent]:
+        """Pending events whose next attempt is due (or that were never tried), oldest first.
+
+        With `urgent`, one of two lanes that split them by employee: True, every due event of
+        the employees who have a due joiner's or leaver's event (`WebhookEvent.urgent`), so
+        that such an employee's updates go with them; False, the other employees' events."""
         now = now or utc_now()
-        query = (
-            sa.select(WebhookEvent)
-            .where(col(WebhookEvent.status) == EventStatus.pending)
-            .where(
-                sa.or_(
-                    col(WebhookEvent.next_attempt_at).is_(None),
-                    col(WebhookEvent.next_attempt_at) <= now,
-                )
-            )
-            .order_by(col(WebhookEvent.received_at), col(WebhookEvent.id))
-            .limit(limit)
+        due = (_EVENTS.c.status == EventStatus.pending) & sa.or_(
+            _EVENTS.c.next_attempt_at.is_(None), _EVENTS.c.next_attempt_at <= now
         )
+        query = sa.select(WebhookEvent).where(due)
+        if urgent is not None:
+            urgent_employees = sa.select(_EVENTS.c.employee_id).where(due & _URGENT)
+            urgent_employees = urgent_employees.where(_EVENTS.c.employee_id.is_not(None))
+            lane = _EVENTS.c.employee_id.in_(urgent_employees)
+            # An event about no employee is in no urgent employee's lane: the routine one.
+            query = query.where(lane if urgent else sa.or_(~lane, _EVENTS.c.employee_id.is_(None)))
+        query = query.order_by(col(WebhookEvent.received_at), col(WebhookEvent.id)).limit(limit)
         async with self._sessions() as session:
             return list(await session.scalars(query))
 
@@ -705,16 +731,18 @@ class InboxRepository:
         async with self._sessions() as session:
             return int(await session.scalar(query) or 0)
 
-    async def runs_in_flight(self) -> list[str]:
-        """The flow runs that still carry dispatched events (their outcome is not known yet)."""
+    async def runs_in_flight(self) -> dict[str, bool]:
+        """The flow runs that still carry dispatched events (their outcome is not known yet),
+        each with whether it is urgent (carries a joiner's or leaver's event)."""
         query = (
-            sa.select(_EVENTS.c.flow_run_id)
+            sa.select(_EVENTS.c.flow_run_id, sa.func.max(sa.case((_URGENT, 1), else_=0)))
             .where(_EVENTS.c.status == EventStatus.dispatched)
             .where(_EVENTS.c.flow_run_id.is_not(None))
-            .distinct()
+            .group_by(_EVENTS.c.flow_run_id)
         )
         async with self._sessions() as session:
-            return [run_id for run_id in (await session.scalars(query)) if run_id]
+            rows = await session.execute(query)
+            return {run_id: bool(urgent) for run_id, urgent in rows if run_id}
 
     async def recent(
         self, limit: int = 50, status: EventStatus | str | None = None

@@ -33,7 +33,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import State, StateType
 from prefect.flow_engine import run_flow_async
 from prefect.settings import PREFECT_API_URL
-from prefect.states import Pending, Running
+from prefect.states import Completed, Pending, Running
 from pydantic import SecretStr
 
 from core.names import WEBHOOK_PATH
@@ -280,15 +280,161 @@ async def test_runs_go_side_by_side_from_the_start_when_none_runs_alone(
         await store.close()
 
 
-async def add_update_event(inbox: InboxRepository, employee_id: int) -> None:
+async def add_update_event(
+    inbox: InboxRepository, employee_id: int, action: str = "employee_update", key: str = ""
+) -> None:
     await inbox.add(
         WebhookEvent(
-            event_key=f"e{employee_id}",
-            action="employee_update",
+            event_key=key or f"e{employee_id}",
+            action=action,
             employee_id=employee_id,
             body=json.dumps({"employee": employee_id}),
         )
     )
+
+
+# Priority: joiners and leavers never wait behind a backlog of field updates
+
+
+@pytest.fixture
+async def own_inbox(tmp_path: Path) -> AsyncIterator[InboxRepository]:
+    store = await MappingStore.open(f"sqlite+aiosqlite:///{tmp_path / 'inbox.db'}")
+    try:
+        yield InboxRepository(store.engine)
+    finally:
+        await store.close()
+
+
+async def runs_of(pipeline: Pipeline, inbox: InboxRepository) -> dict[str, list[WebhookEvent]]:
+    """The events of each run they were dispatched to, by the run's id."""
+    runs: dict[str, list[WebhookEvent]] = {}
+    for event in await inbox.recent(limit=500):
+        if event.flow_run_id:
+            runs.setdefault(event.flow_run_id, []).append(event)
+    return runs
+
+
+async def tags_of(pipeline: Pipeline, run_id: str) -> list[str]:
+    return (await pipeline.client.read_flow_run(UUID(run_id))).tags
+
+
+async def test_a_hire_goes_at_once_while_a_backlog_of_updates_holds_dispatch_back(
+    pipeline: Pipeline, own_inbox: InboxRepository
+) -> None:
+    """A routine run not started yet holds back the routine lane, and the routine lane is at
+    its bound: a hire, a termination and a revert arriving behind hundreds of older updates
+    still go at once, each lane's events in runs of their own, the urgent one tagged."""
+    dispatcher = Dispatcher(own_inbox, pipeline.client, max_in_flight=1, urgent_max_in_flight=1)
+    for employee_id in range(1, 301):
+        await add_update_event(own_inbox, employee_id)
+    await dispatcher.close_finished()
+    assert await dispatcher.dispatch_pending() == 200  # one routine run of `batch_max`
+    await dispatcher.close_finished()
+    assert await dispatcher.dispatch_pending() == 0  # held back: not started, and at its bound
+    await add_update_event(own_inbox, 1001, "employee_create")
+    await add_update_event(own_inbox, 1002, "employee_terminate")
+    await add_update_event(own_inbox, 1003, "employee_termination_revert")
+    await dispatcher.close_finished()
+    assert await dispatcher.dispatch_pending() == 3
+    runs = await runs_of(pipeline, own_inbox)
+    assert len(runs) == 2
+    (urgent_run,) = [run for run, events in runs.items() if len(events) == 3]
+    assert {event.employee_id for event in runs[urgent_run]} == {1001, 1002, 1003}
+    assert "urgent" in await tags_of(pipeline, urgent_run)
+    (routine_run,) = set(runs) - {urgent_run}
+    assert "urgent" not in await tags_of(pipeline, routine_run)
+    # The urgent lane is full now; the next hire waits for its run, not for the backlog.
+    await add_update_event(own_inbox, 1004, "employee_create")
+    await dispatcher.close_finished()
+    assert await dispatcher.dispatch_pending() == 0
+    await pipeline.client.set_flow_run_state(UUID(urgent_run), Completed(), force=True)
+    await dispatcher.close_finished()
+    assert await dispatcher.dispatch_pending() == 1
+    assert len(await own_inbox.pending(limit=500)) == 100  # the backlog still waits
+
+
+async def test_routine_runs_never_take_the_slots_of_urgent_ones(
+    pipeline: Pipeline, own_inbox: InboxRepository
+) -> None:
+    """Runs side by side from the start (`run_alone_for` 0), one employee each: the routine
+    lane stops at `max_in_flight` however much waits, with the urgent lane empty; urgent runs
+    add to it, up to their own bound, never more in all."""
+    dispatcher = Dispatcher(
+        own_inbox,
+        pipeline.client,
+        batch_max=1,
+        max_in_flight=2,
+        urgent_max_in_flight=2,
+        run_alone_for=timedelta(0),
+    )
+    for employee_id in range(1, 11):
+        await add_update_event(own_inbox, employee_id)
+    assert await drain(dispatcher) == 2
+    for employee_id in (21, 22, 23):
+        await add_update_event(own_inbox, employee_id, "employee_create")
+    assert await drain(dispatcher) == 2
+    runs = await runs_of(pipeline, own_inbox)
+    assert len(runs) == 4
+    urgent = [run for run in runs if "urgent" in await tags_of(pipeline, run)]
+    assert sorted(event.employee_id or 0 for run in urgent for event in runs[run]) == [21, 22]
+    # A routine run ends: its slot goes to the routine backlog; the third hire still waits
+    # for an urgent slot, never taking a routine one either.
+    (routine_done, _) = sorted(set(runs) - set(urgent))
+    await pipeline.client.set_flow_run_state(UUID(routine_done), Completed(), force=True)
+    assert await drain(dispatcher) == 1
+    assert [e.employee_id for e in await own_inbox.pending(urgent=True)] == [23]
+
+
+async def test_an_employee_with_updates_and_a_hire_goes_urgent_once_and_nothing_is_lost(
+    pipeline: Pipeline, own_inbox: InboxRepository
+) -> None:
+    """Employees with field updates and a joiner's or leaver's event go in the urgent lane with
+    all their events, the others in the routine lane; each event in one run, once, and each
+    employee in one run; nothing left behind."""
+    dispatcher = Dispatcher(
+        own_inbox, pipeline.client, batch_max=4, max_in_flight=1, urgent_max_in_flight=1
+    )
+    urgent_people = {3, 7, 11}
+    expected = set()
+    for round_ in range(3):
+        for employee_id in range(1, 16):
+            action = "employee_update"
+            if employee_id in urgent_people and round_ == 1:
+                action = "employee_terminate" if employee_id == 7 else "employee_create"
+            key = f"{employee_id}-{round_}"
+            await add_update_event(own_inbox, employee_id, action, key)
+            expected.add(key)
+    # The lanes split the due events by employee: together all of them, none in both.
+    lanes = [await own_inbox.pending(500, urgent=lane) for lane in (True, False)]
+    assert {e.employee_id for e in lanes[0]} == urgent_people
+    assert {e.employee_id for e in lanes[1]} & urgent_people == set()
+    assert sorted(e.event_key for lane in lanes for e in lane) == sorted(expected)
+    await dispatcher.close_finished()
+    # The urgent run, and a routine run of `batch_max` employees (their events of the oldest
+    # `5 * batch_max` read: a later round takes the rest, in a later run).
+    assert await dispatcher.dispatch_pending() == 9 + 8
+    # Finish every run as it comes until nothing is pending.
+    for _ in range(10):
+        for run_id in await own_inbox.runs_in_flight():
+            await pipeline.client.set_flow_run_state(UUID(run_id), Completed(), force=True)
+        await dispatcher.close_finished()
+        if not await dispatcher.dispatch_pending() and not await own_inbox.waiting():
+            break
+    await dispatcher.close_finished()
+    events = await own_inbox.recent(limit=500)
+    assert sorted(event.event_key for event in events) == sorted(expected)
+    assert {event.status for event in events} == {EventStatus.done}
+    assert {event.dispatch_attempts for event in events} == {1}
+    runs = await runs_of(pipeline, own_inbox)
+    employee_runs: dict[int | None, set[str]] = {}
+    for run_id, run_events in runs.items():
+        for event in run_events:
+            employee_runs.setdefault(event.employee_id, set()).add(run_id)
+    (urgent_run,) = {run for e in urgent_people for run in employee_runs[e]}
+    assert {e.employee_id for e in runs[urgent_run]} == urgent_people
+    assert len(runs[urgent_run]) == 9
+    assert all(len(employee_runs[e]) == 1 for e in urgent_people)
+    assert [run for run in runs if "urgent" in await tags_of(pipeline, run)] == [urgent_run]
 
 
 # Poisoned events: whatever a signed body holds, one event never holds up the rest, nor loops
@@ -367,6 +513,22 @@ def one_run_each(signed_inbox: SignedInbox) -> Dispatcher:
         max_in_flight=20,
         run_alone_for=timedelta(0),
     )
+
+
+async def test_a_future_termination_in_a_profile_update_goes_in_the_urgent_lane(
+    signed_inbox: SignedInbox,
+) -> None:
+    """PeopleForce announces a future termination as `employee_update` with its date: the
+    gateway marks it urgent as it stores it; a plain update stays routine."""
+    leaving = await signed_inbox.deliver(31, {"termination_effective_date": "2027-01-31"})
+    moving = await signed_inbox.deliver(32, {"first_name": "Moved", "last_name": "Dept"})
+    stored = {key: await signed_inbox.inbox.get(key) for key in (leaving, moving)}
+    assert {key: event.urgent for key, event in stored.items() if event} == {
+        leaving: True,
+        moving: False,
+    }
+    assert [e.event_key for e in await signed_inbox.inbox.pending(urgent=True)] == [leaving]
+    assert [e.event_key for e in await signed_inbox.inbox.pending(urgent=False)] == [moving]
 
 
 async def test_a_signed_event_in_any_shape_becomes_work_once_beside_the_others(

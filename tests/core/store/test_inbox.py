@@ -44,10 +44,9 @@ async def add(
         await inbox.add(
             WebhookEvent(
                 event_key=key,
-                action="employee_update",
                 employee_id=employee_id,
                 body=json.dumps({"key": key}),
-                **fields,
+                **{"action": "employee_update", **fields},
             )
         )
 
@@ -110,6 +109,21 @@ async def test_an_expired_batch_is_taken_over_whole_by_one_dispatcher(
     assert (b1.claimed_by, b1.claim_token) == ("alive", live_token)
     # Taken: not expired any more, so nobody takes it again.
     assert await inbox.take_over("c", utc_now() + SOON) == {}
+
+
+async def test_expired_batches_are_taken_over_by_their_lane(inbox: InboxRepository) -> None:
+    """A batch holding a joiner's or leaver's event goes back to the urgent lane, the other to
+    the routine one: an urgent lane with room never takes a routine batch."""
+    await add(inbox, "update", employee_id=1)
+    await add(inbox, "hire", employee_id=2, action="employee_create")
+    await add(inbox, "its update", employee_id=2)
+    past = utc_now() - timedelta(seconds=1)
+    routine, _ = await inbox.claim(["update"], "dead", past)
+    urgent, _ = await inbox.claim(["hire", "its update"], "dead", past)
+
+    assert list(await inbox.take_over("a", utc_now() + SOON, urgent=True)) == [urgent]
+    assert await inbox.take_over("a", utc_now() + SOON, urgent=True) == {}
+    assert list(await inbox.take_over("a", utc_now() + SOON, urgent=False)) == [routine]
 
 
 async def test_a_batch_is_recorded_only_under_its_own_claim(inbox: InboxRepository) -> None:

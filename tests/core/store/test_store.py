@@ -57,7 +57,7 @@ async def test_migrate_from_empty_database_to_head(database_url: str) -> None:
     await migrate(database_url)
     await migrate(database_url)  # a second run finds nothing to do
 
-    assert await current_revision(database_url) == head_revision() == HEAD_REVISION == "0008"
+    assert await current_revision(database_url) == head_revision() == HEAD_REVISION == "0010"
     assert await table_names(database_url) == STORE_TABLES | {VERSION_TABLE}
 
 
@@ -139,6 +139,7 @@ async def test_migrated_schema_matches_the_models(database_url: str) -> None:
         ("add_table", "webhook_event"),
         ("add_index", "ix_webhook_event_employee_id"),
         ("add_index", "ix_webhook_event_status_employee_id"),
+        ("add_index", "ix_webhook_event_status_urgent"),
         ("add_table", "employee_lease"),
         ("add_table", "jira_intent"),
         ("add_index", "ix_jira_intent_employee_id"),
