@@ -1,29 +1,36 @@
-"""P4: reconciliation of a 10,000-person company that Jira is already in step with.
+"""P4 and P4': reconciliation of a whole company that Jira is already in step with.
 
-    uv run python bench/reconcile_plan.py [--employees 10000] [--latency-ms 100]
+    uv run python bench/reconcile_plan.py                  # P4: 10,000 employees
+    uv run python bench/reconcile_plan.py --size p4-prime  # P4': 100,000 employees
+    uv run python bench/reconcile_plan.py --size p4-prime --employees 20000  # P4' targets, smaller
 
-A child process serves both simulators: PeopleForce with the company (200 pages of 50), Jira
-with each employee's onboarding issue, both answering every API request after `--latency-ms`.
-This process fills a fresh SQLite mapping store with one link per employee (as onboarding left
-it), starts a Prefect test server, and times two ways of planning the whole company:
+A child process serves both simulators: PeopleForce with the company (pages of 50: 200 for P4,
+2,000 for P4'), Jira with each employee's onboarding issue, both answering every API request
+after `--latency-ms`. Another child fills a fresh SQLite mapping store with one link per
+employee (as onboarding left it), while this process starts a Prefect test server; then it times
+two ways of planning the whole company:
 
 - the `reconcile` flow (`dry_run=False`), as the nightly deployment runs it: tasks, retries,
   leases; with Jira in step it must apply nothing;
 - `pf-jira-sync reconcile --dry-run`'s path, in process, without Prefect.
 
-For each it prints the wall time, the PeopleForce requests, and the Jira reads and writes the
-simulator counted. Target: <= 60 s, 0 writes, <= 200 Jira reads.
+For each it prints the wall time, the PeopleForce requests, the Jira reads and writes the
+simulator counted and the peak RSS of this process (which plans) during that run, each next to
+its target with PASS/FAIL. Targets: P4 <= 60 s; P4' <= 3 min and peak RSS <= 1 GB; both 0 writes
+and at most one Jira read per 50 employees.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import multiprocessing
 import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -98,8 +105,13 @@ def serve(count: int, today: date, latency_ms: float, ports: tuple[int, int], re
             server.stop()
 
 
-async def fill_store(database_url: str, count: int, today: date) -> None:
-    """One link per employee, as onboarding left it: the issue and the fields as synced."""
+def fill_store(database_url: str, count: int, today: date) -> None:
+    """The child: one link per employee, as onboarding left it (the issue and the fields as
+    synced), written to the store at `database_url`."""
+    asyncio.run(write_links(database_url, count, today))
+
+
+async def write_links(database_url: str, count: int, today: date) -> None:
     import sqlalchemy as sa
 
     from core import lifecycle
@@ -107,19 +119,16 @@ async def fill_store(database_url: str, count: int, today: date) -> None:
     from core.plan import mapped_fields
     from core.rules import load_rules
     from core.store import EmployeeLink, MappingStore
-    from core.store.models import StoreModel
+    from core.store.models import StoreModel, snapshot_hash, to_json_value
     from sandbox.peopleforce import PeopleForceState
 
     rules = load_rules(RULES_FILE)
     people = company(count, today)
     renderer = PeopleForceState(api_key=PF_KEY, people=people, today=today)
     table = StoreModel.metadata.tables["employee_link"]
-    rows = []
     now = datetime.now(UTC)
-    for index, person in enumerate(people):
-        # The list item: the mapped fields are the same, without the full record's O(n) reports.
-        employee = Employee.model_validate(renderer.render_list_item(person))
-        _, synced = mapped_fields(employee, rules)
+
+    def onboarded(index: int, person, synced: dict) -> dict:
         link = lifecycle.apply(
             EmployeeLink(employee_id=person.id, created_at=now, updated_at=now),
             lifecycle.onboarding_created(
@@ -128,13 +137,39 @@ async def fill_store(database_url: str, count: int, today: date) -> None:
                 snapshot=synced,
             ),
         )
-        rows.append({column.key: getattr(link, column.key) for column in table.columns})
+        return {column.key: getattr(link, column.key) for column in table.columns}
+
+    rows = []
+    template: dict | None = None
+    for index, person in enumerate(people):
+        # The list item: the mapped fields are the same, without the full record's O(n) reports.
+        employee = Employee.model_validate(renderer.render_list_item(person))
+        _, synced = mapped_fields(employee, rules)
+        if index < 100:  # a link through `lifecycle` costs 1 ms: 100 of them, then their shape
+            rows.append(row := onboarded(index, person, synced))
+            template = template or row
+            continue
+        assert template is not None
+        snapshot = to_json_value(dict(synced))
+        rows.append(
+            template
+            | {
+                "employee_id": person.id,
+                "email": (person.email or "").lower() or None,
+                "display_name": person.full_name,
+                "onboarding_issue_key": issue_key(index),
+                "synced_fields": snapshot,
+                "synced_hash": snapshot_hash(snapshot),
+            }
+        )
+        if index < 200:  # the shape holds
+            assert rows[-1] == onboarded(index, person, synced), person.id
     async with (
         await MappingStore.open(database_url) as store,
         store.engine.begin() as connection,
     ):
-        for start in range(0, len(rows), 500):
-            await connection.execute(sa.insert(table), rows[start : start + 500])
+        for start in range(0, len(rows), 1000):
+            await connection.execute(sa.insert(table), rows[start : start + 1000])
 
 
 async def jira_stats(jira_url: str) -> dict:
@@ -200,17 +235,80 @@ async def run_in_process(pf_url: str, jira_url: str, database_url: str) -> tuple
     }
 
 
-def report(name: str, seconds: float, result: dict, before: dict, after: dict) -> None:
+@dataclass(frozen=True)
+class Targets:
+    name: str
+    employees: int
+    seconds: float
+    rss_mib: float | None  # None: no target (P4 set none)
+
+
+SIZES = {
+    "p4": Targets("P4", 10_000, 60.0, None),
+    "p4-prime": Targets("P4'", 100_000, 180.0, 1024.0),
+}
+
+
+class PeakRss:
+    """This process's peak RSS over a block: the kernel's high-water mark, reset on entry
+    (`/proc/self/clear_refs`), read on exit."""
+
+    mib: float = 0.0
+
+    def __enter__(self) -> PeakRss:
+        Path("/proc/self/clear_refs").write_text("5")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        status = Path("/proc/self/status").read_text()
+        kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+        self.mib = kib / 1024
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def report(
+    name: str,
+    seconds: float,
+    result: dict,
+    before: dict,
+    after: dict,
+    rss: PeakRss,
+    targets: Targets,
+    employees: int,
+) -> bool:
     reads = after["reads"] - before["reads"]
     writes = after["writes"] - before["writes"]
-    print(
-        f"  {name}: {seconds:.1f} s; PeopleForce requests "
-        f"{result['reads']['peopleforce_requests']}; Jira reads {reads}, writes {writes}; "
-        f"employees needing work {result['need_work']}"
-    )
+    read_budget = math.ceil(employees / 50)
+    checks = [
+        (f"wall {seconds:.1f} s", f"<= {targets.seconds:.0f} s", seconds <= targets.seconds),
+        (f"Jira reads {reads}", f"<= {read_budget} (1 per 50)", reads <= read_budget),
+        (f"Jira writes {writes}", "0", writes == 0),
+        (
+            f"employees needing work {result['need_work']}",
+            "0 (in step)",
+            result["need_work"] == 0,
+        ),
+    ]
+    if targets.rss_mib is not None:
+        checks.append(
+            (
+                f"peak RSS {rss.mib:.0f} MiB",
+                f"<= {targets.rss_mib:.0f} MiB",
+                rss.mib <= targets.rss_mib,
+            )
+        )
+    print(f"  {name}:")
+    for figure, target, ok in checks:
+        print(f"    {figure:<36} target {target:<22} {verdict(ok)}")
+    print(f"    PeopleForce requests {result['reads']['peopleforce_requests']}", end="")
+    print("" if targets.rss_mib is not None else f"; peak RSS {rss.mib:.0f} MiB")
+    return all(ok for _, _, ok in checks)
 
 
-async def bench(count: int, latency_ms: float) -> None:
+async def bench(targets: Targets, count: int, latency_ms: float) -> bool:
     from loguru import logger
     from prefect.testing.utilities import prefect_test_harness
 
@@ -224,39 +322,65 @@ async def bench(count: int, latency_ms: float) -> None:
     ports = (free_port(), free_port())
     context = multiprocessing.get_context("spawn")
     ready = context.Event()
+    database_url = f"sqlite+aiosqlite:///{tempfile.mkdtemp(prefix='pf-bench-')}/store.db"
+    seeded = time.perf_counter()
+    # Seeded in children, side by side: what seeding holds is not this process's RSS.
     child = context.Process(target=serve, args=(count, today, latency_ms, ports, ready))
+    filler = context.Process(target=fill_store, args=(database_url, count, today))
     child.start()
+    filler.start()
+    passed = True
     try:
-        database_url = f"sqlite+aiosqlite:///{tempfile.mkdtemp(prefix='pf-bench-')}/store.db"
-        await fill_store(database_url, count, today)
-        if not ready.wait(300):
+        filler.join()
+        if filler.exitcode != 0:
+            raise RuntimeError("filling the mapping store failed")
+        if not ready.wait(600):
             raise RuntimeError("the simulators did not start")
         pf_url = f"http://127.0.0.1:{ports[0]}/api/public/v3"
         jira_url = f"http://127.0.0.1:{ports[1]}"
         print(
-            f"P4 reconciliation of {count} employees, Jira in step, {latency_ms:.0f} ms "
-            "latency per request (PeopleForce and Jira)"
+            f"{targets.name} reconciliation of {count} employees ({math.ceil(count / 50)} pages "
+            f"of 50), Jira in step, {latency_ms:.0f} ms latency per request (PeopleForce and "
+            f"Jira); seeded in {time.perf_counter() - seeded:.0f} s"
         )
         with prefect_test_harness(server_startup_timeout=180):
             before = await jira_stats(jira_url)
-            seconds, result = await run_flow(pf_url, jira_url, database_url)
+            with PeakRss() as rss:
+                seconds, result = await run_flow(pf_url, jira_url, database_url)
             after = await jira_stats(jira_url)
-            report("reconcile flow (Prefect)", seconds, result, before, after)
+            passed &= report(
+                "reconcile flow (Prefect)", seconds, result, before, after, rss, targets, count
+            )
             await asyncio.sleep(5)  # the test server records the last task runs before it stops
         before = after
-        seconds, result = await run_in_process(pf_url, jira_url, database_url)
-        report("dry-run path, in process", seconds, result, before, await jira_stats(jira_url))
+        with PeakRss() as rss:
+            seconds, result = await run_in_process(pf_url, jira_url, database_url)
+        after = await jira_stats(jira_url)
+        passed &= report(
+            "dry-run path, in process", seconds, result, before, after, rss, targets, count
+        )
     finally:
-        child.kill()
-        child.join()
+        for process in (child, filler):
+            process.kill()
+            process.join()
+    print(f"{targets.name}: {verdict(passed)}")
+    return passed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--employees", type=int, default=10_000)
+    parser.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default="p4",
+        help="the targets, and the company size unless --employees says otherwise",
+    )
+    parser.add_argument("--employees", type=int, help="company size (default: the size's own)")
     parser.add_argument("--latency-ms", type=float, default=100.0)
     arguments = parser.parse_args()
-    asyncio.run(bench(arguments.employees, arguments.latency_ms))
+    targets = SIZES[arguments.size]
+    count = arguments.employees or targets.employees
+    sys.exit(0 if asyncio.run(bench(targets, count, arguments.latency_ms)) else 1)
 
 
 if __name__ == "__main__":

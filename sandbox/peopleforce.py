@@ -294,8 +294,8 @@ class PeopleForceState:
         self._delivery_lock = threading.Lock()  # deliveries go out one at a time, in order
         self._http: httpx.Client | None = None
         self.injector: FaultInjector | None = None  # set when the app's middleware is built
-        # While a page renders: every department's head, found once (see `page`).
-        self._heads_of_page: dict[str, SeedPerson] | None = None
+        # Everyone by id and every department's head, with the key they were found under.
+        self._listing: tuple[tuple[Any, ...], list[SeedPerson], dict[str, SeedPerson]] | None = None
         self.reset()
 
     # -- lifecycle and knobs -------------------------------------------------------------
@@ -306,6 +306,7 @@ class PeopleForceState:
             self.people: dict[int, SeedPerson] = {
                 p.id: p for p in copy.deepcopy(self._initial_people)
             }
+            self._listing = None
             self.deleted: set[int] = set()  # ids of people deleted (see `delete`)
             self.target = self._initial_target.model_copy()
             self.page_size = self._initial_page_size
@@ -604,19 +605,29 @@ class PeopleForceState:
 
     def _department_head(self, department: str) -> SeedPerson | None:
         """Whoever in the department reports to someone outside it (or to nobody)."""
-        heads = self._heads_of_page if self._heads_of_page is not None else self._heads()
-        return heads.get(department)
+        return self._listed()[1].get(department)
 
-    def _heads(self) -> dict[str, SeedPerson]:
-        """Every department's head, in one pass over the people by id."""
-        heads: dict[str, SeedPerson] = {}
-        for person in sorted(self.people.values(), key=lambda p: p.id):
-            if person.department in heads or self.status_of(person) == "terminated":
-                continue
-            manager = self.people.get(person.manager_id) if person.manager_id else None
-            if manager is None or manager.department != person.department:
-                heads[person.department] = person
-        return heads
+    def by_id(self) -> list[SeedPerson]:
+        """Everyone, by id (not to be changed: it is kept for the next caller)."""
+        return self._listed()[0]
+
+    def _listed(self) -> tuple[list[SeedPerson], dict[str, SeedPerson]]:
+        """Everyone by id and every department's head, found again only once something changed:
+        a company of 100,000 read 50 a page would otherwise be sorted twice for each of its
+        2,000 pages. Every mutation stamps someone (`_now`) or changes the headcount, and the
+        heads leave out leavers as of `today`: that is the key."""
+        key = (id(self.people), len(self.people), self._last_stamp, self.today)
+        if self._listing is None or self._listing[0] != key:
+            people = sorted(self.people.values(), key=lambda p: p.id)
+            heads: dict[str, SeedPerson] = {}
+            for person in people:
+                if person.department in heads or self.status_of(person) == "terminated":
+                    continue
+                manager = self.people.get(person.manager_id) if person.manager_id else None
+                if manager is None or manager.department != person.department:
+                    heads[person.department] = person
+            self._listing = (key, people, heads)
+        return self._listing[1], self._listing[2]
 
     # -- rendering -----------------------------------------------------------------------
 
@@ -656,7 +667,7 @@ class PeopleForceState:
             "reporting_to": self._reporting_to(person),
             "direct_reports": [
                 self._person_ref(report)
-                for report in sorted(self.people.values(), key=lambda p: p.id)
+                for report in self.by_id()
                 if report.manager_id == person.id and self.status_of(report) != "terminated"
             ],
             "termination_effective_on": _iso(person.termination_effective_on),
@@ -815,13 +826,7 @@ class PeopleForceState:
         served = 1 if self.quirks.replay_first_page else page
         chunk = people[(served - 1) * size : served * size]
         pagination = {"page": page, "pages": pages, "count": len(people), "items": len(chunk)}
-        # Department heads found once per page, not once per person: a page of a company of
-        # 10,000 would otherwise sort everyone 50 times.
-        self._heads_of_page = self._heads()
-        try:
-            data: list[dict[str, Any]] | None = [render(p) for p in chunk]
-        finally:
-            self._heads_of_page = None
+        data: list[dict[str, Any]] | None = [render(p) for p in chunk]
         if not data and self.quirks.null_data_when_empty:
             data = None
         metadata = pagination if self.quirks.flat_metadata else {"pagination": pagination}
@@ -987,8 +992,8 @@ def _api_router(state: PeopleForceState) -> APIRouter:
 
         unfiltered = status == "all" and not (ids or emails or numbers or manager_ids or bounds)
         with state.lock:
-            people = state.people.values()
-            selected = sorted(people if unfiltered else filter(wanted, people), key=lambda p: p.id)
+            everyone = state.by_id()
+            selected = everyone if unfiltered else list(filter(wanted, everyone))
             return JSONResponse(state.page(selected, page, state.render_list_item))
 
     # Declared before /employees/{employee_id}, which would otherwise capture "terminated".
@@ -1013,17 +1018,14 @@ def _api_router(state: PeopleForceState) -> APIRouter:
         if errors:
             raise _ApiFailure(422, {"errors": errors})
         with state.lock:
-            selected = sorted(
-                (
-                    p
-                    for p in state.people.values()
-                    if state.status_of(p) == "terminated"
-                    and p.termination_effective_on is not None
-                    and (not since or p.termination_effective_on >= since[0])
-                    and (not until or p.termination_effective_on <= until[0])
-                ),
-                key=lambda p: p.id,
-            )
+            selected = [
+                p
+                for p in state.by_id()
+                if state.status_of(p) == "terminated"
+                and p.termination_effective_on is not None
+                and (not since or p.termination_effective_on >= since[0])
+                and (not until or p.termination_effective_on <= until[0])
+            ]
             return JSONResponse(state.page(selected, page, state.render_employee))
 
     def known_person(employee_id: int) -> SeedPerson:

@@ -148,6 +148,11 @@ class PeopleForceClient(ApiClient):
         super().__init__(
             base_url, headers={"X-API-KEY": api_key}, transport=transport, timeout=timeout
         )
+        # The references list items share (a department, a position, a manager), one object
+        # each: a company of 100,000 read in pages would otherwise hold 700,000 copies of a few
+        # hundred references (`_shared`).
+        self._references: dict[tuple[Any, ...], BaseModel] = {}
+        self._field_sets: dict[frozenset[str], set[str]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> Self:
@@ -226,7 +231,7 @@ class PeopleForceClient(ApiClient):
         items, pages = await self._read_page(
             "employees", params, page, EmployeeSummary, "employees_page"
         )
-        return Page(page, items, pages)
+        return Page(page, [self._shared(item) for item in items], pages)
 
     async def terminated_page(self, page: int) -> Page[Employee]:
         """One page of `GET /employees/terminated`: full records, termination dates included."""
@@ -291,6 +296,34 @@ class PeopleForceClient(ApiClient):
         return count if isinstance(count, int) and not isinstance(count, bool) else None
 
     # --- plumbing ---------------------------------------------------------------------------
+
+    def _shared(self, item: ModelT) -> ModelT:
+        """`item` with each reference it holds replaced by an equal one already read, if any,
+        and the names of the fields it was given (pydantic's set of them, 2 KB an item) shared
+        with every item given the same.
+
+        References are never changed once read (a plan copies a record to change it, and
+        `model_copy` copies that set), so equal ones can be one object. One whose values cannot
+        be hashed is left as it is."""
+        given = frozenset(item.model_fields_set)
+        object.__setattr__(
+            item, "__pydantic_fields_set__", self._field_sets.setdefault(given, set(given))
+        )
+        for name, value in item.__dict__.items():
+            if not isinstance(value, BaseModel):
+                continue
+            try:
+                key = (
+                    type(value),
+                    tuple(value.__dict__.items()),
+                    tuple((value.__pydantic_extra__ or {}).items()),
+                    frozenset(value.model_fields_set),
+                )
+                shared = self._references.setdefault(key, value)
+            except TypeError:  # a list or a dict among its values
+                continue
+            item.__dict__[name] = shared
+        return item
 
     async def _get(self, path: str, params: QueryPairs | None = None) -> httpx.Response:
         # A tuple, not the list: httpx types its list form invariantly.

@@ -96,6 +96,31 @@ async def test_every_page_read_once_and_stops_at_last_page(
     assert employees_requests(peopleforce_contract, before) == 6
 
 
+async def test_pages_share_equal_references_and_stay_equal_to_a_fresh_read(
+    peopleforce: PeopleForceClient,
+    peopleforce_sim: PeopleForceSandbox,
+    peopleforce_contract: SpecContract,
+) -> None:
+    """A company read in pages holds one object per department, position or manager (what
+    keeps 100,000 list items small), and each item reads as it would alone."""
+    peopleforce_sim.state.page_size = 7
+    first, second = await peopleforce.employees_page(1), await peopleforce.employees_page(2)
+    items = first.items + second.items
+    by_department: dict[str | None, list[EmployeeSummary]] = {}
+    for item in items:
+        assert item.department is not None
+        by_department.setdefault(item.department.name, []).append(item)
+    shared = [same for same in by_department.values() if len(same) > 1]
+    assert shared, "the seed has departments of more than one person on these pages"
+    for same in shared:
+        assert all(item.department is same[0].department for item in same)
+    read = {item.id: item for item in second.items}
+    async with peopleforce_sim.client(peopleforce_contract) as alone:
+        for item in (await alone.employees_page(2)).items:
+            assert item == read[item.id]
+            assert item.model_fields_set == read[item.id].model_fields_set
+
+
 async def test_flat_metadata_pages_the_same(
     peopleforce: PeopleForceClient,
     peopleforce_sim: PeopleForceSandbox,

@@ -890,3 +890,26 @@ async def test_counts_listing_users_and_reset(
     assert jira_sim.state.fault_injector.faults.latency_ms == 0
     assert await jira.find_user_by_email("new.hire@example.com") is None
     assert (await jira.create_issue("HR", "Task", "again")).key == "HR-1"
+
+
+def test_label_search_sees_labels_as_they_are_now() -> None:
+    """The label index behind searches follows creates, edits, moves and deletes."""
+    from sandbox.jira import ISSUE_TYPES, JiraState, parse_jql, run_jql
+
+    state = JiraState(email="bot@example.com")
+    first = state.add_issue("HR", ISSUE_TYPES["task"], "one", labels=["pf-employee-1"])
+    state.add_issue("HR", ISSUE_TYPES["task"], "two", labels=["pf-employee-2"])
+
+    def found(*labels: str) -> list[str]:
+        quoted = ", ".join(f'"{label}"' for label in labels)
+        return [i.key for i in run_jql(state, parse_jql(f"labels in ({quoted}) ORDER BY key"))]
+
+    assert found("pf-employee-1", "pf-employee-2") == ["HR-1", "HR-2"]
+    first.labels = ["pf-employee-3"]
+    state.touched(first, "edit")
+    assert found("pf-employee-1") == []
+    assert found("pf-employee-3") == ["HR-1"]
+    third = state.add_issue("HR", ISSUE_TYPES["task"], "three", labels=["pf-employee-3"])
+    assert found("pf-employee-3") == ["HR-1", third.key]
+    state.delete_issue("HR-1")
+    assert found("pf-employee-3") == [third.key]
