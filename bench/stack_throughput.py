@@ -52,6 +52,10 @@ READY_LINE = "Ctrl-C stops everything."
 # The circuit breaker off: a benchmark's burst of hires and terminations is the load, not a
 # mistake to hold (`--setting BREAKER_MAX_CREATE=50` puts it back).
 BREAKER_OFF = {"BREAKER_MAX_OFFBOARD": "0", "BREAKER_MAX_CREATE": "0"}
+# The Jira simulator enforces Jira's burst and per-issue limits, as Jira does: what the bench
+# measures includes the service keeping under them (`--setting SANDBOX_JIRA_RATE_LIMITS=false`
+# measures without).
+JIRA_LIMITS_ON = {"SANDBOX_JIRA_RATE_LIMITS": "true"}
 # P2's steady rate is counted from here to the end of sending (the stack warms up first).
 WARM_UP = 60.0
 
@@ -444,6 +448,19 @@ def burst(stack: Stack, rss: PeakRss, count: int) -> None:
         report(f"P3 burst: {count} webhooks at once", events, journal, rss, started)
 
 
+def print_rate_limited(stack: Stack) -> None:
+    """How many Jira requests the simulator refused for its rate limits (429), of how many."""
+    stats = httpx.get(f"{stack.jira}/_sandbox/stats", timeout=30, trust_env=False).json()
+    refused = stats.get("rate_limited", 0)
+    calls = stats["reads"] + stats["writes"] + refused
+    share = f" ({100 * refused / calls:.2f} % of {calls})" if calls else ""
+    limits = httpx.get(f"{stack.jira}/_sandbox/rate-limits", timeout=30, trust_env=False).json()
+    print(
+        f"Jira 429s (rate limits {'on' if limits['enabled'] else 'off'}): {refused}{share}, "
+        f"by reason {stats.get('rate_limited_by_reason', {})}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("mode", choices=["sustained", "burst"])
@@ -462,7 +479,7 @@ def main() -> None:
         settings = dict(item.split("=", 1) for item in args.setting)
         stack = Stack.start(
             args.keep or Path(tmp) / "data",
-            {"LOG_LEVEL": args.log_level, **BREAKER_OFF, **settings},
+            {"LOG_LEVEL": args.log_level, **BREAKER_OFF, **JIRA_LIMITS_ON, **settings},
         )
         rss = PeakRss(stack.process.pid)
         rss.start()
@@ -471,6 +488,7 @@ def main() -> None:
                 sustained(stack, rss, args.rate, args.duration, args.seed)
             else:
                 burst(stack, rss, args.count)
+            print_rate_limited(stack)
         finally:
             rss.stopped.set()
             stack.stop()

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The newest revision in migrations/versions (a test holds it equal to Alembic's head).
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0009"
 # Not Alembic's default `alembic_version`: the store may share a PostgreSQL database with the
 # Prefect server, which keeps its own schema version there.
 VERSION_TABLE = "pf_jira_sync_store_version"

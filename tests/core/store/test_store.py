@@ -45,6 +45,7 @@ STORE_TABLES = {
     "jira_intent",
     "breaker_write",
     "breaker_hold",
+    "jira_rate_bucket",
 }
 
 
@@ -57,7 +58,7 @@ async def test_migrate_from_empty_database_to_head(database_url: str) -> None:
     await migrate(database_url)
     await migrate(database_url)  # a second run finds nothing to do
 
-    assert await current_revision(database_url) == head_revision() == HEAD_REVISION == "0008"
+    assert await current_revision(database_url) == head_revision() == HEAD_REVISION == "0009"
     assert await table_names(database_url) == STORE_TABLES | {VERSION_TABLE}
 
 
@@ -148,6 +149,7 @@ async def test_migrated_schema_matches_the_models(database_url: str) -> None:
         ("add_index", "ix_breaker_write_counted_as_at"),
         ("add_table", "breaker_hold"),
         ("add_index", "ix_breaker_hold_employee_id"),
+        ("add_table", "jira_rate_bucket"),
     }
 
     await migrate(database_url)
