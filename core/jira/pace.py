@@ -22,10 +22,11 @@ What the governor does:
   request waits its Retry-After and is sent again (`core.retry`), as before. Which 429 is
   which is decided in one place, `core.errors.rate_limit_scope`.
 
-Tokens are taken from the source in small batches (a 20th of a second of the rate) and held
-by the process for at most `HOLD_SECONDS`, so a shared source costs one transaction per batch,
-not per request; what a process holds and does not use in time is dropped (never sent late in
-a burst). A pause another process records reaches this one at its next visit to the source:
+Tokens are reserved from the source in small batches (a 20th of a second of the rate; the
+bucket may go below zero, and the taker waits until they are paid for) and held by the process
+for at most `HOLD_SECONDS` after that, so a shared source costs one transaction per batch, not
+per request, and never a visit that comes back empty; what a process holds and does not use
+in time is dropped (never sent late in a burst). A pause another process records reaches this one at its next visit to the source:
 within a batch of requests or `HOLD_SECONDS`.
 
 Nothing here knows Prefect or the store.
@@ -57,7 +58,6 @@ SLOW_SECONDS = 3.0
 HOLD_SECONDS = 1.0
 # A Reset further away than this is not trusted in full (a clock far off, a garbled header).
 MAX_PAUSE_SECONDS = 60.0
-MIN_WAIT_SECONDS = 0.001
 # A per-issue 429 with neither Reset nor Retry-After pauses the issue this long.
 DEFAULT_ISSUE_PAUSE_SECONDS = 2.0
 
@@ -141,8 +141,9 @@ class Bucket:
 
 @dataclass(frozen=True)
 class Grant:
-    """What the source gave: `tokens` (maybe 0), and when 0, how long until it is worth asking
-    again (`wait`); the class's pause and slow-down as the source knows them."""
+    """What the source gave: `tokens`, to be spent no sooner than `wait` seconds from now (0
+    tokens: the class is paused, ask again after `wait`); the class's pause and slow-down as
+    the source knows them."""
 
     tokens: int
     wait: float = 0.0
@@ -153,11 +154,13 @@ class Grant:
 def take_tokens(
     bucket: Bucket | None, rate: float, capacity: float, want: int, now: float
 ) -> tuple[Bucket, Grant]:
-    """Refill `bucket` (None: a new, full one) to `now` and take up to `want` tokens.
+    """Refill `bucket` (None: a new, full one) to `now` and reserve `want` tokens.
 
-    Nothing is given while the class is paused. With too few tokens, the answer says how
-    long until `want` would be there, so a busy class is visited once per batch, not per
-    token. A clock behind the bucket's (another host) refills nothing."""
+    The tokens are always given (the bucket may go below zero), with the `wait` until they
+    are paid for: the taker spends them no sooner. So a busy class costs one visit per batch,
+    never a visit that comes back empty. Nothing is given while the class is paused (`wait`
+    is then until the pause ends). A clock behind the bucket's (another host) refills nothing.
+    """
     want = max(1, min(want, math.floor(capacity)))
     if bucket is None:
         bucket = Bucket(tokens=capacity, at=now)
@@ -167,14 +170,11 @@ def take_tokens(
     if bucket.paused_until > now:
         wait = bucket.paused_until - now
         return refilled, Grant(0, wait, bucket.paused_until, bucket.slowed_until)
-    granted = min(want, math.floor(tokens))
-    if granted:
-        return replace(refilled, tokens=tokens - granted), Grant(
-            granted, 0.0, bucket.paused_until, bucket.slowed_until
-        )
-    # At least a millisecond: a wait of a rounding error would not move an epoch clock at all.
-    wait = max(MIN_WAIT_SECONDS, (want - tokens) / effective)
-    return refilled, Grant(0, wait, bucket.paused_until, bucket.slowed_until)
+    left = tokens - want
+    wait = max(0.0, -left / effective)
+    return replace(refilled, tokens=left), Grant(
+        want, wait, bucket.paused_until, bucket.slowed_until
+    )
 
 
 class TokenSource(Protocol):
@@ -314,22 +314,23 @@ class Governor:
                 await self.sleep(held.paused_until - now)
                 continue
             if held.tokens > 0 and held.expires > now:
+                if held.not_before > now:  # reserved, not yet paid for
+                    await self.sleep(held.not_before - now)
+                    continue
                 held.tokens -= 1
                 return
             async with held.lock:
                 now = self.clock()
                 if (held.tokens > 0 and held.expires > now) or held.paused_until > now:
-                    continue  # another request of this process refilled, or heard a pause
-                if held.not_before > now:
-                    await self.sleep(held.not_before - now)
-                    now = self.clock()
+                    continue  # another request of this process took a batch, or heard a pause
                 grant = await self.source.take(
                     endpoint_class, rate, self.rates.capacity(rate), self.rates.batch(rate), now
                 )
                 held.paused_until = max(held.paused_until, grant.paused_until)
                 held.slowed_until = max(held.slowed_until, grant.slowed_until)
-                held.tokens, held.expires = grant.tokens, now + HOLD_SECONDS
-                held.not_before = now + grant.wait if not grant.tokens else 0.0
+                held.tokens = grant.tokens
+                held.not_before = now + grant.wait
+                held.expires = held.not_before + HOLD_SECONDS
 
     def _issue_wait(self, issue_key: str) -> float:
         """Seconds until a write to the issue fits its windows (and its pause is over)."""

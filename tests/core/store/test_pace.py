@@ -27,12 +27,14 @@ async def other_store(database_url: str, store: MappingStore) -> AsyncIterator[M
 async def test_tokens_are_taken_in_batches_and_refill_at_the_rate(store: MappingStore) -> None:
     tokens = StoreTokens(store.engine)
     grants = [await tokens.take(CLASS, RATE, CAPACITY, 4, T0) for _ in range(6)]
-    # A new bucket is full: 20 tokens, 4 at a time, then none, with the wait for 4 more.
-    assert [grant.tokens for grant in grants] == [4, 4, 4, 4, 4, 0]
-    assert grants[-1].wait == pytest.approx(4 / RATE)
-    later = await tokens.take(CLASS, RATE, CAPACITY, 4, T0 + 0.25)  # 10 tokens back
-    assert later.tokens == 4
-    assert await tokens.bucket(CLASS) == Bucket(tokens=6.0, at=T0 + 0.25)
+    # A new bucket is full: 20 tokens, 4 at a time; the next 4 are reserved, to be spent
+    # once paid for (0.1 s at 40 a second).
+    assert [(grant.tokens, grant.wait) for grant in grants] == [(4, 0.0)] * 5 + [
+        (4, pytest.approx(4 / RATE))
+    ]
+    later = await tokens.take(CLASS, RATE, CAPACITY, 4, T0 + 0.35)  # 14 tokens back, 4 owed
+    assert (later.tokens, later.wait) == (4, 0.0)
+    assert await tokens.bucket(CLASS) == Bucket(tokens=pytest.approx(6.0), at=T0 + 0.35)
     # Never more than it holds, however long it was left.
     await tokens.take(CLASS, RATE, CAPACITY, 1, T0 + 3600)
     bucket = await tokens.bucket(CLASS)
@@ -54,11 +56,13 @@ async def test_a_pause_and_a_slow_down_reach_every_run(
     assert (await run.take(CLASS, RATE, CAPACITY, 4, T0 + 2.5)).tokens == 0
 
     after = await other_run.take(CLASS, RATE, CAPACITY, 20, T0 + 3)
-    assert after.tokens == 20  # refilled meanwhile (to its capacity)
+    assert (after.tokens, after.wait) == (20, 0.0)  # refilled meanwhile (to its capacity)
     await other_run.slow(CLASS, T0 + 10)
     slowed = await run.take(CLASS, RATE, CAPACITY, 8, T0 + 3.25)
-    # At half the rate, a quarter of a second gave 5 tokens, not 10.
-    assert slowed.tokens == RATE * SLOW_FACTOR * 0.25 == 5
+    # At half the rate, a quarter of a second gave 5 tokens, not 10: the other 3 are paid for
+    # at 20 a second.
+    assert slowed.tokens == 8
+    assert slowed.wait == pytest.approx((8 - RATE * SLOW_FACTOR * 0.25) / (RATE * SLOW_FACTOR))
     assert slowed.slowed_until == T0 + 10
 
 
@@ -76,6 +80,8 @@ async def test_concurrent_takers_on_two_engines_share_one_bucket(
     grants = await asyncio.gather(
         *(runs[n % 2].take(CLASS, RATE, CAPACITY, 3, T0) for n in range(16))
     )
-    # 16 takers of 3 at one instant: the 20 tokens, given once (6 of 3, one of 2), no more.
-    assert sum(grant.tokens for grant in grants) == 20
-    assert sorted(grant.tokens for grant in grants) == [0] * 9 + [2] + [3] * 6
+    # 16 takers of 3 at one instant: the bucket's 20 at once (6 takers), and each later taker
+    # waits for its own 3, one after another: nobody is given the same token twice.
+    waits = sorted(grant.wait for grant in grants)
+    assert all(grant.tokens == 3 for grant in grants)
+    assert waits == pytest.approx([max(0.0, (3 * n - 20) / RATE) for n in range(1, 17)])
