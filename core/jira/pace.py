@@ -43,8 +43,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 import httpx
+from loguru import logger
 
-from core.errors import ApiError, RateLimitedError, rate_limit_scope
+from core.errors import ApiError, RateLimitedError, is_transient_store_error, rate_limit_scope
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -255,6 +256,7 @@ class Governor:
         self.sleep = sleep
         self._classes: dict[str, _Held] = {}
         self._issues: dict[str, _IssueWrites] = {}
+        self._alone = LocalTokens()  # while the source cannot answer
 
     async def before(self, call: JiraCall) -> None:
         rate = self.rates.rate_of(call.method)
@@ -281,7 +283,7 @@ class Governor:
                 held = self._held(call.endpoint_class)
                 held.paused_until = max(held.paused_until, until)
                 held.tokens = 0  # what it holds would be refused as well
-                await self.source.pause(call.endpoint_class, until)
+                await self._tell("pause", self.source.pause, call.endpoint_class, until)
             elif scope == "issue" and call.issue_key is not None:
                 until = min(
                     _until(outcome, now, DEFAULT_ISSUE_PAUSE_SECONDS), now + MAX_PAUSE_SECONDS
@@ -294,7 +296,49 @@ class Governor:
             # Told once per half slow-down: not a write to the source per answer.
             if held.slowed_until < now + SLOW_SECONDS / 2:
                 held.slowed_until = now + SLOW_SECONDS
-                await self.source.slow(call.endpoint_class, now + SLOW_SECONDS)
+                await self._tell(
+                    "slow-down", self.source.slow, call.endpoint_class, held.slowed_until
+                )
+
+    async def _take(self, endpoint_class: str, rate: float, now: float) -> Grant:
+        """A batch from the source; while the source cannot answer (the store locked beyond
+        its busy timeout, or restarting), from this process's own bucket: paced alone at the
+        same rate, the Jira call is not failed for the governor's sake."""
+        capacity, batch = self.rates.capacity(rate), self.rates.batch(rate)
+        try:
+            return await self.source.take(endpoint_class, rate, capacity, batch, now)
+        except Exception as error:
+            if not is_transient_store_error(error):
+                raise
+            logger.warning(
+                "Jira rate governor: the shared buckets cannot be read ({}: {}); pacing {} "
+                "in this process alone meanwhile",
+                type(error).__name__,
+                error,
+                endpoint_class,
+            )
+            return await self._alone.take(endpoint_class, rate, capacity, batch, now)
+
+    async def _tell(
+        self,
+        what: str,
+        tell: Callable[[str, float], Awaitable[None]],
+        endpoint_class: str,
+        until: float,
+    ) -> None:
+        """Tell the source (every run) of a pause or slow-down; this process keeps it anyway."""
+        try:
+            await tell(endpoint_class, until)
+        except Exception as error:
+            if not is_transient_store_error(error):
+                raise
+            logger.warning(
+                "Jira rate governor: could not share the {} of {} ({}: {})",
+                what,
+                endpoint_class,
+                type(error).__name__,
+                error,
+            )
 
     def paused_until(self, endpoint_class: str) -> float:
         """When this process last heard the class's pause ends (0: never paused)."""
@@ -323,9 +367,7 @@ class Governor:
                 now = self.clock()
                 if (held.tokens > 0 and held.expires > now) or held.paused_until > now:
                     continue  # another request of this process took a batch, or heard a pause
-                grant = await self.source.take(
-                    endpoint_class, rate, self.rates.capacity(rate), self.rates.batch(rate), now
-                )
+                grant = await self._take(endpoint_class, rate, now)
                 held.paused_until = max(held.paused_until, grant.paused_until)
                 held.slowed_until = max(held.slowed_until, grant.slowed_until)
                 held.tokens = grant.tokens

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from core.errors import RateLimitedError, rate_limit_scope
 from core.http import error_from_response, parse_reset
@@ -16,6 +17,7 @@ from core.jira.pace import (
     HOLD_SECONDS,
     SLOW_SECONDS,
     Governor,
+    Grant,
     JiraCall,
     LocalTokens,
     Rates,
@@ -229,3 +231,25 @@ async def test_a_method_without_a_rate_is_not_paced(clock: Clock) -> None:
     for _ in range(500):
         await pacer.before(READ)
     assert clock.now == T0
+
+
+class BrokenSource(LocalTokens):
+    """A store that cannot answer (locked past its busy timeout, restarting)."""
+
+    async def take(
+        self, endpoint_class: str, rate: float, capacity: float, want: int, now: float
+    ) -> Grant:
+        raise OperationalError("UPDATE jira_rate_bucket", {}, Exception("database is locked"))
+
+    async def pause(self, endpoint_class: str, until: float) -> None:
+        raise OperationalError("UPDATE jira_rate_bucket", {}, Exception("database is locked"))
+
+
+async def test_a_source_that_cannot_answer_leaves_the_run_pacing_alone(clock: Clock) -> None:
+    pacer = governor(clock, BrokenSource())
+    for _ in range(30):  # still at the class's rate: 10 at once, then 20 a second
+        await pacer.before(BULK_EDIT)
+    assert clock.now - T0 == pytest.approx(20 / 20, abs=0.1)
+    # A burst 429 still pauses this run, though it cannot be shared.
+    await pacer.after(BULK_EDIT, refusal(429, {**BURST, "x-ratelimit-reset": reset_in(5)}))
+    assert pacer.paused_until(BULK_EDIT.endpoint_class) == T0 + 5

@@ -35,10 +35,11 @@ ISSUES_PER_RUN = 11
 
 
 @pytest.fixture
-async def stores(sqlite_database_url: str) -> AsyncIterator[list[MappingStore]]:
+async def stores(database_url: str) -> AsyncIterator[list[MappingStore]]:
+    """Two engines on one store (SQLite, PostgreSQL): two runs' sessions."""
     async with (
-        await MappingStore.open(sqlite_database_url) as one,
-        await MappingStore.open(sqlite_database_url) as other,
+        await MappingStore.open(database_url) as one,
+        await MappingStore.open(database_url) as other,
     ):
         yield [one, other]
 
