@@ -73,6 +73,10 @@ READY_LINE = "Ctrl-C stops everything."
 # The circuit breaker off: a benchmark's burst of hires and terminations is the load, not a
 # mistake to hold (`--setting BREAKER_MAX_CREATE=50` puts it back).
 BREAKER_OFF = {"BREAKER_MAX_OFFBOARD": "0", "BREAKER_MAX_CREATE": "0"}
+# The Jira simulator enforces Jira's burst and per-issue limits, as Jira does: what the bench
+# measures includes the service keeping under them (`--setting SANDBOX_JIRA_RATE_LIMITS=false`
+# measures without).
+JIRA_LIMITS_ON = {"SANDBOX_JIRA_RATE_LIMITS": "true"}
 # P2's steady rate is counted from here to the end of sending (the stack warms up first).
 WARM_UP = 60.0
 # P3' and P6b targets (issue 18).
@@ -828,6 +832,19 @@ def report_reorg(
     )
 
 
+def print_rate_limited(stack: Stack) -> None:
+    """How many Jira requests the simulator refused for its rate limits (429), of how many."""
+    stats = httpx.get(f"{stack.jira}/_sandbox/stats", timeout=30, trust_env=False).json()
+    refused = stats.get("rate_limited", 0)
+    calls = stats["reads"] + stats["writes"] + refused
+    share = f" ({100 * refused / calls:.2f} % of {calls})" if calls else ""
+    limits = httpx.get(f"{stack.jira}/_sandbox/rate-limits", timeout=30, trust_env=False).json()
+    print(
+        f"Jira 429s (rate limits {'on' if limits['enabled'] else 'off'}): {refused}{share}, "
+        f"by reason {stats.get('rate_limited_by_reason', {})}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("mode", choices=["sustained", "burst", "reorg"])
@@ -853,7 +870,9 @@ def main() -> None:
         print("starting pf-jira-sync up --sandbox ...", flush=True)
         settings = dict(item.split("=", 1) for item in args.setting)
         data_dir = args.keep or Path(tmp) / "data"
-        stack = Stack.start(data_dir, {"LOG_LEVEL": args.log_level, **BREAKER_OFF, **settings})
+        stack = Stack.start(
+            data_dir, {"LOG_LEVEL": args.log_level, **BREAKER_OFF, **JIRA_LIMITS_ON, **settings}
+        )
         rss = PeakRss(stack.process.pid)
         rss.start()
         try:
@@ -864,6 +883,8 @@ def main() -> None:
                 reorg(stack, rss, data_dir, count, args.post_seconds, args.spacing)
             else:
                 burst(stack, rss, args.count or 2000)
+            if args.mode != "reorg":  # reorg prints its own share of 429s, against its target
+                print_rate_limited(stack)
         finally:
             rss.stopped.set()
             stack.stop()

@@ -42,6 +42,7 @@ def up(
             peopleforce_port=settings.sandbox_peopleforce_port,
             jira_port=settings.sandbox_jira_port,
             webhook_url=webhook_url(settings),
+            jira_rate_limits=settings.sandbox_jira_rate_limits,
         )
         if sandbox
         else None

@@ -7,6 +7,8 @@ whether a failure `may_have_applied` before sending it again.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import httpx
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -75,7 +77,11 @@ class ConflictError(ApiError):
 
 
 class RateLimitedError(ApiError):
-    """429 (or a 503 that carries Retry-After): wait `retry_after` seconds, then try again."""
+    """429 (or a 503 that carries Retry-After): wait `retry_after` seconds, then try again.
+
+    Jira says more on its own 429s: `reason` (RateLimit-Reason), `reset_at` (X-RateLimit-Reset,
+    seconds since the epoch) and `remaining` (X-RateLimit-Remaining); `rate_limit_scope` reads
+    them."""
 
     transient = True
 
@@ -86,11 +92,48 @@ class RateLimitedError(ApiError):
         *,
         retry_after: float | None = None,
         reason: str | None = None,
+        reset_at: float | None = None,
+        remaining: int | None = None,
         **kwargs,
     ) -> None:
         self.retry_after = retry_after
         self.reason = reason
+        self.reset_at = reset_at
+        self.remaining = remaining
         super().__init__(service, message, **kwargs)
+
+
+# Jira's RateLimit-Reason values (docs/jira-api.md section 6).
+BURST_REASON = "jira-burst-based"
+PER_ISSUE_REASON = "jira-per-issue-on-write"
+
+RateLimitScope = Literal["request", "endpoint", "issue"]
+
+
+def rate_limit_scope(error: BaseException) -> RateLimitScope | None:
+    """How far a refusal reaches beyond the one request refused (None: not a rate limit).
+
+    - `endpoint`: Jira's burst limit of the request's endpoint and method is spent, for every
+      caller of the tenant: a 429 with X-RateLimit-Reset and either `jira-burst-based` or, with
+      no reason given, X-RateLimit-Remaining 0. The rate governor pauses that endpoint class
+      until the reset, for every run sharing it.
+    - `issue`: a 429 `jira-per-issue-on-write`: writes to that one issue wait.
+    - `request`: any other 429, or a 503 with Retry-After (a gateway's, a proxy's, an injected
+      fault's: no reset says when the limit passes): only this request waits its Retry-After
+      and is sent again; nothing shared is paused or slowed. Pausing a whole endpoint class for
+      every run on each such answer stalls them all when refusals are random and frequent.
+    """
+    if not isinstance(error, RateLimitedError):
+        return None
+    if error.status != 429:
+        return "request"
+    if error.reason == PER_ISSUE_REASON:
+        return "issue"
+    if error.reset_at is not None and (
+        error.reason == BURST_REASON or (error.reason is None and error.remaining == 0)
+    ):
+        return "endpoint"
+    return "request"
 
 
 class ServerError(ApiError):

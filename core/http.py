@@ -52,6 +52,27 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+def parse_reset(value: str | None) -> float | None:
+    """X-RateLimit-Reset (an ISO-8601 time; Jira's, with a `Z` or an offset) as seconds since
+    the epoch; None when absent or unreadable (a bad one is only no advice)."""
+    if value is None or not value.strip():
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _integer(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 def error_from_response(
     service: str, response: httpx.Response, parse_body: ErrorBodyParser
 ) -> ApiError:
@@ -76,6 +97,8 @@ def error_from_response(
             message,
             retry_after=retry_after,
             reason=response.headers.get("ratelimit-reason"),
+            reset_at=parse_reset(response.headers.get("x-ratelimit-reset")),
+            remaining=_integer(response.headers.get("x-ratelimit-remaining")),
             **common,
         )
     if status >= 500:

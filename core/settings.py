@@ -171,6 +171,20 @@ class Settings(BaseSettings):
     jira_cloud_id: str | None = Field(None, pattern=r"^[0-9a-fA-F-]{8,}$")
     jira_email: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+$")
     jira_api_token: SecretStr | None = None
+    # The rate governor (core/jira/pace.py), shared by every flow run and worker of the
+    # deployment through the store: requests a second to one Jira endpoint, by method (Jira's
+    # burst limits: GET/POST 100/s, PUT/DELETE 50/s per endpoint, as third parties transcribe
+    # them; 0: not paced), a bucket holding this many seconds of it, and at most `writes` writes
+    # to one issue within any `seconds` (Jira: 20 in 2 s, 100 in 30 s), as JSON pairs.
+    jira_rate_get: float = Field(80.0, ge=0, le=10_000)
+    jira_rate_post: float = Field(80.0, ge=0, le=10_000)
+    jira_rate_put: float = Field(40.0, ge=0, le=10_000)
+    jira_rate_delete: float = Field(40.0, ge=0, le=10_000)
+    jira_rate_burst_seconds: float = Field(0.5, gt=0, le=60)
+    jira_issue_write_windows: list[tuple[int, float]] = Field(
+        default=[(15, 2.0), (80, 30.0)],
+        description="Per-issue write pacing: [[writes, seconds], ...] (JSON).",
+    )
 
     # Storage, Prefect, rules
     data_dir: Path = Path("data")
@@ -360,6 +374,18 @@ class Settings(BaseSettings):
     sandbox_peopleforce_port: int = Field(8701, ge=1, le=65535)
     sandbox_jira_port: int = Field(8702, ge=1, le=65535)
     sandbox_webhook_url: AnyHttpUrl | None = None
+    # The Jira simulator enforces Jira's burst and per-issue limits (sandbox/jira_limits.py:
+    # GET/POST 100/s, PUT/DELETE 50/s per endpoint, 20 writes to one issue in 2 s, 100 in 30 s)
+    # and answers 429 past them. Off for a first look at `up --sandbox`; the benchmarks turn
+    # it on (bench/stack_throughput.py).
+    sandbox_jira_rate_limits: bool = False
+
+    @field_validator("jira_issue_write_windows")
+    @classmethod
+    def _whole_windows(cls, value: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        if any(writes < 1 or seconds <= 0 for writes, seconds in value):
+            raise ValueError("each window is [writes (at least 1), seconds (more than 0)]")
+        return value
 
     @field_validator(
         "peopleforce_api_key",

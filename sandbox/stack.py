@@ -12,6 +12,7 @@ from types import TracebackType
 
 from core.settings import Settings, mask_url
 from sandbox import jira, peopleforce
+from sandbox.jira_limits import RateLimits
 from sandbox.seed import SeedPerson, seed_people
 from sandbox.server import BackgroundServer
 
@@ -30,6 +31,7 @@ class Simulators:
     webhook_url: str | None = None
     today: date = field(default_factory=date.today)
     people: list[SeedPerson] = field(default_factory=list)
+    jira_rate_limits: bool = False  # enforce Jira's rate limits (sandbox.jira_limits)
 
     def __post_init__(self) -> None:
         self.people = self.people or seed_people(today=self.today)
@@ -44,6 +46,7 @@ class Simulators:
             email=JIRA_EMAIL,
             api_token=JIRA_API_TOKEN,
             users=[(person.email, person.full_name) for person in self.people if person.email],
+            rate_limits=RateLimits(enabled=self.jira_rate_limits),
         )
         self._servers = [
             BackgroundServer(self.peopleforce_app, self.host, self.peopleforce_port),
@@ -57,6 +60,7 @@ class Simulators:
             peopleforce_port=settings.sandbox_peopleforce_port,
             jira_port=settings.sandbox_jira_port,
             webhook_url=str(settings.sandbox_webhook_url) if settings.sandbox_webhook_url else None,
+            jira_rate_limits=settings.sandbox_jira_rate_limits,
         )
 
     @property

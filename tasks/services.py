@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.jira.client import JiraClient
+from core.jira.pace import Governor, Rates
 from core.logging import configure_logging
 from core.peopleforce.client import PeopleForceClient
 from core.peopleforce.models import Employee
 from core.rules import Rules, load_rules
 from core.settings import Settings, get_settings
-from core.store import MappingStore
+from core.store import MappingStore, StoreTokens
 from tasks.run_log import send_to_run_logs
 
 
@@ -57,6 +58,12 @@ async def use(services: Services) -> AsyncGenerator[Services, None]:
         _current.reset(token)
 
 
+def shared_pacer(settings: Settings, store: MappingStore) -> Governor:
+    """The Jira rate governor of a flow run: its endpoint rates kept in the store, so every
+    run and worker of the deployment shares them (Jira limits the tenant, not the run)."""
+    return Governor(Rates.from_settings(settings), StoreTokens(store.engine))
+
+
 @asynccontextmanager
 async def open_services(settings: Settings | None = None) -> AsyncGenerator[Services, None]:
     """The services of this run: the ones already in use (tests), or new ones from settings."""
@@ -74,7 +81,7 @@ async def open_services(settings: Settings | None = None) -> AsyncGenerator[Serv
     try:
         async with (
             PeopleForceClient.from_settings(settings) as peopleforce,
-            JiraClient.from_settings(settings) as jira,
+            JiraClient.from_settings(settings, pacer=shared_pacer(settings, store)) as jira,
         ):
             services = Services(peopleforce, jira, store, rules, settings.rules_file)
             async with use(services):

@@ -28,6 +28,7 @@ from core.http import (
 )
 from core.jira import answers, meta
 from core.jira.adf import AdfNode, adf_to_text, text_to_adf
+from core.jira.pace import Governor, JiraCall, Pacer, Rates
 from core.settings import Settings, SettingsError
 
 SERVICE = "Jira"
@@ -450,6 +451,7 @@ class JiraClient(ApiClient):
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        pacer: Pacer | None = None,
     ) -> None:
         super().__init__(
             base_url,
@@ -458,6 +460,9 @@ class JiraClient(ApiClient):
             transport=transport,
             timeout=timeout,
         )
+        # Every request waits its turn here (`core.jira.pace`); without one given, this
+        # process's own governor at the default rates.
+        self.pacer: Pacer = pacer or Governor()
 
     @classmethod
     def from_settings(
@@ -466,8 +471,12 @@ class JiraClient(ApiClient):
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        pacer: Pacer | None = None,
     ) -> JiraClient:
-        """The client for the configured Jira; `SettingsError` names any missing setting."""
+        """The client for the configured Jira; `SettingsError` names any missing setting.
+
+        `pacer` (a flow run's: shared through the store) defaults to a governor of this process
+        at the configured rates (`JIRA_RATE_*`)."""
         settings.require("jira_email", "jira_api_token")
         base_url, email, token = (
             settings.jira_api_base,
@@ -478,26 +487,47 @@ class JiraClient(ApiClient):
             raise SettingsError("JIRA_BASE_URL or JIRA_CLOUD_ID is not set (see .env.example)")
         if email is None or token is None:  # already refused by require(); narrows the types
             raise SettingsError("JIRA_EMAIL and JIRA_API_TOKEN are required")
-        return cls(base_url, email, token.get_secret_value(), transport=transport, timeout=timeout)
+        return cls(
+            base_url,
+            email,
+            token.get_secret_value(),
+            transport=transport,
+            timeout=timeout,
+            pacer=pacer or Governor(Rates.from_settings(settings)),
+        )
 
     # ----------------------------------------------------------------- plumbing
 
     async def _request(
         self,
         method: str,
-        path: str,
+        endpoint: str,
         *,
+        path: Mapping[str, str] | None = None,
         params: Mapping[str, str | int | None] | None = None,
         json: Any = None,
         parse_body: ErrorBodyParser = parse_jira_error,
     ) -> httpx.Response:
+        """One request to `endpoint` (a template under the API root, `issue/{issueIdOrKey}`,
+        its `path` parameters escaped into it), paced by the governor: Jira limits each
+        endpoint and method, and writes to one issue (any method but GET on an issue's path)."""
+        issue_key = (path or {}).get("issueIdOrKey") if method != "GET" else None
+        call = JiraCall(method, endpoint, issue_key)
+        escaped = {name: _segment(value) for name, value in (path or {}).items()}
         request = self._http.build_request(
             method,
-            f"{API}/{path}",
+            f"{API}/{endpoint.format(**escaped)}",
             params={name: value for name, value in (params or {}).items() if value is not None},
             json=json,
         )
-        return await send(self._http, SERVICE, request, parse_body)
+        await self.pacer.before(call)
+        try:
+            response = await send(self._http, SERVICE, request, parse_body)
+        except ApiError as error:
+            await self.pacer.after(call, error)
+            raise
+        await self.pacer.after(call, response)
+        return response
 
     # ----------------------------------------------------------------- users
 
@@ -623,7 +653,9 @@ class JiraClient(ApiClient):
             "fields": ",".join(fields) if fields else None,
             "properties": ",".join(properties) if properties else None,
         }
-        response = await self._request("GET", f"issue/{_segment(key)}", params=params)
+        response = await self._request(
+            "GET", "issue/{issueIdOrKey}", path={"issueIdOrKey": key}, params=params
+        )
         return Issue.from_answer(read_answer(SERVICE, "get_issue", response, answers.ISSUE))
 
     async def get_issues(self, keys: Sequence[str], fields: Sequence[str]) -> list[Issue]:
@@ -664,7 +696,7 @@ class JiraClient(ApiClient):
             body["fields"] = dict(fields)
         if update:
             body["update"] = dict(update)
-        await self._request("PUT", f"issue/{_segment(key)}", json=body)
+        await self._request("PUT", "issue/{issueIdOrKey}", path={"issueIdOrKey": key}, json=body)
 
     async def add_labels(self, key: str, labels: Sequence[str]) -> None:
         """Add labels without replacing the ones people put there."""
@@ -674,7 +706,9 @@ class JiraClient(ApiClient):
     async def add_comment(self, key: str, body: str | AdfNode) -> str:
         """Add a comment (plain text is converted to ADF); returns the comment id."""
         adf = text_to_adf(body) if isinstance(body, str) else body
-        response = await self._request("POST", f"issue/{_segment(key)}/comment", json={"body": adf})
+        response = await self._request(
+            "POST", "issue/{issueIdOrKey}/comment", path={"issueIdOrKey": key}, json={"body": adf}
+        )
         return read_answer(SERVICE, "add_comment", response, answers.COMMENT).id
 
     async def get_comments(
@@ -686,7 +720,8 @@ class JiraClient(ApiClient):
         """
         response = await self._request(
             "GET",
-            f"issue/{_segment(key)}/comment",
+            "issue/{issueIdOrKey}/comment",
+            path={"issueIdOrKey": key},
             params={
                 "orderBy": "-created" if newest_first else "created",
                 "maxResults": max_results,
@@ -708,14 +743,19 @@ class JiraClient(ApiClient):
         if value is None:
             raise ValueError("Jira refuses an empty property value; delete the property instead")
         await self._request(
-            "PUT", f"issue/{_segment(key)}/properties/{_segment(property_key)}", json=value
+            "PUT",
+            "issue/{issueIdOrKey}/properties/{propertyKey}",
+            path={"issueIdOrKey": key, "propertyKey": property_key},
+            json=value,
         )
 
     # ----------------------------------------------------------------- workflow
 
     async def get_transitions(self, key: str) -> list[Transition]:
         """The transitions available to these credentials from the issue's current status."""
-        response = await self._request("GET", f"issue/{_segment(key)}/transitions")
+        response = await self._request(
+            "GET", "issue/{issueIdOrKey}/transitions", path={"issueIdOrKey": key}
+        )
         answer = read_answer(SERVICE, "get_transitions", response, answers.TRANSITIONS)
         return [
             Transition(
@@ -742,7 +782,8 @@ class JiraClient(ApiClient):
             if transition.to_status.casefold() == wanted:
                 await self._request(
                     "POST",
-                    f"issue/{_segment(key)}/transitions",
+                    "issue/{issueIdOrKey}/transitions",
+                    path={"issueIdOrKey": key},
                     json={"transition": {"id": transition.id}},
                 )
                 return True
@@ -815,7 +856,9 @@ class JiraClient(ApiClient):
     async def get_project(self, key: str) -> meta.Project | None:
         """The project with this key or id; None when Jira has none this account may browse."""
         try:
-            response = await self._request("GET", f"project/{_segment(key)}")
+            response = await self._request(
+                "GET", "project/{projectIdOrKey}", path={"projectIdOrKey": key}
+            )
         except NotFoundError:
             return None
         return read_answer(SERVICE, "get_project", response, meta.PROJECT).read()
@@ -829,8 +872,9 @@ class JiraClient(ApiClient):
         """The issue types this account may create in the project (createmeta)."""
         pages = self._offset_pages(
             "create_issue_types",
-            f"issue/createmeta/{_segment(project)}/issuetypes",
+            "issue/createmeta/{projectIdOrKey}/issuetypes",
             meta.ISSUE_TYPES_PAGE,
+            path={"projectIdOrKey": project},
         )
         return [item.read() async for page in pages for item in page.items()]
 
@@ -838,8 +882,9 @@ class JiraClient(ApiClient):
         """The fields of the create screen of one issue type in the project (createmeta)."""
         pages = self._offset_pages(
             "create_fields",
-            f"issue/createmeta/{_segment(project)}/issuetypes/{_segment(issue_type_id)}",
+            "issue/createmeta/{projectIdOrKey}/issuetypes/{issueTypeId}",
             meta.CREATE_FIELDS_PAGE,
+            path={"projectIdOrKey": project, "issueTypeId": issue_type_id},
         )
         return [item.read() async for page in pages for item in page.items()]
 
@@ -851,7 +896,9 @@ class JiraClient(ApiClient):
 
     async def project_statuses(self, project: str) -> list[meta.IssueTypeStatuses]:
         """The statuses of each issue type's workflow in the project."""
-        response = await self._request("GET", f"project/{_segment(project)}/statuses")
+        response = await self._request(
+            "GET", "project/{projectIdOrKey}/statuses", path={"projectIdOrKey": project}
+        )
         answer = read_answer(SERVICE, "project_statuses", response, meta.PROJECT_STATUSES)
         return [item.read() for item in answer]
 
@@ -864,14 +911,19 @@ class JiraClient(ApiClient):
         return any(user.accountId == account_id for user in users)
 
     async def _offset_pages(
-        self, operation: str, path: str, shape: TypeAdapter[meta.PageT]
+        self,
+        operation: str,
+        endpoint: str,
+        shape: TypeAdapter[meta.PageT],
+        *,
+        path: Mapping[str, str] | None = None,
     ) -> AsyncIterator[meta.PageT]:
         """Each page of an offset-paged read (`startAt`/`maxResults`), until Jira says it is the
         last, the total is reached, or a page comes back short or empty."""
         start = 0
         for _ in range(meta.MAX_PAGES):
             response = await self._request(
-                "GET", path, params={"startAt": start, "maxResults": meta.PAGE_SIZE}
+                "GET", endpoint, path=path, params={"startAt": start, "maxResults": meta.PAGE_SIZE}
             )
             page = read_answer(SERVICE, operation, response, shape)
             yield page
@@ -879,7 +931,7 @@ class JiraClient(ApiClient):
                 return
             start += len(page.items())
         raise UnexpectedAnswerError(
-            SERVICE, f"more than {meta.MAX_PAGES} pages of {path}", operation=operation
+            SERVICE, f"more than {meta.MAX_PAGES} pages of {endpoint}", operation=operation
         )
 
 

@@ -2,7 +2,8 @@
 
 The same database holds the gateway's webhook inbox (`WebhookEvent`, `InboxRepository`), the
 employee leases (`Leases`), the write-ahead records of Jira writes in doubt (`Intents`) and the
-webhook path's circuit breaker (`CircuitBreaker`).
+webhook path's circuit breaker (`CircuitBreaker`) and the Jira rate governor's buckets
+(`StoreTokens`).
 
 SQLite by default, PostgreSQL through the same database URL setting; the schema is versioned
 with Alembic and upgraded in place when the store is opened.
@@ -33,6 +34,7 @@ from core.store.intents import Intents, JiraIntent
 from core.store.lease import EmployeeLease, Leases, LeaseTimeout
 from core.store.migrate import current_revision, downgrade, head_revision, migrate
 from core.store.models import EffectAction, EmployeeLink, JiraEffect, snapshot_hash
+from core.store.pace import JiraRateBucket, StoreTokens
 from core.store.repository import (
     MappingStore,
     UnsupportedDatabase,
@@ -56,6 +58,7 @@ __all__ = [
     "Intents",
     "JiraEffect",
     "JiraIntent",
+    "JiraRateBucket",
     "LeaseTimeout",
     "Leases",
     "Lifecycle",
@@ -65,6 +68,7 @@ __all__ = [
     "MappingStore",
     "Requeued",
     "Settled",
+    "StoreTokens",
     "UnsupportedDatabase",
     "WebhookEvent",
     "WorkResult",

@@ -45,6 +45,7 @@ STORE_TABLES = {
     "jira_intent",
     "breaker_write",
     "breaker_hold",
+    "jira_rate_bucket",
 }
 
 
@@ -149,6 +150,7 @@ async def test_migrated_schema_matches_the_models(database_url: str) -> None:
         ("add_index", "ix_breaker_write_counted_as_at"),
         ("add_table", "breaker_hold"),
         ("add_index", "ix_breaker_hold_employee_id"),
+        ("add_table", "jira_rate_bucket"),
     }
 
     await migrate(database_url)
