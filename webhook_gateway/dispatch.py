@@ -169,7 +169,7 @@ class Dispatcher:
         # go side by side from the start, up to `max_in_flight`.
         self.max_in_flight = max_in_flight
         self.run_alone_for = run_alone_for
-        self.settle = settle  # let a burst arrive before dispatching it as one batch
+        self.settle = settle  # with a run out: let a burst arrive, to dispatch it as one batch
         self.poll = poll
         self.busy_poll = busy_poll  # how often to look for finished runs while some are out
         self.recovery = recovery or Recovery()
@@ -195,7 +195,11 @@ class Dispatcher:
                 )
             if self._wake.is_set():
                 self._wake.clear()
-                await asyncio.sleep(self.settle)
+                # With a run out, let a burst arrive before dispatching it as one batch. With
+                # none, an event goes at once: one alone is not kept waiting, and what follows
+                # it in a burst waits for its run (backpressure) and goes as one batch after it.
+                if self._in_flight:
+                    await asyncio.sleep(self.settle)
             await self.round()
 
     async def round(self) -> None:
