@@ -42,6 +42,9 @@ PRELOAD = [
     "prefect.task_engine",
     "prefect.client.orchestration",
     "deployments.definitions",
+    # A forked run runs the deployments server's module again, as `__mp_main__` (multiprocessing
+    # prepares each child so); with its imports loaded that costs nothing.
+    "deployments.serve",
 ]
 # The line of Prefect 3.9's `run_flow_in_subprocess` this replaces the context of: another
 # Prefect may start runs otherwise, and then the runs start cold (said once, at install).
