@@ -214,6 +214,11 @@ def report(events: list[Single], kinds: list[str], spacing: float) -> bool:
     return passed
 
 
+def load_average() -> str:
+    """This host's 1-minute load average: the figures above vary with what else runs."""
+    return f"{os.getloadavg()[0]:.1f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=50, help="events of each kind")
@@ -231,6 +236,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pf-bench-") as tmp:
         print("starting pf-jira-sync up --sandbox ...", flush=True)
         settings = dict(item.split("=", 1) for item in args.setting)
+        load_at_start = load_average()
         stack = Stack.start(
             args.keep or Path(tmp) / "data",
             {"LOG_LEVEL": args.log_level, **BREAKER_OFF, **settings},
@@ -241,7 +247,10 @@ def main() -> None:
         finally:
             stack.stop()
     passed = report(events, kinds, args.spacing)
-    print(f"\n(measured {datetime.now(UTC):%Y-%m-%d} on {os.cpu_count()} cores)")
+    print(
+        f"\n(measured {datetime.now(UTC):%Y-%m-%d} on {os.cpu_count()} cores; load average "
+        f"{load_at_start} at the start, {load_average()} at the end)"
+    )
     raise SystemExit(0 if passed else 1)
 
 

@@ -42,6 +42,13 @@ PRELOAD = [
     "prefect.task_engine",
     "prefect.client.orchestration",
     "deployments.definitions",
+    # ... and what they import only once running: the store's database drivers, the graph
+    # helpers a subflow call looks at, anyio's event loop backend.
+    "sqlalchemy.dialects.sqlite.aiosqlite",
+    "sqlalchemy.dialects.postgresql.asyncpg",
+    "prefect.utilities.visualization",
+    "prefect.utilities.schema_tools",
+    "anyio._backends._asyncio",
     # A forked run runs the deployments server's module again, as `__mp_main__` (multiprocessing
     # prepares each child so); with its imports loaded that costs nothing.
     "deployments.serve",
