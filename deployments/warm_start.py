@@ -50,8 +50,11 @@ PRELOAD = [
     "prefect.utilities.schema_tools",
     "anyio._backends._asyncio",
     # A forked run runs the deployments server's module again, as `__mp_main__` (multiprocessing
-    # prepares each child so); with its imports loaded that costs nothing.
-    "deployments.serve",
+    # prepares each child so): its imports, loaded here, make that cost nothing. (Not the module
+    # itself: run again once imported, runpy warns in every run.)
+    "prefect.runner",
+    "deployments.alerts",
+    "core.logging",
 ]
 # The line of Prefect 3.9's `run_flow_in_subprocess` this replaces the context of: another
 # Prefect may start runs otherwise, and then the runs start cold (said once, at install).

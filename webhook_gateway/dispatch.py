@@ -163,10 +163,11 @@ class Dispatcher:
         self.batch_max = batch_max
         # Backpressure: while a dispatched run has not started yet, or has started less than
         # `run_alone_for` ago, or this many runs are unfinished, new events wait in the inbox
-        # and the next run carries them all. Each run costs a process start (seconds of CPU
-        # here), so on one host runs must be few and large; a slow run (a Jira retry waiting,
-        # a big backlog) lets the next start beside it. `run_alone_for` 0 (work pools): runs
-        # go side by side from the start, up to `max_in_flight`.
+        # and the next run carries them all. Each run costs a process and the Prefect server's
+        # work for its states and subflows, so on one host runs must be few and large; a slow
+        # run (a Jira retry waiting, a big backlog) lets the next start beside it.
+        # `run_alone_for` 0 (work pools): runs go side by side from the start, up to
+        # `max_in_flight`.
         self.max_in_flight = max_in_flight
         self.run_alone_for = run_alone_for
         self.settle = settle  # with a run out: let a burst arrive, to dispatch it as one batch
