@@ -508,8 +508,16 @@ def is_flow_run(pid: int) -> bool:
     return (
         runs_module(pid, "prefect.engine")
         or any("spawn_main" in word for word in command_line(pid))
-        or is_fork_server(parent_of(pid))
+        or (is_fork_server(parent_of(pid)) and not ended(pid))
     )
+
+
+def ended(pid: int) -> bool:
+    """Exited, not yet reaped (a zombie): a kill would do nothing."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def is_fork_server(pid: int | None) -> bool:
@@ -711,9 +719,9 @@ def strike_now(fault: str, stack: Stack, outcome: Strike) -> None:
                 pid for pid in (descendants(runner) if runner else set()) if is_flow_run(pid)
             )
             if runs:
+                shown = " ".join(command_line(runs[0]))[:80]  # a killed process has none
                 os.kill(runs[0], signal.SIGKILL)
                 outcome.ended_at = time.time()
-                shown = " ".join(command_line(runs[0]))[:80]
                 outcome.notes.append(f"killed flow-run process {runs[0]} ({shown})")
                 return
             time.sleep(0.2)
