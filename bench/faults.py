@@ -501,11 +501,36 @@ def runs_module(pid: int, module: str) -> bool:
 
 
 def is_flow_run(pid: int) -> bool:
-    """A flow-run process: `python -m prefect.engine`, or the spawned child Prefect's runner
-    starts for a served flow (multiprocessing's `spawn_main`; not its resource tracker)."""
-    return runs_module(pid, "prefect.engine") or any(
-        "spawn_main" in word for word in command_line(pid)
+    """A flow-run process: `python -m prefect.engine`, the spawned child Prefect's runner
+    starts for a served flow (multiprocessing's `spawn_main`; not its resource tracker), or a
+    fork of the warm fork server (`deployments/warm_start.py`: it has the fork server's command
+    line, and the fork server as its parent)."""
+    return (
+        runs_module(pid, "prefect.engine")
+        or any("spawn_main" in word for word in command_line(pid))
+        or (is_fork_server(parent_of(pid)) and not ended(pid))
     )
+
+
+def ended(pid: int) -> bool:
+    """Exited, not yet reaped (a zombie): a kill would do nothing."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def is_fork_server(pid: int | None) -> bool:
+    return pid is not None and any(
+        "multiprocessing.forkserver import main" in word for word in command_line(pid)
+    )
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 class Stack:
@@ -694,9 +719,9 @@ def strike_now(fault: str, stack: Stack, outcome: Strike) -> None:
                 pid for pid in (descendants(runner) if runner else set()) if is_flow_run(pid)
             )
             if runs:
+                shown = " ".join(command_line(runs[0]))[:80]  # a killed process has none
                 os.kill(runs[0], signal.SIGKILL)
                 outcome.ended_at = time.time()
-                shown = " ".join(command_line(runs[0]))[:80]
                 outcome.notes.append(f"killed flow-run process {runs[0]} ({shown})")
                 return
             time.sleep(0.2)

@@ -145,16 +145,19 @@ class PeakRss(threading.Thread):
                 continue
             words = [w.decode() for w in command if w]
             name = next((words[i + 1] for i, w in enumerate(words[:-1]) if w == "-m"), "up")
+            if any("multiprocessing.forkserver import main" in w for w in words):
+                name = "forkserver"  # the warm fork server, and each flow run forked from it
             own, ended_children = self.cpu_seconds(pid)
             label = {
                 "deployments.prefect_server": "prefect server",
                 "prefect.engine": "flow runs",
+                "forkserver": "flow runs",
                 "deployments.serve": "deployments server",
                 "webhook_gateway": "gateway",
                 "up": "up (simulators)",
             }.get(name, name)
             parts[label] = parts.get(label, 0.0) + own
-            if name == "deployments.serve":
+            if name in ("deployments.serve", "forkserver"):
                 parts["flow runs"] = parts.get("flow runs", 0.0) + ended_children
         return parts
 

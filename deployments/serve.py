@@ -6,12 +6,13 @@ import asyncio
 from datetime import timedelta
 
 from loguru import logger
-from prefect import aserve
+from prefect.runner import Runner
 
 from core.logging import configure_logging
 from core.settings import get_settings
 from deployments.alerts import install_alerts, install_crash_detection
 from deployments.definitions import ALL
+from deployments.warm_start import install as install_warm_start
 
 
 async def serve_all() -> None:
@@ -35,18 +36,23 @@ async def serve_all() -> None:
                 type(error).__name__,
                 error,
             )
-    served = [await spec.flow.ato_deployment(**spec.options(settings)) for spec in ALL]
+    install_warm_start()
+    # Prefect's own `aserve`, but with each flow given to the runner (`aadd_flow`), not only
+    # its deployment: the runner then starts a run from the flow it holds, in a process of its
+    # own forked from the warm fork server (`deployments.warm_start`), where a deployment alone
+    # is started as `python -m prefect.engine`, an interpreter that imports everything anew.
     # pause_on_shutdown=False: a restart must not leave schedules (reconciliation) paused.
     # query_seconds: Prefect's default 10 s poll would be most of a webhook's latency budget.
-    await aserve(
-        *served,
+    runner = Runner(
         limit=settings.serve_limit,
         pause_on_shutdown=False,
-        print_starting_message=False,
         query_seconds=settings.serve_poll_seconds,
         # Each flow-run process heartbeats this often: what crash detection listens for.
         heartbeat_seconds=settings.flow_heartbeat_seconds,
     )
+    for spec in ALL:
+        await runner.aadd_flow(spec.flow, **spec.options(settings))
+    await runner.start()
 
 
 if __name__ == "__main__":

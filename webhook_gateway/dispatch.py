@@ -176,10 +176,11 @@ class Dispatcher:
         self.batch_max = batch_max
         # Backpressure: while a dispatched run has not started yet, or has started less than
         # `run_alone_for` ago, or this many runs are unfinished, new events wait in the inbox
-        # and the next run carries them all. Each run costs a process start (seconds of CPU
-        # here), so on one host runs must be few and large; a slow run (a Jira retry waiting,
-        # a big backlog) lets the next start beside it. `run_alone_for` 0 (work pools): runs
-        # go side by side from the start, up to `max_in_flight`.
+        # and the next run carries them all. Each run costs a process and the Prefect server's
+        # work for its states and subflows, so on one host runs must be few and large; a slow
+        # run (a Jira retry waiting, a big backlog) lets the next start beside it.
+        # `run_alone_for` 0 (work pools): runs go side by side from the start, up to
+        # `max_in_flight`.
         self.max_in_flight = max_in_flight
         self.run_alone_for = run_alone_for
         # Priority: joiners and leavers (`JOINER_LEAVER_ACTIONS`) never wait behind a backlog
@@ -188,7 +189,7 @@ class Dispatcher:
         # routine runs, and nothing that holds routine runs back holds them back. On one host
         # both bounds together fit in the runner's slots, so a backlog never takes theirs.
         self.urgent_max_in_flight = urgent_max_in_flight
-        self.settle = settle  # let a burst arrive before dispatching it as one batch
+        self.settle = settle  # with a run out: let a burst arrive, to dispatch it as one batch
         self.poll = poll
         self.busy_poll = busy_poll  # how often to look for finished runs while some are out
         self.recovery = recovery or Recovery()
@@ -216,7 +217,11 @@ class Dispatcher:
                 )
             if self._wake.is_set():
                 self._wake.clear()
-                await asyncio.sleep(self.settle)
+                # With a run out, let a burst arrive before dispatching it as one batch. With
+                # none, an event goes at once: one alone is not kept waiting, and what follows
+                # it in a burst waits for its run (backpressure) and goes as one batch after it.
+                if self._in_flight:
+                    await asyncio.sleep(self.settle)
             await self.round()
 
     async def round(self) -> None:

@@ -9,6 +9,7 @@ held to the specs), where production serves them from `python -m deployments.ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -277,6 +278,37 @@ async def test_runs_go_side_by_side_from_the_start_when_none_runs_alone(
         events = [await inbox.get(f"e{n}") for n in (1, 2)]
         assert len({event.flow_run_id for event in events if event and event.flow_run_id}) == 2
     finally:
+        await store.close()
+
+
+async def test_an_event_alone_goes_at_once_and_one_behind_a_run_waits_for_its_burst(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """The settle (here far longer than the test) only when a run is out: with none, a woken
+    dispatcher sends the event at once; with one, it lets the rest of a burst arrive first."""
+    store = await MappingStore.open(f"sqlite+aiosqlite:///{tmp_path / 'inbox.db'}")
+    inbox = InboxRepository(store.engine)
+    dispatcher = Dispatcher(inbox, pipeline.client, settle=60, run_alone_for=timedelta(0))
+
+    async def dispatched_within(employee_id: int, seconds: float) -> bool:
+        await add_update_event(inbox, employee_id)
+        dispatcher.wake()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            event = await inbox.get(f"e{employee_id}")
+            if event is not None and event.flow_run_id is not None:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    looping = asyncio.create_task(dispatcher.run())
+    try:
+        assert await dispatched_within(1, 10)  # idle: no settle
+        assert not await dispatched_within(2, 2)  # the first run is out: settling
+    finally:
+        looping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await looping
         await store.close()
 
 
