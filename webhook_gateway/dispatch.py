@@ -316,7 +316,10 @@ class Dispatcher:
         dispatcher cannot turn into work (a poisoned event) is set aside, once, with the
         reason, and the others go on.
         """
-        return await self._dispatch_lane(urgent=True) + await self._dispatch_lane(urgent=False)
+        handed = await self._dispatch_lane(urgent=True)
+        if self._unreachable_since is not None:  # Prefect stopped answering: ask again later
+            return handed
+        return handed + await self._dispatch_lane(urgent=False)
 
     async def _dispatch_lane(self, *, urgent: bool) -> int:
         handed = 0
@@ -461,12 +464,17 @@ class Dispatcher:
         return count
 
     def _has_room(self, *, urgent: bool) -> bool:
-        """Whether the lane may send another run: its own runs in flight below its bound; for
-        the routine lane, also no routine run holding it back (urgent runs hold back nothing:
-        they are few and small, and what holds routine runs back must not hold them)."""
+        """Whether the lane may send another run. Both lanes together stay within both bounds
+        (`max_in_flight + urgent_max_in_flight`, what the runner's slots hold). Urgent runs may
+        take any free slot: a burst of hires alone (the nightly batch) must not go one run at
+        a time while the routine slots stand idle. Routine runs never take the urgent lane's
+        slots, and wait while a routine run holds them back (urgent runs hold back nothing)."""
+        total = len(self._in_flight)
+        if total >= self.max_in_flight + self.urgent_max_in_flight:
+            return False
         if urgent:
-            return len(self._urgent_in_flight) < self.urgent_max_in_flight
-        routine = len(self._in_flight) - len(self._urgent_in_flight)
+            return True
+        routine = total - len(self._urgent_in_flight)
         return not self._holding_back and routine < self.max_in_flight
 
     def _claim_until(self) -> datetime:

@@ -409,12 +409,37 @@ async def test_routine_runs_never_take_the_slots_of_urgent_ones(
     assert len(runs) == 4
     urgent = [run for run in runs if "urgent" in await tags_of(pipeline, run)]
     assert sorted(event.employee_id or 0 for run in urgent for event in runs[run]) == [21, 22]
-    # A routine run ends: its slot goes to the routine backlog; the third hire still waits
-    # for an urgent slot, never taking a routine one either.
+    # Every slot is taken: the third hire waits. A routine run ends: the hire goes first, in
+    # the slot it freed; the routine backlog waits on.
+    assert [e.employee_id for e in await own_inbox.pending(urgent=True)] == [23]
     (routine_done, _) = sorted(set(runs) - set(urgent))
     await pipeline.client.set_flow_run_state(UUID(routine_done), Completed(), force=True)
     assert await drain(dispatcher) == 1
-    assert [e.employee_id for e in await own_inbox.pending(urgent=True)] == [23]
+    assert await own_inbox.pending(urgent=True) == []
+    assert len(await own_inbox.pending(urgent=False)) == 8
+
+
+async def test_a_burst_of_hires_alone_fills_the_routine_lane_too(
+    pipeline: Pipeline, own_inbox: InboxRepository
+) -> None:
+    """Only joiners pending (the nightly batch): urgent runs take the routine lane's free
+    slots as well, instead of going one at a time while those stand idle; never more runs
+    than both bounds together."""
+    dispatcher = Dispatcher(
+        own_inbox,
+        pipeline.client,
+        batch_max=1,
+        max_in_flight=2,
+        urgent_max_in_flight=1,
+        run_alone_for=timedelta(0),
+    )
+    for employee_id in range(1, 6):
+        await add_update_event(own_inbox, employee_id, "employee_create")
+    assert await drain(dispatcher) == 3
+    runs = await runs_of(pipeline, own_inbox)
+    assert len(runs) == 3
+    assert all(["urgent" in await tags_of(pipeline, run) for run in runs])
+    assert sorted(e.employee_id for e in await own_inbox.pending()) == [4, 5]
 
 
 async def test_an_employee_with_updates_and_a_hire_goes_urgent_once_and_nothing_is_lost(
