@@ -27,7 +27,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -182,9 +182,8 @@ async def load_stack(
 
 
 def in_stack(rate: float, seconds: float) -> tuple[list[float], list[float], int]:
-    from bench.stack_throughput import BREAKER_OFF, Stack
+    from bench.stack_throughput import BREAKER_OFF, Stack, recorded_hires
     from sandbox.server import free_port
-    from sandbox.stack import WEBHOOK_SECRET
 
     count = int(rate * seconds)
     bare_port = free_port()
@@ -195,26 +194,9 @@ def in_stack(rate: float, seconds: float) -> tuple[list[float], list[float], int
         stack = Stack.start(Path(tmp) / "data", {"LOG_LEVEL": "WARNING", **BREAKER_OFF})
         try:
             wait_healthy(f"http://127.0.0.1:{bare_port}/docs")
-            control = stack.peopleforce_control
             with httpx.Client(trust_env=False, timeout=60) as http:
-                today = date.fromisoformat(http.get(f"{control}/clock").json()["today"])
-                # Hires whose webhooks PeopleForce signs and records (sent to nobody): the
-                # bench then posts them on schedule, so their work runs while it measures.
-                http.put(
-                    f"{control}/webhook-target",
-                    json={"url": f"http://127.0.0.1:{free_port()}/", "secret": WEBHOOK_SECRET},
-                ).raise_for_status()
-                first = len(http.get(f"{control}/webhooks").json())
-                for n in range(count):
-                    http.post(
-                        f"{control}/employees",
-                        json={
-                            "first_name": f"Load{n}",
-                            "last_name": "Hire",
-                            "hired_on": str(today + timedelta(days=7)),
-                        },
-                    ).raise_for_status()
-                deliveries = http.get(f"{control}/webhooks").json()[first:]
+                # Their work runs while the bench measures: it posts them on schedule.
+                _, deliveries = recorded_hires(http, stack.peopleforce_control, count, "Load")
             print(f"made {count} hires; posting their webhooks at {rate:.0f}/s ...", flush=True)
             return asyncio.run(
                 load_stack(stack.gateway, f"http://127.0.0.1:{bare_port}/bare", deliveries, rate)

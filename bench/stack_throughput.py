@@ -430,6 +430,28 @@ def sustained(stack: Stack, rss: PeakRss, rate: float, duration: float, seed: in
         )
 
 
+async def post_delivery(http: httpx.AsyncClient, gateway: str, delivery: dict[str, Any]) -> None:
+    """Post one delivery's exact body and signature, as PeopleForce sent it."""
+    for attempt in range(5):
+        try:
+            response = await http.post(
+                f"{gateway}/webhooks/peopleforce",
+                content=delivery["body"].encode(),
+                headers={
+                    "content-type": "application/json",
+                    SIGNATURE_HEADER: delivery["signature"],
+                },
+            )
+            break
+        except httpx.TransportError:
+            # A kept-alive connection the server closed as it was reused: send again (the
+            # gateway answers a repeat with 200 and stores it once).
+            await asyncio.sleep(0.1 * (attempt + 1))
+    else:
+        raise SystemExit("the gateway stopped answering")
+    assert response.status_code in (200, 202), response.text
+
+
 async def post_all(gateway: str, deliveries: list[dict[str, Any]], concurrency: int) -> float:
     """Post every delivery's exact body and signature; returns the time the first was sent."""
     bound = asyncio.Semaphore(concurrency)
@@ -438,54 +460,45 @@ async def post_all(gateway: str, deliveries: list[dict[str, Any]], concurrency: 
 
         async def one(delivery: dict[str, Any]) -> None:
             async with bound:
-                for attempt in range(5):
-                    try:
-                        response = await http.post(
-                            f"{gateway}/webhooks/peopleforce",
-                            content=delivery["body"].encode(),
-                            headers={
-                                "content-type": "application/json",
-                                SIGNATURE_HEADER: delivery["signature"],
-                            },
-                        )
-                        break
-                    except httpx.TransportError:
-                        # A kept-alive connection the server closed as it was reused: send
-                        # again (the gateway answers a repeat with 200 and stores it once).
-                        await asyncio.sleep(0.1 * (attempt + 1))
-                else:
-                    raise SystemExit("the gateway stopped answering")
-                assert response.status_code in (200, 202), response.text
+                await post_delivery(http, gateway, delivery)
 
         started = time.time()
         await asyncio.gather(*(one(d) for d in deliveries))
     return started
 
 
+def recorded_hires(
+    http: httpx.Client, control: str, count: int, first_name: str
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """`count` hires (a week ahead) made in the PeopleForce simulator with its webhooks going to
+    a port nobody listens on: PeopleForce records each signed delivery, for the bench to post
+    when it wants. Returns the employees and their deliveries."""
+    today = date.fromisoformat(http.get(f"{control}/clock").json()["today"])
+    http.put(
+        f"{control}/webhook-target",
+        json={"url": f"http://127.0.0.1:{free_port()}/", "secret": WEBHOOK_SECRET},
+    ).raise_for_status()
+    first = len(http.get(f"{control}/webhooks").json())
+    ids = [
+        http.post(
+            f"{control}/employees",
+            json={
+                "first_name": f"{first_name}{n}",
+                "last_name": "Hire",
+                "hired_on": str(today + timedelta(days=7)),
+            },
+        ).json()["id"]
+        for n in range(count)
+    ]
+    deliveries = http.get(f"{control}/webhooks").json()[first:]
+    assert len(deliveries) == count, len(deliveries)
+    return ids, deliveries
+
+
 def burst(stack: Stack, rss: PeakRss, count: int) -> None:
     control = stack.peopleforce_control
     with httpx.Client(trust_env=False, timeout=60) as http:
-        today = date.fromisoformat(http.get(f"{control}/clock").json()["today"])
-        # Make the hires with webhooks going to a port nobody listens on: PeopleForce records
-        # each signed delivery; the bench then posts them all to the gateway at once.
-        http.put(
-            f"{control}/webhook-target",
-            json={"url": f"http://127.0.0.1:{free_port()}/", "secret": WEBHOOK_SECRET},
-        ).raise_for_status()
-        first = len(http.get(f"{control}/webhooks").json())
-        ids = [
-            http.post(
-                f"{control}/employees",
-                json={
-                    "first_name": f"Burst{n}",
-                    "last_name": "Hire",
-                    "hired_on": str(today + timedelta(days=7)),
-                },
-            ).json()["id"]
-            for n in range(count)
-        ]
-        deliveries = http.get(f"{control}/webhooks").json()[first:]
-        assert len(deliveries) == count, len(deliveries)
+        ids, deliveries = recorded_hires(http, control, count, "Burst")
         print(f"made {count} hires; posting their webhooks at once...")
         journal = Journal(http, stack.jira)
         journal.poll()  # skip what the seed did
@@ -629,23 +642,8 @@ async def post_paced(gateway: str, deliveries: list[dict[str, Any]], seconds: fl
         async def one(index: int, delivery: dict[str, Any]) -> None:
             await asyncio.sleep(max(0.0, started + index * seconds / len(deliveries) - time.time()))
             async with bound:
-                for attempt in range(5):
-                    sent[index] = time.time()
-                    try:
-                        response = await http.post(
-                            f"{gateway}/webhooks/peopleforce",
-                            content=delivery["body"].encode(),
-                            headers={
-                                "content-type": "application/json",
-                                SIGNATURE_HEADER: delivery["signature"],
-                            },
-                        )
-                        break
-                    except httpx.TransportError:  # a kept-alive connection closed as reused
-                        await asyncio.sleep(0.1 * (attempt + 1))
-                else:
-                    raise SystemExit("the gateway stopped answering")
-                assert response.status_code in (200, 202), response.text
+                sent[index] = time.time()
+                await post_delivery(http, gateway, delivery)
 
         await asyncio.gather(*(one(i, d) for i, d in enumerate(deliveries)))
     return sent
