@@ -29,10 +29,9 @@ from pydantic import BaseModel, Field
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.errors import BURST_REASON, PER_ISSUE_REASON
 from sandbox.faults import CONTROL_PREFIX, send_api_error
 
-BURST_REASON = "jira-burst-based"
-PER_ISSUE_REASON = "jira-per-issue-on-write"
 # Under this share of its bucket left, an answer says X-RateLimit-NearLimit: true.
 NEAR_LIMIT_SHARE = 0.2
 

@@ -8,8 +8,8 @@ while the Prefect server is down.
 
 Joiners and leavers go first: events the gateway marked urgent (a hire, a first day, a
 termination or its revert, `WebhookEvent.urgent`) are claimed before any field update, each such
-employee with all of their pending events, in runs of their own (tagged `urgent`), in a lane
-that the backlog cannot fill (`Dispatcher.__init__`).
+employee with all of their pending events, in runs of their own (tagged `urgent`), in slots
+that the backlog cannot fill, and in any slot the backlog leaves free (`Dispatcher._has_room`).
 
 One event never holds up the others: each is read on its own, whatever its body holds (the
 sender's name and action are escaped and bounded, `core.text`, before they title a run or tag
@@ -185,9 +185,10 @@ class Dispatcher:
         self.run_alone_for = run_alone_for
         # Priority: joiners and leavers (`JOINER_LEAVER_ACTIONS`) never wait behind a backlog
         # of field updates. Their events are claimed first, each such employee with all their
-        # pending events, in runs of their own, up to `urgent_max_in_flight` at once beside the
-        # routine runs, and nothing that holds routine runs back holds them back. On one host
-        # both bounds together fit in the runner's slots, so a backlog never takes theirs.
+        # pending events, in runs of their own, in `urgent_max_in_flight` slots of their own and
+        # any routine slot left free, and nothing that holds routine runs back holds them back.
+        # On one host both bounds together fit in the runner's slots, so a backlog never takes
+        # theirs.
         self.urgent_max_in_flight = urgent_max_in_flight
         self.settle = settle  # with a run out: let a burst arrive, to dispatch it as one batch
         self.poll = poll
